@@ -1,0 +1,28 @@
+"""HTTP handlers: health, JWKS, WS token issue (``/auth/ws``) and ``/publish``.
+
+Every error is JSON ``{"error": "<code>", "message": "...", ...}`` with a stable code:
+``bad_request`` (400, with ``fields``), ``unauthorized`` (401), ``forbidden`` (403),
+``not_found`` (404), ``method_not_allowed`` (405), ``payload_too_large`` (413),
+``unsupported_media_type`` (415), ``unavailable`` (503), ``internal`` (500).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from http_api import auth, health, publish
+from http_api.errors import error_middleware
+
+
+def setup_routes(app: web.Application) -> None:
+    """Add every HTTP route and the JSON error middleware to ``app``."""
+    app.middlewares.append(error_middleware)
+    app.router.add_get("/health", health.health)
+    app.router.add_get("/ready", health.ready)
+    app.router.add_get("/.well-known/jwks.json", health.jwks)
+    app.router.add_route("GET", "/auth/ws", auth.issue_ws_token)
+    app.router.add_route("POST", "/auth/ws", auth.issue_ws_token)
+    app.router.add_post("/publish", publish.publish)
+
+
+__all__ = ["setup_routes"]

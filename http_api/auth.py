@@ -1,0 +1,117 @@
+"""Caller authentication (``Authorization: Api-Key <key>``) and ``/auth/ws``."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiohttp import web
+from marshmallow import Schema, fields
+
+from http_api.body import load_json
+from http_api.errors import json_error, json_response
+from realtime.appkeys import ISSUER, SETTINGS
+from realtime.settings import ApiKeyEntry
+from topics import BadScope, parse_scopes
+
+PUBLISH_SCOPE = "realtime:publish"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller.
+
+    Attributes:
+        user_id: the user id (becomes the WS token's ``sub``).
+        scopes: what the caller may grant to a WS token or do over HTTP.
+    """
+
+    user_id: str
+    scopes: frozenset[str]
+
+
+class ApiKeyAuthenticator:
+    """Checks API keys from ``API_KEYS`` in constant time.
+
+    Every configured key is compared (``hmac.compare_digest`` of SHA-256 digests), so
+    the time taken does not reveal which key, or which prefix, matched.
+    """
+
+    def __init__(self, entries: Iterable[ApiKeyEntry]) -> None:
+        self._entries = [(hashlib.sha256(e.api_key.encode()).digest(), e) for e in entries]
+
+    def authenticate(self, key: str) -> Principal | None:
+        """The principal of ``key``, or ``None`` if no configured key matches."""
+        digest = hashlib.sha256(key.encode()).digest()
+        found = None
+        for expected, entry in self._entries:
+            if hmac.compare_digest(digest, expected) and found is None:
+                found = entry
+        return None if found is None else Principal(found.user_id, found.scopes)
+
+
+API_KEYS = web.AppKey("api_key_authenticator", ApiKeyAuthenticator)
+
+
+def authenticate(request: web.Request) -> Principal:
+    """Authenticate the caller of ``request``.
+
+    Raises:
+        web.HTTPException: 401 when credentials are missing, malformed or wrong.
+    """
+    header = request.headers.get("Authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    if not header:
+        raise json_error(401, "missing credentials: send Authorization: Api-Key <key>")
+    if scheme.lower() != "api-key" or not credentials.strip():
+        raise json_error(401, "unsupported Authorization scheme: use Api-Key <key>")
+    principal = request.app[API_KEYS].authenticate(credentials.strip())
+    if principal is None:
+        raise json_error(401, "invalid API key")
+    return principal
+
+
+def require_scope(principal: Principal, scope: str) -> None:
+    """Raises a 403 naming ``scope`` unless the principal has it."""
+    if scope not in principal.scopes:
+        raise json_error(403, f"this API key lacks the scope {scope}", missing_scopes=[scope])
+
+
+class WsTokenRequest(Schema):
+    """Body of ``POST /auth/ws``: ``{"scope": "a:b c:d"}`` (optional)."""
+
+    scope = fields.String(load_default=None, allow_none=True)
+
+
+async def issue_ws_token(request: web.Request) -> web.Response:
+    """``GET|POST /auth/ws``: issue a WS token to the authenticated caller.
+
+    Optional ``scope`` (query string or JSON body), space-separated, narrows the token
+    to a subset of the caller's scopes.
+
+    Returns:
+        200 ``{"token": str, "expires_in": seconds, "scope": str}``.
+
+    Raises:
+        web.HTTPException: 401 (no/bad credentials), 400 (malformed scope), 403 (a
+            requested scope the caller lacks, named in ``missing_scopes``).
+    """
+    principal = authenticate(request)
+    requested = request.query.get("scope")
+    if request.method == "POST" and requested is None:
+        requested = (await load_json(request, WsTokenRequest(), optional=True)).get("scope")
+    try:
+        wanted = principal.scopes if requested is None else parse_scopes(requested)
+    except BadScope as exc:
+        raise json_error(400, str(exc), fields={"scope": [str(exc)]}) from None
+    missing = sorted(wanted - principal.scopes)
+    if missing:
+        raise json_error(403, f"scope not granted to this caller: {' '.join(missing)}", missing_scopes=missing)
+    issued = request.app[ISSUER].issue(principal.user_id, wanted)
+    ttl = request.app[SETTINGS].ws_token_ttl
+    return json_response(
+        {"token": issued.token, "expires_in": ttl, "scope": issued.scope},
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+    )

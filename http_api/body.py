@@ -1,0 +1,47 @@
+"""Request bodies: JSON only, validated with marshmallow; errors name the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+from marshmallow import Schema, ValidationError
+
+from http_api.errors import json_error
+
+
+async def load_json(request: web.Request, schema: Schema, *, optional: bool = False) -> dict[str, Any]:
+    """Read and validate a JSON body.
+
+    Args:
+        request: the request.
+        schema: the marshmallow schema to load with.
+        optional: an empty body is read as ``{}``.
+
+    Returns:
+        The loaded data.
+
+    Raises:
+        web.HTTPException: 415 if the body is not ``application/json``; 400 if it is
+            not JSON or does not validate (``fields`` maps each field to its messages);
+            413 if it is larger than ``MAX_BODY_BYTES``.
+    """
+    raw = await request.read()
+    if not raw.strip():
+        if optional:
+            return dict(schema.load({}))
+        raise json_error(400, "request body is required", fields={"body": ["required"]})
+    if request.content_type != "application/json":
+        raise json_error(415, "request body must be application/json")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise json_error(400, "request body is not valid JSON", fields={"body": ["invalid JSON"]}) from None
+    if not isinstance(data, dict):
+        raise json_error(400, "request body must be a JSON object", fields={"body": ["must be an object"]})
+    try:
+        return dict(schema.load(data))
+    except ValidationError as exc:
+        fields = exc.messages if isinstance(exc.messages, dict) else {"body": exc.messages}
+        raise json_error(400, f"invalid field(s): {', '.join(sorted(map(str, fields)))}", fields=fields) from None

@@ -1,0 +1,44 @@
+"""``POST /publish``: publish one message for backend services."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from marshmallow import Schema, fields
+
+from http_api.auth import PUBLISH_SCOPE, authenticate, require_scope
+from http_api.body import load_json
+from http_api.errors import json_error, json_response
+from realtime.appkeys import NODE
+from realtime.errors import BrokerUnavailable
+from topics import BadTopic
+
+
+class PublishRequest(Schema):
+    """``{"topic": str, "message": str | any JSON value}``."""
+
+    topic = fields.String(required=True)
+    message = fields.Raw(required=True, allow_none=True)
+
+
+async def publish(request: web.Request) -> web.Response:
+    """Publish ``message`` on ``topic`` to every instance.
+
+    Needs an API key with the ``realtime:publish`` scope.
+
+    Returns:
+        202 ``{"status": "accepted", "topic": str}`` once the broker took it.
+
+    Raises:
+        web.HTTPException: 401/403 (auth), 400 (body or topic, naming the field),
+            503 (the broker did not take the message: it was not sent).
+    """
+    principal = authenticate(request)
+    require_scope(principal, PUBLISH_SCOPE)
+    body = await load_json(request, PublishRequest())
+    try:
+        topic = await request.app[NODE].publish(body["topic"], body["message"])
+    except BadTopic as exc:
+        raise json_error(400, str(exc), fields={"topic": [str(exc)]}) from None
+    except BrokerUnavailable as exc:
+        raise json_error(503, f"message not sent: {exc}") from None
+    return json_response({"status": "accepted", "topic": topic}, status=202)

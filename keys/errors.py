@@ -1,0 +1,18 @@
+"""Exceptions of the ``keys`` package."""
+
+from __future__ import annotations
+
+
+class KeysError(Exception):
+    """Base of the key and token errors."""
+
+
+class NoSigningKey(KeysError):
+    """No signing key is configured, or a configured key cannot be loaded."""
+
+
+class InvalidToken(KeysError):
+    """A token that is refused: bad signature, unknown ``kid``, expired, wrong audience...
+
+    The message is safe to show a client; it never contains the token.
+    """

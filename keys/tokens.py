@@ -1,0 +1,191 @@
+"""WS tokens: short-lived ES256 JWTs (RFC 7519) carrying a user and scopes.
+
+Claims: ``iss``, ``aud``, ``sub`` (user id as a string), ``scope`` (space-separated, as
+in RFC 9068), ``iat``, ``nbf``, ``exp``, ``jti``. The JOSE header carries ``kid``
+(RFC 7638 thumbprint of the signing key) and ``alg: ES256``; no other algorithm is
+accepted, so ``alg: none`` and HS256-with-the-public-key tokens are refused.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from keys.errors import InvalidToken
+from keys.store import KeyStore
+
+ALGORITHM = "ES256"
+_REQUIRED = ["iss", "aud", "sub", "scope", "iat", "nbf", "exp", "jti"]
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a verified token grants.
+
+    Attributes:
+        sub: the user id the token was issued to.
+        scopes: the scopes it carries.
+        exp: expiry, seconds since the epoch.
+        jti: the token id (RFC 7519 section 4.1.7).
+        kid: the id of the key that signed it.
+    """
+
+    sub: str
+    scopes: frozenset[str]
+    exp: float
+    jti: str
+    kid: str
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A freshly signed token.
+
+    Attributes:
+        token: the compact JWS.
+        expires_in: lifetime in seconds.
+        scope: the granted scopes, space-separated and sorted.
+        jti: the token id.
+    """
+
+    token: str
+    expires_in: int
+    scope: str
+    jti: str
+
+
+class TokenIssuer:
+    """Signs WS tokens with the store's signing key."""
+
+    def __init__(self, store: KeyStore, *, issuer: str, audience: str, ttl: int) -> None:
+        """Args:
+        store: the keys; its signing key signs.
+        issuer: the ``iss`` claim.
+        audience: the ``aud`` claim.
+        ttl: token lifetime in seconds.
+        """
+        self._store = store
+        self._issuer = issuer
+        self._audience = audience
+        self._ttl = ttl
+
+    def issue(self, sub: str, scopes: Iterable[str], *, now: float | None = None) -> IssuedToken:
+        """Sign a token for ``sub`` with ``scopes``.
+
+        Args:
+            sub: the user id.
+            scopes: the scopes to carry (already checked by the caller).
+            now: the issue time in seconds since the epoch (default: now).
+
+        Returns:
+            The token with its lifetime and scope string.
+        """
+        issued_at = int(time.time() if now is None else now)
+        scope = " ".join(sorted(set(scopes)))
+        jti = secrets.token_urlsafe(16)
+        claims = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": sub,
+            "scope": scope,
+            "iat": issued_at,
+            "nbf": issued_at,
+            "exp": issued_at + self._ttl,
+            "jti": jti,
+        }
+        key = self._store.signing_key
+        token = jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
+        return IssuedToken(token, self._ttl, scope, jti)
+
+
+class TokenVerifier:
+    """Verifies WS tokens against every key in the store."""
+
+    def __init__(self, store: KeyStore, *, issuer: str, audience: str, leeway: float = 5.0) -> None:
+        """Args:
+        store: the keys; a token's ``kid`` must name one of them.
+        issuer: the required ``iss``.
+        audience: the required ``aud``.
+        leeway: clock skew allowed on ``exp``/``nbf``/``iat``, in seconds.
+        """
+        self._public: dict[str, ec.EllipticCurvePublicKey] = {
+            key.kid: key.private_key.public_key() for key in store.keys
+        }
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway
+
+    def verify(self, token: object, *, now: float | None = None) -> Grant:
+        """Verify a token and return what it grants.
+
+        Args:
+            token: the compact JWS (any type; only a string can succeed).
+            now: the current time in seconds since the epoch, for tests.
+
+        Returns:
+            The grant.
+
+        Raises:
+            InvalidToken: malformed, unknown ``kid``, not ES256, bad signature, expired,
+                not yet valid, wrong ``aud`` or ``iss``, or a missing claim.
+        """
+        if not isinstance(token, str) or not token or len(token) > 8192:
+            raise InvalidToken("token must be a non-empty string")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("malformed token") from None
+        if header.get("alg") != ALGORITHM:
+            raise InvalidToken(f"token algorithm must be {ALGORITHM}")
+        public = self._public.get(header.get("kid"))  # type: ignore[arg-type]
+        if public is None:
+            raise InvalidToken("token signed by an unknown key")
+        options: dict[str, object] = {"require": _REQUIRED}
+        if now is not None:
+            options["verify_exp"] = options["verify_nbf"] = options["verify_iat"] = False
+        try:
+            claims = jwt.decode(
+                token,
+                public,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options=options,  # type: ignore[arg-type]
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidToken("token not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidToken("token audience is wrong") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidToken("token issuer is wrong") from None
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"invalid token: {type(exc).__name__}") from None
+        if now is not None:
+            self._check_times(claims, now)
+        return self._grant(claims, str(header["kid"]))
+
+    def _check_times(self, claims: dict[str, object], now: float) -> None:
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        if not isinstance(exp, int | float) or not isinstance(nbf, int | float):
+            raise InvalidToken("invalid token: bad time claims")
+        if exp <= now - self._leeway:
+            raise InvalidToken("token expired")
+        if nbf > now + self._leeway:
+            raise InvalidToken("token not yet valid")
+
+    @staticmethod
+    def _grant(claims: dict[str, object], kid: str) -> Grant:
+        sub, scope, jti, exp = (claims.get(k) for k in ("sub", "scope", "jti", "exp"))
+        if not isinstance(sub, str) or not isinstance(scope, str) or not isinstance(jti, str):
+            raise InvalidToken("invalid token: sub, scope and jti must be strings")
+        if not isinstance(exp, int | float):
+            raise InvalidToken("invalid token: exp must be a number")
+        return Grant(sub, frozenset(scope.split()), float(exp), jti, kid)

@@ -1,0 +1,16 @@
+"""The realtime server: the Twitch-PubSub-style wire protocol, connections, topic index,
+fan-out and brokers, plus the app factory and the ``realtime`` command line.
+
+Exception tree::
+
+    RealtimeError              base of this package
+    ├── SettingsError          a setting that does not parse; names the variable
+    └── BrokerUnavailable      the broker cannot take a message right now
+"""
+
+from __future__ import annotations
+
+from realtime.errors import BrokerUnavailable, RealtimeError, SettingsError
+
+__all__ = ["BrokerUnavailable", "RealtimeError", "SettingsError"]
+__version__ = "0.1.0"

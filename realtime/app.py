@@ -1,0 +1,98 @@
+"""The app factory: the one place that assembles settings, keys, broker, node and routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from http_api import setup_routes
+from http_api.auth import API_KEYS, ApiKeyAuthenticator
+from keys import KeyStore, NoSigningKey, TokenIssuer, TokenVerifier, generate_key
+from realtime.appkeys import ISSUER, KEY_STORE, NODE, SETTINGS, VERIFIER
+from realtime.broker import Broker, MemoryBroker
+from realtime.node import Node
+from realtime.redis_broker import RedisBroker
+from realtime.server import shutdown_peers, websocket_handler
+from realtime.settings import Settings
+from topics import load_policy
+
+log = structlog.get_logger("realtime")
+
+
+def load_keys(settings: Settings) -> KeyStore:
+    """Keys from ``WS_SIGNING_KEYS``, else ``KEYS_DIR``; generate a development key into
+    an empty ``KEYS_DIR`` (with a warning) so a fresh machine just works.
+
+    Raises:
+        keys.NoSigningKey: a configured key does not load.
+    """
+    if settings.ws_signing_keys:
+        return KeyStore.from_pems(settings.ws_signing_keys)
+    try:
+        return KeyStore.from_directory(settings.keys_dir)
+    except NoSigningKey as exc:
+        if "no signing key in" not in str(exc):
+            raise
+    key = generate_key(settings.keys_dir)
+    log.warning(
+        "development_signing_key_generated",
+        kid=key.kid,
+        path=key.source,
+        hint="for production run `realtime keys generate` or set WS_SIGNING_KEYS; "
+        "every instance must share the same keys",
+    )
+    return KeyStore([key])
+
+
+def make_broker(settings: Settings) -> Broker:
+    """A :class:`RedisBroker` when ``REDIS_URL`` is set, else a :class:`MemoryBroker`."""
+    if settings.redis_url:
+        return RedisBroker(settings.redis_url, channel=settings.redis_channel)
+    return MemoryBroker()
+
+
+def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.Application:
+    """Build the whole server.
+
+    Args:
+        settings: the settings.
+        key_store: signing keys (default: :func:`load_keys`).
+
+    Returns:
+        The aiohttp application; the broker starts and stops with it (cleanup context).
+
+    Raises:
+        topics.PolicyError: ``TOPICS_FILE`` does not load.
+        keys.NoSigningKey: a configured key does not load.
+    """
+    store = key_store or load_keys(settings)
+    verifier = TokenVerifier(store, issuer=settings.ws_token_issuer, audience=settings.ws_token_audience)
+    node = Node(broker=make_broker(settings), policy=load_policy(settings.topics_file), verify=verifier.verify)
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[KEY_STORE] = store
+    app[VERIFIER] = verifier
+    app[ISSUER] = TokenIssuer(
+        store, issuer=settings.ws_token_issuer, audience=settings.ws_token_audience, ttl=settings.ws_token_ttl
+    )
+    app[NODE] = node
+    app[API_KEYS] = ApiKeyAuthenticator(settings.api_keys)
+    app.router.add_get("/ws", websocket_handler)
+    setup_routes(app)
+    app.cleanup_ctx.append(_node_ctx)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
+    node = app[NODE]
+    await node.start()
+    log.info("node_started", broker=node.broker.kind, topics=len(node.policy.rules))
+    yield
+    await node.close()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    await shutdown_peers(app[NODE], app[SETTINGS].shutdown_grace)

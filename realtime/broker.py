@@ -1,0 +1,82 @@
+"""The broker interface and the in-process memory broker.
+
+A broker carries publications between server instances. Each instance hands it a
+``deliver(topic, message)`` callback and receives every publication made through any
+instance (including itself). Guarantees, shared by both implementations: at-most-once
+(a publication made while an instance is disconnected from the broker never reaches
+that instance's listeners; the instance learns of the gap through ``on_gap``), and
+publications from one publisher on one topic are delivered in publish order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+Deliver = Callable[[str, str], None]
+"""``deliver(topic, message)``: fan one publication out locally. Must not block."""
+OnGap = Callable[[], None]
+"""Called when the broker link came back after a loss: publications may have been missed."""
+
+
+class Broker(Protocol):
+    """What the node needs from a broker."""
+
+    @property
+    def kind(self) -> str:
+        """``"memory"`` or ``"redis"``."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """``True`` while the broker is connected and receiving."""
+        ...
+
+    async def start(self, deliver: Deliver, on_gap: OnGap) -> None:
+        """Start receiving; returns once the first subscription attempt was made."""
+        ...
+
+    async def publish(self, topic: str, message: str) -> None:
+        """Publish one message.
+
+        Raises:
+            BrokerUnavailable: the broker did not take the message; it was not sent.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Stop receiving and release connections."""
+        ...
+
+
+class MemoryBroker:
+    """Single-instance broker: a publication is fanned out in the publishing call.
+
+    This is the product's single-instance mode (no ``REDIS_URL``), not a test double.
+    """
+
+    kind = "memory"
+
+    def __init__(self) -> None:
+        self._deliver: Deliver | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Always ``True`` once started."""
+        return self._deliver is not None
+
+    async def start(self, deliver: Deliver, on_gap: OnGap) -> None:
+        """Remember the deliver callback; a memory broker has no gaps."""
+        self._deliver = deliver
+
+    async def publish(self, topic: str, message: str) -> None:
+        """Fan the message out to this process's listeners right away."""
+        if self._deliver is None:
+            from realtime.errors import BrokerUnavailable
+
+            raise BrokerUnavailable("broker is not started")
+        self._deliver(topic, message)
+
+    async def close(self) -> None:
+        """Stop delivering."""
+        self._deliver = None

@@ -1,0 +1,127 @@
+"""The ``realtime`` command line: ``serve``, ``keys``, ``publish``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+import orjson
+
+from keys import cli as keys_cli
+from realtime.errors import RealtimeError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="realtime", description="Twitch-PubSub-style realtime server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", help="bind address (env HOST, default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port (env PORT, default 4444)")
+    keys = sub.add_parser("keys", help="manage signing keys")
+    keys_cli.add_arguments(keys)
+    pub = sub.add_parser("publish", help="publish one message")
+    pub.add_argument("topic")
+    pub.add_argument("message", help="the message; a string unless --json")
+    pub.add_argument("--json", action="store_true", help="parse MESSAGE as a JSON value")
+    pub.add_argument(
+        "--url",
+        default=os.environ.get("REALTIME_URL", ""),
+        help="publish through this server's /publish instead of Redis (env REALTIME_URL)",
+    )
+    pub.add_argument(
+        "--api-key", default=os.environ.get("REALTIME_API_KEY", ""), help="API key for --url (env REALTIME_API_KEY)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``realtime`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "keys":
+            return keys_cli.run(args)
+        return asyncio.run(_publish(args))
+    except RealtimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from realtime.app import create_app
+    from realtime.logs import configure_logging
+    from realtime.settings import Settings
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = Settings.from_env(**overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    app = create_app(settings)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_grace + 5,
+        print=None,
+        access_log=None,
+    )
+    return 0
+
+
+async def _publish(args: argparse.Namespace) -> int:
+    from realtime.settings import Settings
+    from topics import DEFAULT_POLICY, BadTopic, load_policy
+
+    settings = Settings.from_env()
+    message: object = args.message
+    if args.json:
+        try:
+            message = orjson.loads(args.message)
+        except orjson.JSONDecodeError:
+            print("error: MESSAGE is not valid JSON (drop --json to send it as a string)", file=sys.stderr)
+            return 2
+    if args.url:
+        return await _publish_http(args.url, args.api_key, args.topic, message)
+    if not settings.redis_url:
+        print(
+            "error: REDIS_URL is not set. The memory broker lives inside one server process; "
+            "set REDIS_URL, or pass --url http://host:port --api-key KEY to publish through a server.",
+            file=sys.stderr,
+        )
+        return 2
+    policy = load_policy(settings.topics_file) if settings.topics_file else DEFAULT_POLICY
+    try:
+        policy.check(args.topic)
+    except BadTopic as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from realtime.node import message_text
+    from realtime.redis_broker import RedisBroker
+
+    broker = RedisBroker(settings.redis_url, channel=settings.redis_channel)
+    broker.start_publisher()
+    try:
+        await broker.publish(args.topic, message_text(message))
+    finally:
+        await broker.close()
+    print(f"published to {args.topic}")
+    return 0
+
+
+async def _publish_http(url: str, api_key: str, topic: str, message: object) -> int:
+    import aiohttp
+
+    headers = {"Authorization": f"Api-Key {api_key}"} if api_key else {}
+    async with aiohttp.ClientSession() as session, session.post(
+        f"{url.rstrip('/')}/publish", json={"topic": topic, "message": message}, headers=headers
+    ) as resp:
+        body = await resp.text()
+        if resp.status != 202:
+            print(f"error: {resp.status} {body}", file=sys.stderr)
+            return 1
+    print(f"published to {topic}")
+    return 0

@@ -1,0 +1,167 @@
+"""Per-connection outgoing path: pre-encoded frames, merged writes, bounded queues.
+
+Fan-out never awaits a client. :meth:`Connection.send` appends an already-encoded
+WebSocket frame (RFC 6455 section 5.2, unmasked server frame) to the connection's
+pending list and marks the connection dirty; once per event-loop pass the
+:class:`FlushScheduler` joins every connection's pending frames into one
+``transport.write``. The same frame bytes object is shared by every listener of a
+publication (encode once).
+
+The send queue of a connection is its pending frames plus what the transport still
+buffers. When it would exceed ``max_bytes`` or ``max_messages``, the connection is a
+*slow consumer*: its pending frames are dropped, nothing more is queued, and it is
+closed with :data:`CLOSE_SLOW_CONSUMER`. Other listeners are not slowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable
+from typing import Final
+
+CLOSE_GOING_AWAY: Final = 1001
+"""Server shutting down (RFC 6455); reconnect elsewhere."""
+CLOSE_MESSAGE_TOO_BIG: Final = 1009
+"""An inbound frame was larger than ``MAX_FRAME_BYTES`` (RFC 6455)."""
+CLOSE_LISTEN_TIMEOUT: Final = 4001
+"""No successful LISTEN within ``LISTEN_TIMEOUT`` seconds of connecting."""
+CLOSE_IDLE_TIMEOUT: Final = 4002
+"""Nothing received for ``IDLE_TIMEOUT`` seconds (PING at least every 5 minutes)."""
+CLOSE_SLOW_CONSUMER: Final = 4008
+"""The send queue overflowed: the client did not read fast enough. Reconnect."""
+
+_OP_TEXT: Final = 0x81  # FIN + text opcode
+_pack2 = struct.Struct("!BB").pack
+_pack4 = struct.Struct("!BBH").pack
+_pack10 = struct.Struct("!BBQ").pack
+
+
+def encode_text_frame(payload: bytes) -> bytes:
+    """Wrap ``payload`` (UTF-8 bytes) in one unmasked, final text frame (RFC 6455 5.2)."""
+    size = len(payload)
+    if size < 126:
+        return _pack2(_OP_TEXT, size) + payload
+    if size < 65536:
+        return _pack4(_OP_TEXT, 126, size) + payload
+    return _pack10(_OP_TEXT, 127, size) + payload
+
+
+class FlushScheduler:
+    """Flushes every dirty connection once per event-loop pass (merged writes)."""
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[Connection] = []
+        self._scheduled = False
+
+    def mark(self, conn: Connection) -> None:
+        """Queue ``conn`` for the next flush."""
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every dirty connection's pending frames now."""
+        dirty, self._dirty = self._dirty, []
+        self._scheduled = False
+        for conn in dirty:
+            conn.flush()
+
+
+class Connection:
+    """The outgoing side of one WebSocket connection.
+
+    Attributes:
+        id: connection id for logs.
+        closed: ``True`` once nothing more may be queued.
+        close_code: the close code chosen when the server decided to close, if any.
+    """
+
+    __slots__ = (
+        "_backlog", "_buffered", "_max_bytes", "_max_messages", "_on_overflow",
+        "_pending", "_pending_bytes", "_scheduler", "_transport", "close_code",
+        "closed", "id", "sent",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        conn_id: str,
+        transport: asyncio.WriteTransport,
+        scheduler: FlushScheduler,
+        *,
+        max_bytes: int,
+        max_messages: int,
+        on_overflow: Callable[[Connection], None],
+    ) -> None:
+        """Args:
+        conn_id: id for logs.
+        transport: the connection's transport (frames are written raw).
+        scheduler: the shared flush scheduler.
+        max_bytes: send queue bound in bytes.
+        max_messages: send queue bound in frames.
+        on_overflow: called once when the queue overflows (slow consumer).
+        """
+        self.id = conn_id
+        self._transport = transport
+        self._scheduler = scheduler
+        self._max_bytes = max_bytes
+        self._max_messages = max_messages
+        self._on_overflow = on_overflow
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._buffered = 0  # transport buffer size after the last write, bytes
+        self._backlog = 0  # frames written since the transport buffer was last empty
+        self.closed = False
+        self.close_code: int | None = None
+        self.sent = 0
+
+    def send(self, frame: bytes) -> None:
+        """Queue one encoded frame; never blocks. Drops it if the connection is closed."""
+        if self.closed:
+            return
+        pending = self._pending
+        if not pending:
+            self._scheduler.mark(self)
+        pending.append(frame)
+        self._pending_bytes += len(frame)
+        if self._pending_bytes + self._buffered > self._max_bytes or len(pending) + self._backlog > self._max_messages:
+            self._overflow()
+
+    def send_payload(self, payload: bytes) -> None:
+        """Queue one JSON payload as a text frame (for replies; not the fan-out path)."""
+        self.send(encode_text_frame(payload))
+
+    def flush(self) -> None:
+        """Write the pending frames in one ``transport.write``."""
+        pending = self._pending
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        count = len(pending)
+        pending.clear()
+        self._pending_bytes = 0
+        transport = self._transport
+        if transport.is_closing():
+            self.closed = True
+            return
+        transport.write(data)
+        self.sent += count
+        buffered = transport.get_write_buffer_size()
+        self._buffered = buffered
+        self._backlog = 0 if buffered == 0 else self._backlog + count
+
+    def stop(self, code: int) -> None:
+        """Stop queueing (first caller's code wins); pending frames are still flushable."""
+        if self.close_code is None:
+            self.close_code = code
+        self.closed = True
+
+    def _overflow(self) -> None:
+        self._pending.clear()
+        self._pending_bytes = 0
+        self.stop(CLOSE_SLOW_CONSUMER)
+        self._on_overflow(self)

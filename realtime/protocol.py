@@ -1,0 +1,242 @@
+"""The wire protocol (Twitch PubSub), as a state machine that does no I/O.
+
+One :class:`Session` per WebSocket connection. The adapter feeds it each inbound text
+frame with :meth:`Session.receive` and sends back the bytes it returns; the session
+changes the topic index only through the ``listen``/``unlisten`` callbacks it was
+given. Nothing here awaits, so it is tested without sockets.
+
+Client -> server (text frames of JSON)::
+
+    {"type": "PING"}
+    {"type": "LISTEN",   "nonce": "n1", "data": {"topics": ["..."], "auth_token": "..."}}
+    {"type": "UNLISTEN", "nonce": "n2", "data": {"topics": ["..."]}}
+
+Server -> client::
+
+    {"type": "PONG"}
+    {"type": "RESPONSE", "nonce": "n1", "error": ""}            success
+    {"type": "RESPONSE", "nonce": "n1", "error": "ERR_BADAUTH", "error_description": "..."}
+    {"type": "MESSAGE", "data": {"topic": "...", "message": "<string>"}}
+    {"type": "RECONNECT"}
+    {"type": "AUTH_REVOKED", "data": {"topics": ["..."]}}
+
+Error codes: ``ERR_BADMESSAGE`` (not JSON, wrong shape, unknown type), ``ERR_BADAUTH``
+(token missing where needed, invalid, expired, lacking scope or target),
+``ERR_BADTOPIC`` (malformed, not in the policy, or over the per-connection topic
+limit), ``ERR_SERVER`` (our fault). A LISTEN is all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from keys import Grant, InvalidToken
+from topics import BadTopic, Topic, TopicPolicy
+
+ERR_BADMESSAGE = "ERR_BADMESSAGE"
+ERR_BADAUTH = "ERR_BADAUTH"
+ERR_BADTOPIC = "ERR_BADTOPIC"
+ERR_SERVER = "ERR_SERVER"
+MAX_NONCE_LENGTH = 256
+
+PONG = orjson.dumps({"type": "PONG"})
+RECONNECT = orjson.dumps({"type": "RECONNECT"})
+
+
+class State(enum.Enum):
+    """Where a session is in its life."""
+
+    CONNECTED = "connected"
+    """Open, no successful LISTEN yet (the listen timeout applies)."""
+    LISTENING = "listening"
+    """At least one LISTEN succeeded (the idle timeout applies)."""
+    CLOSED = "closed"
+    """Closed; every further frame is refused."""
+
+
+class Refused(Exception):
+    """A request answered with an error RESPONSE; the connection stays open."""
+
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+
+
+def response(nonce: str, error: str = "", description: str = "") -> bytes:
+    """Encode a RESPONSE frame payload."""
+    body: dict[str, str] = {"type": "RESPONSE", "nonce": nonce, "error": error}
+    if description:
+        body["error_description"] = description
+    return orjson.dumps(body)
+
+
+def message_payload(topic: str, message: str) -> bytes:
+    """Encode a MESSAGE frame payload, once per publication."""
+    return orjson.dumps({"type": "MESSAGE", "data": {"topic": topic, "message": message}})
+
+
+def auth_revoked_payload(topics: list[str]) -> bytes:
+    """Encode an AUTH_REVOKED frame payload."""
+    return orjson.dumps({"type": "AUTH_REVOKED", "data": {"topics": topics}})
+
+
+class Session:
+    """Protocol state of one connection.
+
+    Attributes:
+        state: the :class:`State`.
+        topics: topic -> expiry (seconds since the epoch) of the token that granted it,
+            or ``None`` for a public topic LISTENed without a token.
+        sub: the ``sub`` of the last token accepted, if any.
+    """
+
+    __slots__ = ("_listen", "_max_topics", "_policy", "_unlisten", "_verify", "state", "sub", "topics")
+
+    def __init__(
+        self,
+        *,
+        policy: TopicPolicy,
+        verify: Callable[[str], Grant],
+        listen: Callable[[Topic], None],
+        unlisten: Callable[[Topic], None],
+        max_topics: int = 50,
+    ) -> None:
+        """Args:
+        policy: the topic policy.
+        verify: token -> grant; raises :class:`keys.InvalidToken`.
+        listen: called once for each topic newly LISTENed.
+        unlisten: called once for each topic dropped.
+        max_topics: most topics one connection may hold.
+        """
+        self._policy = policy
+        self._verify = verify
+        self._listen = listen
+        self._unlisten = unlisten
+        self._max_topics = max_topics
+        self.state = State.CONNECTED
+        self.topics: dict[Topic, float | None] = {}
+        self.sub: str | None = None
+
+    def receive(self, text: str | bytes) -> bytes:
+        """Handle one inbound text frame and return the reply payload (JSON bytes).
+
+        Never raises for anything a client sends: a bad frame yields an
+        ``ERR_BADMESSAGE`` RESPONSE; an unexpected failure yields ``ERR_SERVER``.
+        """
+        if self.state is State.CLOSED:
+            return response("", ERR_BADMESSAGE, "connection is closing")
+        try:
+            request = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return response("", ERR_BADMESSAGE, "frame is not valid JSON")
+        if not isinstance(request, dict):
+            return response("", ERR_BADMESSAGE, "frame must be a JSON object")
+        kind = request.get("type")
+        if kind == "PING":
+            return PONG
+        nonce = request.get("nonce", "")
+        if not isinstance(nonce, str) or len(nonce) > MAX_NONCE_LENGTH:
+            return response("", ERR_BADMESSAGE, f"nonce must be a string of at most {MAX_NONCE_LENGTH} characters")
+        try:
+            if kind == "LISTEN":
+                self._do_listen(request)
+            elif kind == "UNLISTEN":
+                self._do_unlisten(request)
+            else:
+                raise Refused(ERR_BADMESSAGE, "type must be PING, LISTEN or UNLISTEN")
+        except Refused as exc:
+            return response(nonce, exc.code, exc.description)
+        except Exception:  # noqa: BLE001 - the adapter logs; the client gets ERR_SERVER
+            return response(nonce, ERR_SERVER, "internal error")
+        return response(nonce)
+
+    def close(self) -> list[Topic]:
+        """Mark the session closed and unlisten everything; returns the dropped topics."""
+        dropped = list(self.topics)
+        for topic in dropped:
+            self._unlisten(topic)
+        self.topics.clear()
+        self.state = State.CLOSED
+        return dropped
+
+    def expire(self, now: float) -> list[Topic]:
+        """Drop topics whose granting token expired at or before ``now``.
+
+        Returns:
+            The dropped topics (send them in AUTH_REVOKED).
+        """
+        dropped = [t for t, exp in self.topics.items() if exp is not None and exp <= now]
+        self._drop(dropped)
+        return dropped
+
+    def revoke(self, predicate: Callable[[Topic], bool]) -> list[Topic]:
+        """Drop the topics for which ``predicate`` is true; returns them."""
+        dropped = [t for t in self.topics if predicate(t)]
+        self._drop(dropped)
+        return dropped
+
+    def _drop(self, topics: list[Topic]) -> None:
+        for topic in topics:
+            del self.topics[topic]
+            self._unlisten(topic)
+
+    def _topics_of(self, request: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+        data = request.get("data")
+        if not isinstance(data, dict):
+            raise Refused(ERR_BADMESSAGE, "data must be an object")
+        topics = data.get("topics")
+        if not isinstance(topics, list) or not topics:
+            raise Refused(ERR_BADMESSAGE, "data.topics must be a non-empty array")
+        if len(topics) > self._max_topics:
+            raise Refused(ERR_BADTOPIC, f"at most {self._max_topics} topics per connection")
+        return data, topics
+
+    def _do_listen(self, request: dict[str, Any]) -> None:
+        data, raw_topics = self._topics_of(request)
+        checked = []
+        for raw in raw_topics:
+            try:
+                checked.append(self._policy.check(raw))
+            except BadTopic as exc:
+                raise Refused(ERR_BADTOPIC, str(exc)) from None
+        token = data.get("auth_token")
+        grant = None
+        if token is not None and token != "":
+            try:
+                grant = self._verify(token)
+            except InvalidToken as exc:
+                raise Refused(ERR_BADAUTH, str(exc)) from None
+        granted: dict[Topic, float | None] = {}
+        for parsed, rule in checked:
+            needs_token = rule.scope is not None or rule.target == "self"
+            if needs_token and grant is None:
+                raise Refused(ERR_BADAUTH, f"topic {parsed.topic} needs an auth_token")
+            if rule.scope is not None and grant is not None and rule.scope not in grant.scopes:
+                raise Refused(ERR_BADAUTH, f"topic {parsed.topic} needs scope {rule.scope}")
+            if rule.target == "self" and grant is not None and parsed.target != grant.sub:
+                raise Refused(ERR_BADAUTH, f"topic {parsed.topic} is not yours")
+            granted[parsed.topic] = grant.exp if (needs_token and grant is not None) else None
+        new = [t for t in granted if t not in self.topics]
+        if len(self.topics) + len(new) > self._max_topics:
+            raise Refused(ERR_BADTOPIC, f"at most {self._max_topics} topics per connection")
+        self.topics.update(granted)
+        for topic in new:
+            self._listen(topic)
+        if grant is not None:
+            self.sub = grant.sub
+        self.state = State.LISTENING
+
+    def _do_unlisten(self, request: dict[str, Any]) -> None:
+        _, raw_topics = self._topics_of(request)
+        parsed = []
+        for raw in raw_topics:
+            try:
+                parsed.append(self._policy.check(raw)[0].topic)
+            except BadTopic as exc:
+                raise Refused(ERR_BADTOPIC, str(exc)) from None
+        self._drop([t for t in dict.fromkeys(parsed) if t in self.topics])

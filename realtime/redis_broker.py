@@ -1,0 +1,321 @@
+"""Redis pub/sub broker: every instance subscribes to one channel (default ``realtime``).
+
+Wire envelope on the channel, published by us or by any service in any language::
+
+    {"topic": "dream:update.abc", "message": "<string>" | <any JSON value>}
+
+A ``message`` that is not a string is delivered JSON-encoded, as in Twitch PubSub.
+Invalid envelopes are counted, logged (at most once a second) and dropped.
+
+The subscriber is our own small RESP client (an :class:`asyncio.Protocol` fed through
+``hiredis.Reader``): a burst of publications read in one ``data_received`` is fanned out
+in one event-loop pass, so writes to each client merge. A supervisor task owns the
+link: it reconnects with capped, jittered exponential backoff forever, resubscribes,
+PINGs every ``health_interval`` seconds and drops a link that stays silent for three
+intervals. Publishing goes through redis-py's ``redis.asyncio`` client.
+
+Redis pub/sub is at-most-once: a publication made while this instance is unsubscribed
+is lost for its listeners. After every reconnect the broker calls ``on_gap`` so the
+node can tell its clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import hiredis
+import orjson
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError
+
+from realtime.broker import Deliver, OnGap
+from realtime.errors import BrokerUnavailable
+
+log = structlog.get_logger("realtime.broker")
+
+
+def backoff_delay(attempt: int, *, base: float = 0.1, cap: float = 1.0) -> float:
+    """Capped exponential backoff with jitter: a delay in ``[d/2, d]`` seconds,
+    where ``d = min(cap, base * 2**attempt)``."""
+    delay: float = min(cap, base * 2.0 ** min(attempt, 16))
+    return delay * (0.5 + random.random() / 2)
+
+
+def _encode_command(*parts: bytes | str) -> bytes:
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        raw = part.encode() if isinstance(part, str) else part
+        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(out)
+
+
+class _Subscriber(asyncio.Protocol):
+    """One subscribed RESP2 connection. Not reused after it is lost."""
+
+    def __init__(self, channel: bytes, on_data: Callable[[bytes], None]) -> None:
+        self._channel = channel
+        self._on_data = on_data
+        self._reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+        self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.last_seen = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.last_seen = time.monotonic()
+        reader = self._reader
+        reader.feed(data)
+        try:
+            while (reply := reader.gets()) is not False:
+                self._handle(reply)
+        except hiredis.ProtocolError as exc:
+            self._fail(RuntimeError(f"redis protocol error: {exc}"))
+
+    def _handle(self, reply: Any) -> None:
+        if isinstance(reply, list) and len(reply) == 3:
+            kind = reply[0]
+            if kind == b"message":
+                if reply[1] == self._channel:
+                    self._on_data(reply[2])
+                return
+            if kind == b"subscribe" and not self.subscribed.done():
+                self.subscribed.set_result(None)
+                return
+        if isinstance(reply, hiredis.ReplyError):
+            self._fail(RuntimeError(f"redis refused: {reply}"))
+        # +OK (AUTH), ["pong", ""] (health check): nothing to do
+
+    def _fail(self, exc: BaseException) -> None:
+        for fut in (self.subscribed, self.lost):
+            if not fut.done():
+                fut.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        error = exc or ConnectionError("redis closed the connection")
+        for fut in (self.subscribed, self.lost):
+            if not fut.done():
+                fut.set_exception(error)
+
+
+class RedisBroker:
+    """Broker over one Redis pub/sub channel; see the module docstring.
+
+    Attributes:
+        reconnects: number of times the subscriber link came back after a loss.
+        invalid_envelopes: number of publications dropped as malformed.
+    """
+
+    kind = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        channel: str = "realtime",
+        connect_timeout: float = 2.0,
+        health_interval: float = 5.0,
+        backoff_cap: float = 1.0,
+    ) -> None:
+        """Args:
+        url: ``redis://``, ``rediss://`` (TLS, e.g. Upstash) or ``unix://`` URL.
+        channel: the pub/sub channel shared by all instances.
+        connect_timeout: per connection attempt, seconds.
+        health_interval: PING period on the subscriber link, seconds.
+        backoff_cap: longest wait between reconnect attempts, seconds.
+        """
+        self._url = url
+        self._params = parse_url(url)
+        self._channel = channel
+        self._connect_timeout = connect_timeout
+        self._health_interval = health_interval
+        self._backoff_cap = backoff_cap
+        self._deliver: Deliver | None = None
+        self._on_gap: OnGap | None = None
+        self._client: aioredis.Redis | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._link: _Subscriber | None = None
+        self._ready = False
+        self._last_invalid_log = 0.0
+        self.reconnects = 0
+        self.invalid_envelopes = 0
+
+    @property
+    def ready(self) -> bool:
+        """``True`` while subscribed."""
+        return self._ready
+
+    async def start(self, deliver: Deliver, on_gap: OnGap) -> None:
+        """Start the supervisor; waits up to ``connect_timeout`` for the first subscription
+        (the server starts anyway, not ready, if Redis is down)."""
+        self._deliver, self._on_gap = deliver, on_gap
+        self.start_publisher()
+        first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._supervise(first), name="redis-subscriber")
+        try:
+            await asyncio.wait_for(asyncio.shield(first), self._connect_timeout + 0.5)
+        except TimeoutError:
+            log.warning("redis_not_ready_at_start", channel=self._channel)
+
+    def start_publisher(self) -> None:
+        """Create the publishing client only (for ``realtime publish``)."""
+        if self._client is None:
+            self._client = aioredis.from_url(
+                self._url,
+                socket_connect_timeout=self._connect_timeout,
+                socket_timeout=self._connect_timeout,
+                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), 1),
+                health_check_interval=30,
+            )
+
+    async def publish(self, topic: str, message: str) -> None:
+        """PUBLISH the envelope on the channel.
+
+        Raises:
+            BrokerUnavailable: Redis did not accept it (down, timeout, refused).
+        """
+        if self._client is None:
+            raise BrokerUnavailable("broker is not started")
+        envelope = orjson.dumps({"topic": topic, "message": message})
+        try:
+            await self._client.publish(self._channel, envelope)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"redis unavailable: {type(exc).__name__}") from None
+
+    async def close(self) -> None:
+        """Stop the supervisor and close both connections."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._link is not None and self._link.transport is not None:
+            self._link.transport.close()
+        self._ready = False
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _open(self) -> _Subscriber:
+        loop = asyncio.get_running_loop()
+        channel = self._channel.encode()
+        params = self._params
+        factory: Callable[[], _Subscriber] = lambda: _Subscriber(channel, self._on_envelope)  # noqa: E731
+        if params.get("connection_class") is UnixDomainSocketConnection:
+            connect = loop.create_unix_connection(factory, params["path"])
+        else:
+            tls = None
+            if params.get("connection_class") is SSLConnection:
+                tls = ssl.create_default_context()
+                if params.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+                    tls.check_hostname = False
+                    tls.verify_mode = ssl.CERT_NONE
+            host, port = params.get("host", "localhost"), params.get("port", 6379)
+            connect = loop.create_connection(factory, host, port, ssl=tls)
+        _, link = await asyncio.wait_for(connect, self._connect_timeout)
+        assert link.transport is not None
+        commands = []
+        if params.get("password"):
+            auth = [params["username"]] if params.get("username") else []
+            commands.append(_encode_command("AUTH", *auth, params["password"]))
+        commands.append(_encode_command("SUBSCRIBE", channel))
+        link.transport.write(b"".join(commands))
+        try:
+            await asyncio.wait_for(asyncio.shield(link.subscribed), self._connect_timeout)
+        except BaseException:
+            link.transport.abort()
+            raise
+        return link
+
+    async def _supervise(self, first: asyncio.Future[None]) -> None:
+        attempt = 0
+        connected_before = False
+        while True:
+            try:
+                link = self._link = await self._open()
+            except (OSError, TimeoutError, RuntimeError, ConnectionError) as exc:
+                if not first.done():
+                    first.set_result(None)
+                delay = backoff_delay(attempt, cap=self._backoff_cap)
+                log.warning(
+                    "redis_connect_failed",
+                    error=str(exc) or type(exc).__name__,
+                    retry_in=round(delay, 3),
+                    attempt=attempt + 1,
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            self._ready = True
+            if not first.done():
+                first.set_result(None)
+            if connected_before:
+                self.reconnects += 1
+                log.info("redis_reconnected", channel=self._channel, reconnects=self.reconnects, after_attempts=attempt)
+                assert self._on_gap is not None
+                self._on_gap()
+            else:
+                log.info("redis_subscribed", channel=self._channel)
+            connected_before = True
+            attempt = 0
+            await self._watch(link)
+            self._ready = False
+
+    async def _watch(self, link: _Subscriber) -> None:
+        """Return when the link is lost; PING it and drop it when it goes silent."""
+        assert link.transport is not None
+        ping = _encode_command("PING")
+        while True:
+            done, _ = await asyncio.wait({link.lost}, timeout=self._health_interval)
+            if done:
+                exc = link.lost.exception()
+                log.warning("redis_link_lost", error=str(exc) or type(exc).__name__)
+                return
+            if time.monotonic() - link.last_seen > 3 * self._health_interval:
+                log.warning("redis_link_silent", seconds=round(time.monotonic() - link.last_seen, 1))
+                link.transport.abort()
+                return
+            link.transport.write(ping)
+
+    def _on_envelope(self, data: bytes) -> None:
+        try:
+            envelope = orjson.loads(data)
+            topic = envelope["topic"]
+            message = envelope["message"]
+            if not isinstance(topic, str):
+                raise TypeError("topic must be a string")
+        except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+            self._invalid(exc)
+            return
+        if not isinstance(message, str):
+            message = orjson.dumps(message).decode()
+        assert self._deliver is not None
+        try:
+            self._deliver(topic, message)
+        except Exception:
+            log.exception("deliver_failed", topic=topic[:128])
+
+    def _invalid(self, exc: Exception) -> None:
+        self.invalid_envelopes += 1
+        now = time.monotonic()
+        if now - self._last_invalid_log >= 1.0:
+            self._last_invalid_log = now
+            log.warning(
+                "invalid_envelope_dropped",
+                error=f"{type(exc).__name__}: {exc}",
+                total_dropped=self.invalid_envelopes,
+                expected='{"topic": "...", "message": ...}',
+            )

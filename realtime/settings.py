@@ -1,0 +1,150 @@
+"""Settings: one frozen dataclass read from the environment once, at start-up.
+
+Every field is documented in the README's "Settings" table; the environment variable
+is the field name in upper case unless noted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import orjson
+
+from realtime.errors import SettingsError
+from topics import BadScope, parse_scopes
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyEntry:
+    """One API key from ``API_KEYS``.
+
+    Attributes:
+        user_id: the user the key acts for (the WS token's ``sub``).
+        api_key: the secret key.
+        scopes: the scopes the key grants.
+    """
+
+    user_id: str
+    api_key: str = field(repr=False)
+    scopes: frozenset[str]
+
+
+def parse_api_keys(text: str) -> tuple[ApiKeyEntry, ...]:
+    """Parse ``API_KEYS``: ``[{"userId": 1, "apiKey": "...", "scopes": ["..."]}]``.
+
+    Raises:
+        SettingsError: naming the entry and field at fault (never the key itself).
+    """
+    if not text.strip():
+        return ()
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise SettingsError("API_KEYS is not valid JSON") from None
+    if not isinstance(data, list):
+        raise SettingsError("API_KEYS must be a JSON array of objects")
+    entries = []
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise SettingsError(f"API_KEYS[{index}] must be an object")
+        user_id, api_key, scopes = item.get("userId"), item.get("apiKey"), item.get("scopes", [])
+        if isinstance(user_id, bool) or not isinstance(user_id, int | str) or user_id == "":
+            raise SettingsError(f"API_KEYS[{index}].userId must be a number or string")
+        if not isinstance(api_key, str) or len(api_key) < 16:
+            raise SettingsError(f"API_KEYS[{index}].apiKey must be a string of 16+ characters")
+        if not isinstance(scopes, list):
+            raise SettingsError(f"API_KEYS[{index}].scopes must be an array")
+        try:
+            parsed = parse_scopes(scopes)
+        except BadScope as exc:
+            raise SettingsError(f"API_KEYS[{index}].scopes: {exc}") from None
+        entries.append(ApiKeyEntry(str(user_id), api_key, frozenset(parsed)))
+    return tuple(entries)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the server, with its default.
+
+    Times are in seconds, sizes in bytes.
+    """
+
+    host: str = "0.0.0.0"
+    port: int = 4444
+    redis_url: str = ""
+    redis_channel: str = "realtime"
+    keys_dir: str = "./keys.d"
+    ws_signing_keys: str = field(default="", repr=False)
+    ws_token_ttl: int = 3600
+    ws_token_issuer: str = "realtime"
+    ws_token_audience: str = "realtime"
+    api_keys: tuple[ApiKeyEntry, ...] = ()
+    topics_file: str = ""
+    listen_timeout: float = 15.0
+    idle_timeout: float = 330.0
+    max_topics_per_connection: int = 50
+    max_frame_bytes: int = 16384
+    max_body_bytes: int = 65536
+    send_queue_max_bytes: int = 1048576
+    send_queue_max_messages: int = 1000
+    shutdown_grace: float = 10.0
+    log_format: str = "auto"
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read settings from ``environ`` (default ``os.environ``), then apply overrides.
+
+        Raises:
+            SettingsError: naming the variable whose value does not parse.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(f.name, f.type, raw)
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check ranges.
+
+        Raises:
+            SettingsError: naming the variable out of range.
+        """
+        positive = (
+            "port", "ws_token_ttl", "listen_timeout", "idle_timeout",
+            "max_topics_per_connection", "max_frame_bytes", "max_body_bytes",
+            "send_queue_max_bytes", "send_queue_max_messages",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name.upper()} must be positive")
+        if self.shutdown_grace < 0:
+            raise SettingsError("SHUTDOWN_GRACE must not be negative")
+        if self.log_format not in ("auto", "json", "console"):
+            raise SettingsError("LOG_FORMAT must be auto, json or console")
+        if not self.redis_channel:
+            raise SettingsError("REDIS_CHANNEL must not be empty")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+
+
+def _convert(name: str, type_name: object, raw: str) -> Any:
+    try:
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name.upper()}={raw!r} is not a number") from None
+    if name == "api_keys":
+        return parse_api_keys(raw)
+    return raw
