@@ -11,6 +11,7 @@ import orjson
 
 from keys import cli as keys_cli
 from realtime.errors import RealtimeError
+from realtime.settings import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,29 +52,49 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from realtime.app import create_app
     from realtime.logs import configure_logging
     from realtime.settings import Settings
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings.from_env(**overrides)
     configure_logging(settings.log_format, settings.log_level)
-    app = create_app(settings)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_grace + 5,
-        print=None,
-        access_log=None,
-    )
+    asyncio.run(serve(settings))
     return 0
 
 
+async def serve(settings: Settings) -> None:
+    """Run the server until SIGTERM or SIGINT, then shut down gracefully.
+
+    Shutdown order: stop accepting connections, send RECONNECT to every client, wait up
+    to ``SHUTDOWN_GRACE`` seconds, close the rest with 1001, release the broker.
+    """
+    import signal
+
+    import structlog
+    from aiohttp import web
+
+    from realtime.app import create_app
+
+    log = structlog.get_logger("realtime")
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace + 5)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    log.info("listening", host=settings.host, port=settings.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutdown_started")
+    finally:
+        await runner.cleanup()
+        log.info("shutdown_complete")
+
+
 async def _publish(args: argparse.Namespace) -> int:
-    from realtime.settings import Settings
     from topics import DEFAULT_POLICY, BadTopic, load_policy
 
     settings = Settings.from_env()
@@ -116,9 +137,10 @@ async def _publish_http(url: str, api_key: str, topic: str, message: object) -> 
     import aiohttp
 
     headers = {"Authorization": f"Api-Key {api_key}"} if api_key else {}
-    async with aiohttp.ClientSession() as session, session.post(
-        f"{url.rstrip('/')}/publish", json={"topic": topic, "message": message}, headers=headers
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url.rstrip('/')}/publish", json={"topic": topic, "message": message}, headers=headers) as resp,
+    ):
         body = await resp.text()
         if resp.status != 202:
             print(f"error: {resp.status} {body}", file=sys.stderr)

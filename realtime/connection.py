@@ -8,9 +8,12 @@ pending list and marks the connection dirty; once per event-loop pass the
 publication (encode once).
 
 The send queue of a connection is its pending frames plus what the transport still
-buffers. When it would exceed ``max_bytes`` or ``max_messages``, the connection is a
-*slow consumer*: its pending frames are dropped, nothing more is queued, and it is
-closed with :data:`CLOSE_SLOW_CONSUMER`. Other listeners are not slowed.
+buffers after the kernel's socket buffer is full. While the transport buffer is empty
+the client is keeping up (frames queued in the current pass go out at its end). Once
+it is not, and the queue would exceed ``max_bytes`` or ``max_messages``, the
+connection is a *slow consumer*: its pending frames are dropped, nothing more is
+queued, and it is closed with :data:`CLOSE_SLOW_CONSUMER`. Other listeners are not
+slowed.
 """
 
 from __future__ import annotations
@@ -128,7 +131,9 @@ class Connection:
             self._scheduler.mark(self)
         pending.append(frame)
         self._pending_bytes += len(frame)
-        if self._pending_bytes + self._buffered > self._max_bytes or len(pending) + self._backlog > self._max_messages:
+        if self._buffered and (
+            self._pending_bytes + self._buffered > self._max_bytes or len(pending) + self._backlog > self._max_messages
+        ):
             self._overflow()
 
     def send_payload(self, payload: bytes) -> None:

@@ -22,6 +22,7 @@ node can tell its clients.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import ssl
 import time
@@ -58,6 +59,12 @@ def _encode_command(*parts: bytes | str) -> bytes:
     return b"".join(out)
 
 
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    """Mark a future's exception as seen (the supervisor reads it when it cares)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class _Subscriber(asyncio.Protocol):
     """One subscribed RESP2 connection. Not reused after it is lost."""
 
@@ -68,6 +75,8 @@ class _Subscriber(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for fut in (self.subscribed, self.lost):
+            fut.add_done_callback(_retrieve)
         self.last_seen = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -153,6 +162,8 @@ class RedisBroker:
         self._last_invalid_log = 0.0
         self.reconnects = 0
         self.invalid_envelopes = 0
+        self.client_name = f"realtime-sub-{os.getpid()}-{id(self):x}"
+        """The subscriber's ``CLIENT SETNAME``, so operators can spot it in ``CLIENT LIST``."""
 
     @property
     def ready(self) -> bool:
@@ -231,6 +242,7 @@ class RedisBroker:
         if params.get("password"):
             auth = [params["username"]] if params.get("username") else []
             commands.append(_encode_command("AUTH", *auth, params["password"]))
+        commands.append(_encode_command("CLIENT", "SETNAME", self.client_name))
         commands.append(_encode_command("SUBSCRIBE", channel))
         link.transport.write(b"".join(commands))
         try:

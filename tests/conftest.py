@@ -1,0 +1,164 @@
+"""Shared fixtures: keys, settings, an in-process app, the real Redis, WS helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import ClientWebSocketResponse, WSMsgType, web
+from aiohttp.test_utils import TestClient
+
+from keys import KeyStore, generate_key
+from realtime.app import create_app
+from realtime.settings import Settings, parse_api_keys
+
+USER_KEY = "user-key-0123456789abcdef"
+PUBLISHER_KEY = "publisher-key-0123456789abcdef"
+OTHER_KEY = "other-user-key-0123456789abcdef"
+API_KEYS_JSON = orjson.dumps(
+    [
+        {"userId": 7, "apiKey": USER_KEY, "scopes": ["user:read:remote-control", "channel:read:predictions"]},
+        {"userId": 8, "apiKey": OTHER_KEY, "scopes": ["user:read:remote-control"]},
+        {"userId": "svc", "apiKey": PUBLISHER_KEY, "scopes": ["realtime:publish"]},
+    ]
+).decode()
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def auth(key: str) -> dict[str, str]:
+    """The Authorization header for an API key."""
+    return {"Authorization": f"Api-Key {key}"}
+
+
+@pytest.fixture
+def key_store(tmp_path: Path) -> KeyStore:
+    """A fresh signing key in a temporary directory."""
+    generate_key(tmp_path / "keys")
+    return KeyStore.from_directory(tmp_path / "keys")
+
+
+def redis_reachable(url: str = REDIS_URL) -> bool:
+    """True if a TCP connection to the Redis in ``url`` succeeds."""
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The real Redis URL; fails (CI) or skips (local) when Redis is down."""
+    if not redis_reachable():
+        message = f"Redis is not reachable at {REDIS_URL}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI is set: Redis tests must not skip)")
+        pytest.skip(message)
+    return REDIS_URL
+
+
+@pytest.fixture
+def channel() -> str:
+    """A Redis channel of this test alone, so concurrent runs never collide."""
+    return f"realtime-test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client on the real Redis (the 'backend service')."""
+    client = aioredis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings for tests: no environment, test API keys, then ``overrides``."""
+    values: dict[str, Any] = {"api_keys": parse_api_keys(API_KEYS_JSON), "log_format": "json"}
+    values.update(overrides)
+    return Settings.from_env({}, **values)
+
+
+AppFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, key_store: KeyStore) -> AppFactory:
+    """Start the real app in-process on a loopback port: ``await make_client(**settings)``."""
+
+    async def factory(**overrides: Any) -> TestClient[web.Request, web.Application]:
+        client: TestClient[web.Request, web.Application] = await aiohttp_client(
+            create_app(make_settings(**overrides), key_store=key_store)
+        )
+        return client
+
+    return factory
+
+
+async def ws_token(client: Any, key: str = USER_KEY, scope: str | None = None) -> str:
+    """A WS token from ``/auth/ws``."""
+    params = {"scope": scope} if scope is not None else {}
+    resp = await client.post("/auth/ws", headers=auth(key), params=params)
+    assert resp.status == 200, await resp.text()
+    token: str = (await resp.json())["token"]
+    return token
+
+
+async def send(ws: ClientWebSocketResponse, **frame: Any) -> None:
+    """Send one JSON text frame."""
+    await ws.send_str(orjson.dumps(frame).decode())
+
+
+async def recv(ws: ClientWebSocketResponse, timeout: float = 3.0) -> dict[str, Any]:
+    """Receive one JSON text frame (fails on close or timeout)."""
+    msg = await ws.receive(timeout=timeout)
+    assert msg.type is WSMsgType.TEXT, f"expected a text frame, got {msg.type} {msg.data!r} {msg.extra!r}"
+    data: dict[str, Any] = orjson.loads(msg.data)
+    return data
+
+
+async def listen(
+    ws: ClientWebSocketResponse, topics: list[str], token: str | None = None, nonce: str = "n"
+) -> dict[str, Any]:
+    """LISTEN and return the RESPONSE."""
+    data: dict[str, Any] = {"topics": topics}
+    if token is not None:
+        data["auth_token"] = token
+    await send(ws, type="LISTEN", nonce=nonce, data=data)
+    return await recv(ws)
+
+
+async def assert_silent(ws: ClientWebSocketResponse, timeout: float = 0.3) -> None:
+    """Assert that no frame arrives within ``timeout`` seconds."""
+    try:
+        msg = await ws.receive(timeout=timeout)
+    except TimeoutError:
+        return
+    raise AssertionError(f"expected silence, got {msg.type} {msg.data!r}")
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``predicate`` until true or fail after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def kill_subscriber(redis_client: aioredis.Redis, name: str) -> None:
+    """Drop one named subscriber connection (``CLIENT KILL ID``), leaving other runs' alone."""
+    clients = await redis_client.client_list()
+    ids = [c["id"] for c in clients if c.get("name") == name]
+    assert ids, f"no Redis client named {name}"
+    for client_id in ids:
+        await redis_client.execute_command("CLIENT", "KILL", "ID", client_id)

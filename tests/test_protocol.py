@@ -1,0 +1,182 @@
+"""Unit tests of the protocol state machine: no sockets, a plain set as the topic index."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from keys import KeyStore, TokenIssuer, TokenVerifier
+from realtime.protocol import Session, State
+from topics import DEFAULT_POLICY, Topic
+
+
+class Harness:
+    def __init__(self, store: KeyStore, max_topics: int = 50) -> None:
+        self.index: set[Topic] = set()
+        self.issuer = TokenIssuer(store, issuer="realtime", audience="realtime", ttl=60)
+        verifier = TokenVerifier(store, issuer="realtime", audience="realtime")
+        self.session = Session(
+            policy=DEFAULT_POLICY,
+            verify=verifier.verify,
+            listen=self.index.add,
+            unlisten=self.index.discard,
+            max_topics=max_topics,
+        )
+
+    def token(self, sub: str = "7", scopes: tuple[str, ...] = ("user:read:remote-control",)) -> str:
+        return self.issuer.issue(sub, scopes).token
+
+    def send(self, frame: object) -> dict[str, object]:
+        raw = frame if isinstance(frame, str | bytes) else orjson.dumps(frame)
+        reply: dict[str, object] = orjson.loads(self.session.receive(raw))
+        return reply
+
+    def listen(self, topics: list[object], token: str | None = None, kind: str = "LISTEN") -> dict[str, object]:
+        data: dict[str, object] = {"topics": topics}
+        if token is not None:
+            data["auth_token"] = token
+        return self.send({"type": kind, "nonce": "n1", "data": data})
+
+
+@pytest.fixture
+def h(key_store: KeyStore) -> Harness:
+    return Harness(key_store)
+
+
+def test_ping_pong(h: Harness) -> None:
+    assert h.send({"type": "PING"}) == {"type": "PONG"}
+    assert h.session.state is State.CONNECTED  # a PING is not a LISTEN
+
+
+def test_listen_public_topic_without_token(h: Harness) -> None:
+    assert h.listen(["dream:update.abc"]) == {"type": "RESPONSE", "nonce": "n1", "error": ""}
+    assert h.index == {"dream:update.abc"}
+    assert h.session.state is State.LISTENING
+    assert h.session.topics == {"dream:update.abc": None}
+
+
+def test_listen_scoped_self_topic(h: Harness) -> None:
+    reply = h.listen(["remote-control:command.7", "dream:update.x"], h.token())
+    assert reply["error"] == ""
+    assert h.index == {"remote-control:command.7", "dream:update.x"}
+    assert h.session.sub == "7"
+    exp = h.session.topics[Topic("remote-control:command.7")]
+    assert exp is not None and exp > time.time()
+    assert h.session.topics[Topic("dream:update.x")] is None  # public: never expires
+
+
+@pytest.mark.parametrize(
+    ("topics", "token_args", "error"),
+    [
+        (["remote-control:command.7"], None, "ERR_BADAUTH"),  # token missing
+        (["remote-control:command.8"], ("7",), "ERR_BADAUTH"),  # someone else's self topic
+        (["channel:follow.1"], ("7",), "ERR_BADAUTH"),  # scope missing
+        (["nope:nope.1"], None, "ERR_BADTOPIC"),
+        (["dream:update"], None, "ERR_BADTOPIC"),  # target required
+        (["system:notice.1"], None, "ERR_BADTOPIC"),  # global: no target
+        (["DREAM:update.1"], None, "ERR_BADTOPIC"),
+        ([42], None, "ERR_BADTOPIC"),
+    ],
+)
+def test_listen_refusals(h: Harness, topics: list[object], token_args: tuple[str] | None, error: str) -> None:
+    token = None if token_args is None else h.token(*token_args)
+    reply = h.listen(topics, token)
+    assert reply["error"] == error and reply["nonce"] == "n1"
+    assert isinstance(reply["error_description"], str) and reply["error_description"]
+    assert h.index == set() and h.session.state is State.CONNECTED
+
+
+def test_scope_prefix_and_superset_do_not_match(h: Harness) -> None:
+    for scopes in (("user:read",), ("user:read:remote-control-all",), ("user:read:remote",), ("user:*",)):
+        token = h.token("7", scopes)
+        assert h.listen(["remote-control:command.7"], token)["error"] == "ERR_BADAUTH", scopes
+
+
+def test_listen_is_all_or_nothing(h: Harness) -> None:
+    reply = h.listen(["dream:update.a", "remote-control:command.8"], h.token())
+    assert reply["error"] == "ERR_BADAUTH"
+    assert h.index == set()
+
+
+def test_invalid_token_refused_even_for_public_topics(h: Harness) -> None:
+    assert h.listen(["dream:update.a"], "not-a-token")["error"] == "ERR_BADAUTH"
+
+
+def test_unlisten(h: Harness) -> None:
+    h.listen(["dream:update.a", "dream:update.b"])
+    assert h.listen(["dream:update.a", "dream:update.zzz"], kind="UNLISTEN")["error"] == ""
+    assert h.index == {"dream:update.b"}
+    assert h.listen(["bad topic"], kind="UNLISTEN")["error"] == "ERR_BADTOPIC"
+
+
+def test_relisten_does_not_double_index(h: Harness) -> None:
+    calls: list[Topic] = []
+    h.session._listen = calls.append
+    h.listen(["dream:update.a"])
+    h.listen(["dream:update.a", "dream:update.a"])
+    assert calls == ["dream:update.a"]
+
+
+def test_topic_limit(key_store: KeyStore) -> None:
+    h = Harness(key_store, max_topics=3)
+    assert h.listen([f"dream:update.{i}" for i in range(3)])["error"] == ""
+    reply = h.listen(["dream:update.x"])
+    assert reply["error"] == "ERR_BADTOPIC" and "at most 3" in str(reply["error_description"])
+    assert h.listen([f"dream:update.{i}" for i in range(4)])["error"] == "ERR_BADTOPIC"
+    assert len(h.index) == 3
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "not json",
+        b"\xff\xfe",
+        "[]",
+        '"LISTEN"',
+        "null",
+        "{}",
+        '{"type": "SUBSCRIBE"}',
+        '{"type": 5}',
+        '{"type": "LISTEN"}',
+        '{"type": "LISTEN", "data": []}',
+        '{"type": "LISTEN", "data": {"topics": "dream:update.1"}}',
+        '{"type": "LISTEN", "data": {"topics": []}}',
+        '{"type": "LISTEN", "nonce": 5, "data": {"topics": ["dream:update.1"]}}',
+        "[" * 5000 + "]" * 5000,
+        '{"type": "LISTEN", "nonce": "' + "n" * 300 + '", "data": {"topics": ["dream:update.1"]}}',
+    ],
+)
+def test_bad_messages(h: Harness, frame: str | bytes) -> None:
+    reply = h.send(frame)
+    assert reply["type"] == "RESPONSE" and reply["error"] == "ERR_BADMESSAGE"
+
+
+def test_nonce_is_echoed_on_errors(h: Harness) -> None:
+    reply = h.send({"type": "LISTEN", "nonce": "abc", "data": None})
+    assert reply == {
+        "type": "RESPONSE",
+        "nonce": "abc",
+        "error": "ERR_BADMESSAGE",
+        "error_description": "data must be an object",
+    }
+
+
+def test_verifier_crash_is_err_server(key_store: KeyStore) -> None:
+    def boom(token: str) -> object:
+        raise RuntimeError("bug")
+
+    h = Harness(key_store)
+    h.session._verify = boom  # type: ignore[assignment]
+    assert h.listen(["dream:update.a"], "tok")["error"] == "ERR_SERVER"
+
+
+def test_expire_and_close(h: Harness) -> None:
+    h.listen(["remote-control:command.7", "dream:update.a"], h.token())
+    assert h.session.expire(time.time()) == []
+    assert h.session.expire(time.time() + 3600) == ["remote-control:command.7"]
+    assert h.index == {"dream:update.a"}
+    assert h.session.close() == ["dream:update.a"]
+    assert h.index == set() and h.session.state is State.CLOSED
+    assert h.send({"type": "PING"})["error"] == "ERR_BADMESSAGE"

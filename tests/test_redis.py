@@ -1,0 +1,163 @@
+"""Integration with the real Redis: raw PUBLISH, /publish, invalid envelopes, link loss."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from realtime.appkeys import NODE
+from realtime.redis_broker import RedisBroker, backoff_delay
+from tests.conftest import (
+    PUBLISHER_KEY,
+    AppFactory,
+    assert_silent,
+    auth,
+    kill_subscriber,
+    listen,
+    recv,
+    wait_for,
+    ws_token,
+)
+
+
+async def redis_app(make_client: AppFactory, redis_url: str, channel: str, **kw: Any) -> Any:
+    client = await make_client(redis_url=redis_url, redis_channel=channel, **kw)
+    await wait_for(lambda: client.app[NODE].broker.ready)
+    return client
+
+
+async def test_raw_redis_publish_reaches_listener(
+    make_client: AppFactory, redis_url: str, channel: str, redis_client: aioredis.Redis
+) -> None:
+    client = await redis_app(make_client, redis_url, channel)
+    ready = await client.get("/ready")
+    assert ready.status == 200
+    assert (await ready.json())["dependencies"]["broker"] == {"kind": "redis", "state": "connected"}
+    token = await ws_token(client)
+    async with client.ws_connect("/ws") as ws:
+        assert (await listen(ws, ["dream:update.abc", "remote-control:command.7"], token))["error"] == ""
+        await redis_client.publish(channel, '{"topic":"dream:update.abc","message":{"status":"processed"}}')
+        assert await recv(ws) == {
+            "type": "MESSAGE",
+            "data": {"topic": "dream:update.abc", "message": '{"status":"processed"}'},
+        }
+        await redis_client.publish(channel, orjson.dumps({"topic": "remote-control:command.7", "message": "next"}))
+        assert (await recv(ws))["data"] == {"topic": "remote-control:command.7", "message": "next"}
+
+
+async def test_http_publish_goes_through_redis(
+    make_client: AppFactory, redis_url: str, channel: str, redis_client: aioredis.Redis
+) -> None:
+    client = await redis_app(make_client, redis_url, channel)
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(channel)
+    async with client.ws_connect("/ws") as ws:
+        await listen(ws, ["dream:job:progress.j1"])
+        resp = await client.post(
+            "/publish", json={"topic": "dream:job:progress.j1", "message": {"pct": 50}}, headers=auth(PUBLISHER_KEY)
+        )
+        assert resp.status == 202
+        assert (await recv(ws))["data"]["message"] == '{"pct":50}'
+        envelope = None
+        for _ in range(20):
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if msg is not None:
+                envelope = orjson.loads(msg["data"])
+                break
+        assert envelope == {"topic": "dream:job:progress.j1", "message": '{"pct":50}'}
+        await send_unlisten(ws, "dream:job:progress.j1")
+        await redis_client.publish(channel, '{"topic":"dream:job:progress.j1","message":"late"}')
+        await assert_silent(ws)
+    await pubsub.aclose()
+
+
+async def send_unlisten(ws: Any, topic: str) -> None:
+    await ws.send_str(orjson.dumps({"type": "UNLISTEN", "nonce": "u", "data": {"topics": [topic]}}).decode())
+    assert (await recv(ws))["error"] == ""
+
+
+async def test_invalid_envelopes_are_dropped_not_fatal(
+    make_client: AppFactory, redis_url: str, channel: str, redis_client: aioredis.Redis
+) -> None:
+    client = await redis_app(make_client, redis_url, channel)
+    async with client.ws_connect("/ws") as ws:
+        await listen(ws, ["dream:update.a"])
+        for junk in (
+            b"not json",
+            b"[]",
+            b"42",
+            b'{"topic": 5, "message": "x"}',
+            b'{"message": "x"}',
+            b"\xff\xfe",
+            b"{}",
+        ):
+            await redis_client.publish(channel, junk)
+        await redis_client.publish(channel, '{"topic":"dream:update.a","message":"still alive"}')
+        assert (await recv(ws))["data"]["message"] == "still alive"
+        assert client.app[NODE].broker.invalid_envelopes == 7  # type: ignore[attr-defined]
+
+
+async def test_other_channels_are_ignored(
+    make_client: AppFactory, redis_url: str, channel: str, redis_client: aioredis.Redis
+) -> None:
+    client = await redis_app(make_client, redis_url, channel)
+    async with client.ws_connect("/ws") as ws:
+        await listen(ws, ["dream:update.a"])
+        await redis_client.publish(channel + "-other", '{"topic":"dream:update.a","message":"wrong channel"}')
+        await assert_silent(ws)
+
+
+async def test_subscriber_killed_reconnects_and_sends_gap(
+    make_client: AppFactory, redis_url: str, channel: str, redis_client: aioredis.Redis
+) -> None:
+    client = await redis_app(make_client, redis_url, channel)
+    broker = client.app[NODE].broker
+    assert isinstance(broker, RedisBroker)
+    async with client.ws_connect("/ws") as ws:
+        await listen(ws, ["dream:update.a"])
+        await kill_subscriber(redis_client, broker.client_name)
+        gap = await recv(ws, timeout=5)
+        assert gap == {"type": "GAP", "data": {"topics": ["dream:update.a"], "reason": "broker_reconnected"}}
+        assert broker.reconnects == 1 and broker.ready
+        await redis_client.publish(channel, '{"topic":"dream:update.a","message":"after"}')
+        assert (await recv(ws))["data"]["message"] == "after"
+
+
+async def test_publish_fails_with_503_when_redis_is_unreachable(make_client: AppFactory, channel: str) -> None:
+    client = await make_client(redis_url="redis://127.0.0.1:1/0", redis_channel=channel)
+    resp = await client.get("/ready")
+    assert resp.status == 503
+    assert (await resp.json())["dependencies"]["broker"] == {"kind": "redis", "state": "disconnected"}
+    resp = await client.post("/publish", json={"topic": "dream:update.a", "message": "x"}, headers=auth(PUBLISHER_KEY))
+    assert resp.status == 503 and (await resp.json())["error"] == "unavailable"
+    assert (await client.get("/health")).status == 200
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    delays = [backoff_delay(n, base=0.1, cap=1.0) for n in range(20)]
+    assert all(0.05 <= d <= 1.0 for d in delays)
+    assert max(delays[10:]) <= 1.0 and min(delays[10:]) >= 0.5
+    assert len({round(backoff_delay(5), 6) for _ in range(20)}) > 1
+
+
+async def test_redis_restart_like_outage(redis_url: str, channel: str, redis_client: aioredis.Redis) -> None:
+    """The supervisor keeps retrying while the link is refused, then resubscribes."""
+    got: list[tuple[str, str]] = []
+    gaps: list[int] = []
+    broker = RedisBroker(redis_url, channel=channel, health_interval=0.5)
+    await broker.start(lambda t, m: got.append((t, m)), lambda: gaps.append(1))
+    try:
+        assert broker.ready
+        for n in range(1, 4):
+            await kill_subscriber(redis_client, broker.client_name)
+            await wait_for(lambda n=n: broker.reconnects == n and broker.ready, timeout=3)  # type: ignore[misc]
+        assert len(gaps) == 3
+        await redis_client.publish(channel, '{"topic":"t.a","message":"m"}')
+        await wait_for(lambda: got == [("t.a", "m")], timeout=3)
+    finally:
+        await broker.close()
+    assert not broker.ready
+    await asyncio.sleep(0)

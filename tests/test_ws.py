@@ -1,0 +1,178 @@
+"""WebSocket protocol end to end, in-process app on loopback with the memory broker."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType
+
+from realtime.appkeys import NODE
+from realtime.connection import CLOSE_IDLE_TIMEOUT, CLOSE_LISTEN_TIMEOUT, CLOSE_SLOW_CONSUMER
+from tests.conftest import (
+    OTHER_KEY,
+    PUBLISHER_KEY,
+    AppFactory,
+    assert_silent,
+    auth,
+    listen,
+    recv,
+    send,
+    wait_for,
+    ws_token,
+)
+
+
+async def publish(client: Any, topic: str, message: object) -> None:
+    resp = await client.post("/publish", json={"topic": topic, "message": message}, headers=auth(PUBLISHER_KEY))
+    assert resp.status == 202, await resp.text()
+
+
+async def test_listen_publish_unlisten(make_client: AppFactory) -> None:
+    client = await make_client()
+    token = await ws_token(client)
+    async with client.ws_connect("/ws") as ws:
+        await send(ws, type="PING")
+        assert await recv(ws) == {"type": "PONG"}
+        reply = await listen(ws, ["remote-control:command.7", "dream:update.abc"], token, nonce="n1")
+        assert reply == {"type": "RESPONSE", "nonce": "n1", "error": ""}
+        await publish(client, "remote-control:command.7", {"event": "next"})
+        assert await recv(ws) == {
+            "type": "MESSAGE",
+            "data": {"topic": "remote-control:command.7", "message": '{"event":"next"}'},
+        }
+        await publish(client, "dream:update.abc", "plain string")
+        assert (await recv(ws))["data"] == {"topic": "dream:update.abc", "message": "plain string"}
+        await publish(client, "dream:update.other", "not for us")
+        await assert_silent(ws)
+        await send(ws, type="UNLISTEN", nonce="u1", data={"topics": ["dream:update.abc"]})
+        assert await recv(ws) == {"type": "RESPONSE", "nonce": "u1", "error": ""}
+        await publish(client, "dream:update.abc", "after unlisten")
+        await assert_silent(ws)
+
+
+async def test_other_users_client_does_not_receive(make_client: AppFactory) -> None:
+    client = await make_client()
+    mine, theirs = await ws_token(client), await ws_token(client, OTHER_KEY)
+    async with client.ws_connect("/ws") as ws7, client.ws_connect("/ws") as ws8:
+        assert (await listen(ws7, ["remote-control:command.7"], mine))["error"] == ""
+        assert (await listen(ws8, ["remote-control:command.7"], theirs))["error"] == "ERR_BADAUTH"
+        assert (await listen(ws8, ["remote-control:command.8"], theirs))["error"] == ""
+        await publish(client, "remote-control:command.7", "for 7")
+        assert (await recv(ws7))["data"]["message"] == "for 7"
+        await assert_silent(ws8)
+
+
+async def test_every_error_code_over_the_socket(make_client: AppFactory) -> None:
+    client = await make_client()
+    async with client.ws_connect("/ws") as ws:
+        await ws.send_str("{not json")
+        assert (await recv(ws))["error"] == "ERR_BADMESSAGE"
+        await ws.send_bytes(b"\x00\x01")
+        assert (await recv(ws))["error"] == "ERR_BADMESSAGE"
+        assert (await listen(ws, ["remote-control:command.7"]))["error"] == "ERR_BADAUTH"
+        assert (await listen(ws, ["remote-control:command.7"], "bogus"))["error"] == "ERR_BADAUTH"
+        assert (await listen(ws, ["no:such.topic"]))["error"] == "ERR_BADTOPIC"
+        await send(ws, type="PING")  # still alive after all of that
+        assert await recv(ws) == {"type": "PONG"}
+
+
+async def test_oversized_frame_closes_1009(make_client: AppFactory) -> None:
+    client = await make_client(max_frame_bytes=1024)
+    async with client.ws_connect("/ws") as ws:
+        await ws.send_str("x" * 2048)
+        msg = await ws.receive(timeout=3)
+        assert msg.type is WSMsgType.CLOSE and msg.data == 1009
+    assert (await client.get("/health")).status == 200
+
+
+async def test_listen_timeout_closes_4001(make_client: AppFactory) -> None:
+    client = await make_client(listen_timeout=0.3)
+    async with client.ws_connect("/ws") as ws:
+        await send(ws, type="PING")  # a PING does not count as a LISTEN
+        assert await recv(ws) == {"type": "PONG"}
+        msg = await ws.receive(timeout=3)
+        assert msg.type is WSMsgType.CLOSE and msg.data == CLOSE_LISTEN_TIMEOUT
+        assert msg.extra == "no LISTEN in time"
+
+
+async def test_idle_timeout_closes_4002(make_client: AppFactory) -> None:
+    client = await make_client(idle_timeout=0.4)
+    async with client.ws_connect("/ws") as ws:
+        assert (await listen(ws, ["dream:update.a"]))["error"] == ""
+        for _ in range(3):  # PINGs keep it alive
+            await asyncio.sleep(0.2)
+            await send(ws, type="PING")
+            assert await recv(ws) == {"type": "PONG"}
+        msg = await ws.receive(timeout=3)
+        assert msg.type is WSMsgType.CLOSE and msg.data == CLOSE_IDLE_TIMEOUT
+
+
+async def test_many_publications_arrive_in_order(make_client: AppFactory) -> None:
+    client = await make_client()
+    async with client.ws_connect("/ws") as ws:
+        await listen(ws, ["dream:job:progress.j1"])
+        for i in range(200):
+            await publish(client, "dream:job:progress.j1", {"i": i})
+        got = [orjson.loads((await recv(ws))["data"]["message"])["i"] for _ in range(200)]
+        assert got == list(range(200))
+
+
+def _raw_ws_handshake(port: int, rcvbuf: int) -> socket.socket:
+    """A real WebSocket client on a raw socket with a tiny receive buffer, that never reads."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101")
+    return sock
+
+
+def _masked_text(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    assert len(payload) < 126
+    return bytes([0x81, 0x80 | len(payload)]) + mask + body
+
+
+async def test_slow_consumer_is_closed_and_others_get_everything(make_client: AppFactory) -> None:
+    client = await make_client(send_queue_max_bytes=64 * 1024, send_queue_max_messages=200)
+    node = client.app[NODE]
+    slow = await asyncio.to_thread(_raw_ws_handshake, client.port, 4096)
+    slow.sendall(_masked_text(b'{"type":"LISTEN","data":{"topics":["dream:update.a"]}}'))
+    async with client.ws_connect("/ws") as fast1, client.ws_connect("/ws") as fast2:
+        await listen(fast1, ["dream:update.a"])
+        await listen(fast2, ["dream:update.a"])
+        await wait_for(lambda: len(node.index.get("dream:update.a") or ()) == 3)
+        payload = "p" * 8000
+        received: dict[int, list[int]] = {1: [], 2: []}
+
+        async def reader(ws: Any, n: int) -> None:
+            while len(received[n]) < 1000:
+                frame = await recv(ws, timeout=10)
+                received[n].append(orjson.loads(frame["data"]["message"])["i"])
+
+        readers = [asyncio.create_task(reader(fast1, 1)), asyncio.create_task(reader(fast2, 2))]
+        for i in range(1000):
+            node.deliver("dream:update.a", orjson.dumps({"i": i, "p": payload}).decode())
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+        await asyncio.wait_for(asyncio.gather(*readers), 15)
+        assert received[1] == list(range(1000)) and received[2] == list(range(1000))
+        await wait_for(lambda: len(node.index.get("dream:update.a") or ()) == 2)
+        closed = [c for c in node.peers if c.close_code == CLOSE_SLOW_CONSUMER]
+        assert closed == []  # the slow peer is gone from the node entirely
+    slow.close()
