@@ -20,6 +20,13 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="bind address (env HOST, default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port (env PORT, default 4444)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("WORKERS", "1")),
+        help="worker processes sharing the port with SO_REUSEPORT (env WORKERS, default 1; >1 needs REDIS_URL)",
+    )
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     keys = sub.add_parser("keys", help="manage signing keys")
     keys_cli.add_arguments(keys)
     pub = sub.add_parser("publish", help="publish one message")
@@ -53,45 +60,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from realtime.logs import configure_logging
-    from realtime.settings import Settings
+    from realtime.runner import run_workers, serve
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings.from_env(**overrides)
     configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(serve(settings))
+    if args.workers > 1 and not args.worker:
+        return run_workers(settings, args.workers)
+    asyncio.run(serve(settings, reuse_port=args.worker))
     return 0
-
-
-async def serve(settings: Settings) -> None:
-    """Run the server until SIGTERM or SIGINT, then shut down gracefully.
-
-    Shutdown order: stop accepting connections, send RECONNECT to every client, wait up
-    to ``SHUTDOWN_GRACE`` seconds, close the rest with 1001, release the broker.
-    """
-    import signal
-
-    import structlog
-    from aiohttp import web
-
-    from realtime.app import create_app
-
-    log = structlog.get_logger("realtime")
-    app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace + 5)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
-    await site.start()
-    log.info("listening", host=settings.host, port=settings.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-        log.info("shutdown_started")
-    finally:
-        await runner.cleanup()
-        log.info("shutdown_complete")
 
 
 async def _publish(args: argparse.Namespace) -> int:

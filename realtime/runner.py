@@ -1,0 +1,85 @@
+"""Running the server: one process (:func:`serve`) or several workers (:func:`run_workers`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import structlog
+from aiohttp import web
+
+from realtime.app import create_app, load_keys
+from realtime.errors import SettingsError
+from realtime.settings import Settings
+
+log = structlog.get_logger("realtime")
+
+
+async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
+    """Run the server until SIGTERM or SIGINT, then shut down gracefully.
+
+    Shutdown order: stop accepting connections, send RECONNECT to every client, wait up
+    to ``SHUTDOWN_GRACE`` seconds, close the rest with 1001, release the broker.
+
+    Args:
+        settings: the settings.
+        reuse_port: bind with ``SO_REUSEPORT`` (worker mode: the kernel spreads new
+            connections over the workers).
+    """
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace + 5)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, reuse_port=reuse_port or None)
+    await site.start()
+    log.info("listening", host=settings.host, port=settings.port, pid=os.getpid())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutdown_started")
+    finally:
+        await runner.cleanup()
+        log.info("shutdown_complete")
+
+
+def run_workers(settings: Settings, workers: int) -> int:
+    """Start ``workers`` server processes on one port (``SO_REUSEPORT``), all sharing Redis.
+
+    Keys are loaded (or the development key generated) once, here, before the workers
+    start, so every worker signs and verifies with the same keys. SIGTERM/SIGINT are
+    forwarded; returns the worst exit status.
+
+    Raises:
+        SettingsError: ``REDIS_URL`` is not set (memory brokers cannot share messages).
+    """
+    if not settings.redis_url:
+        raise SettingsError("--workers > 1 needs REDIS_URL: each worker is a separate process")
+    load_keys(settings)
+    argv = [
+        sys.executable,
+        "-m",
+        "realtime",
+        "serve",
+        "--worker",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+    ]
+    procs = [subprocess.Popen(argv) for _ in range(workers)]  # noqa: S603 - our own interpreter and module
+    log.info("workers_started", workers=workers, pids=[p.pid for p in procs])
+
+    def forward(signum: int, _frame: object) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [proc.wait() for proc in procs]
+    return max(abs(code) for code in codes)
