@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from http_api import auth, health, publish
+from http_api import auth, health, publish, revoke
 from http_api.errors import error_middleware
 
 
@@ -22,6 +22,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/.well-known/jwks.json", health.jwks)
     app.router.add_route("GET", "/auth/ws", auth.issue_ws_token)
     app.router.add_route("POST", "/auth/ws", auth.issue_ws_token)
+    app.router.add_post("/auth/ws/revoke", revoke.revoke_ws_tokens)
     app.router.add_post("/publish", publish.publish)
 
 

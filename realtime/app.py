@@ -10,8 +10,9 @@ from aiohttp import web
 from http_api import setup_routes
 from http_api.auth import API_KEYS, ApiKeyAuthenticator
 from keys import KeyStore, NoSigningKey, TokenIssuer, TokenVerifier, generate_key
-from realtime.appkeys import ISSUER, KEY_STORE, NODE, SETTINGS, VERIFIER
+from realtime.appkeys import ISSUER, KEY_STORE, LIMITER, NODE, SETTINGS, VERIFIER
 from realtime.broker import Broker, MemoryBroker
+from realtime.limits import ConnectionLimiter
 from realtime.node import Node
 from realtime.redis_broker import RedisBroker
 from realtime.server import shutdown_peers, websocket_handler
@@ -69,7 +70,13 @@ def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.
     """
     store = key_store or load_keys(settings)
     verifier = TokenVerifier(store, issuer=settings.ws_token_issuer, audience=settings.ws_token_audience)
-    node = Node(broker=make_broker(settings), policy=load_policy(settings.topics_file), verify=verifier.verify)
+    node = Node(
+        broker=make_broker(settings),
+        policy=load_policy(settings.topics_file),
+        verify=verifier.verify,
+        max_connections_per_user=settings.max_connections_per_user,
+        token_ttl=settings.ws_token_ttl,
+    )
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[KEY_STORE] = store
@@ -78,6 +85,11 @@ def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.
         store, issuer=settings.ws_token_issuer, audience=settings.ws_token_audience, ttl=settings.ws_token_ttl
     )
     app[NODE] = node
+    app[LIMITER] = ConnectionLimiter(
+        max_per_ip=settings.max_connections_per_ip,
+        attempts_per_second=settings.connect_rate_per_ip,
+        burst=settings.connect_burst_per_ip,
+    )
     app[API_KEYS] = ApiKeyAuthenticator(settings.api_keys)
     app.router.add_get("/ws", websocket_handler)
     setup_routes(app)

@@ -13,10 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from realtime.errors import BrokerUnavailable
+
 Deliver = Callable[[str, str], None]
 """``deliver(topic, message)``: fan one publication out locally. Must not block."""
 OnGap = Callable[[], None]
 """Called when the broker link came back after a loss: publications may have been missed."""
+OnControl = Callable[[dict[str, object]], None]
+"""Called with each control message (e.g. a token revocation) published by any instance."""
 
 
 class Broker(Protocol):
@@ -32,8 +36,16 @@ class Broker(Protocol):
         """``True`` while the broker is connected and receiving."""
         ...
 
-    async def start(self, deliver: Deliver, on_gap: OnGap) -> None:
+    async def start(self, deliver: Deliver, on_gap: OnGap, on_control: OnControl) -> None:
         """Start receiving; returns once the first subscription attempt was made."""
+        ...
+
+    async def publish_control(self, message: dict[str, object]) -> None:
+        """Send a control message to every instance (including this one).
+
+        Raises:
+            BrokerUnavailable: it was not sent.
+        """
         ...
 
     async def publish(self, topic: str, message: str) -> None:
@@ -59,24 +71,31 @@ class MemoryBroker:
 
     def __init__(self) -> None:
         self._deliver: Deliver | None = None
+        self._on_control: OnControl | None = None
 
     @property
     def ready(self) -> bool:
         """Always ``True`` once started."""
         return self._deliver is not None
 
-    async def start(self, deliver: Deliver, on_gap: OnGap) -> None:
-        """Remember the deliver callback; a memory broker has no gaps."""
+    async def start(self, deliver: Deliver, on_gap: OnGap, on_control: OnControl) -> None:
+        """Remember the callbacks; a memory broker has no gaps."""
         self._deliver = deliver
+        self._on_control = on_control
 
     async def publish(self, topic: str, message: str) -> None:
         """Fan the message out to this process's listeners right away."""
         if self._deliver is None:
-            from realtime.errors import BrokerUnavailable
-
             raise BrokerUnavailable("broker is not started")
         self._deliver(topic, message)
+
+    async def publish_control(self, message: dict[str, object]) -> None:
+        """Apply a control message to this process right away."""
+        if self._on_control is None:
+            raise BrokerUnavailable("broker is not started")
+        self._on_control(message)
 
     async def close(self) -> None:
         """Stop delivering."""
         self._deliver = None
+        self._on_control = None

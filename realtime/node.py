@@ -3,22 +3,30 @@
 Fan-out path, per publication: look up the topic's local listeners; if there are any,
 encode the MESSAGE frame once and queue the same bytes on every listener
 (:meth:`realtime.connection.Connection.send`, which never awaits).
+
+The node also ends grants: when the token behind a LISTEN expires, or is revoked on
+any instance (a control message through the broker), the topics it granted are
+dropped and the client receives ``AUTH_REVOKED``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+import time
 from collections.abc import Callable
 from typing import Protocol
 
 import orjson
 import structlog
 
-from keys import Grant
+from keys import Grant, InvalidToken
 from realtime.broker import Broker
 from realtime.connection import Connection, FlushScheduler, encode_text_frame
 from realtime.hub import TopicIndex
-from realtime.protocol import Session, message_payload
+from realtime.limits import TokenBucket
+from realtime.protocol import Session, auth_revoked_payload, message_payload
 from topics import Topic, TopicPolicy
 
 log = structlog.get_logger("realtime.node")
@@ -54,23 +62,45 @@ class Node:
         peers: every open connection of this instance.
         published: publications accepted by the broker through this node.
         delivered: frames queued to listeners by fan-out.
+        gaps: broker reconnects announced to clients.
+        revocations: revocation control messages applied.
     """
 
-    def __init__(self, *, broker: Broker, policy: TopicPolicy, verify: Callable[[str], Grant]) -> None:
+    def __init__(
+        self,
+        *,
+        broker: Broker,
+        policy: TopicPolicy,
+        verify: Callable[[str], Grant],
+        max_connections_per_user: int = 0,
+        token_ttl: float = 3600.0,
+    ) -> None:
         """Args:
         broker: the broker (memory or Redis).
         policy: the topic policy.
-        verify: token verifier for LISTEN.
+        verify: token verifier for LISTEN; raises :class:`keys.InvalidToken`.
+        max_connections_per_user: connections one token ``sub`` may LISTEN on (0: no limit).
+        token_ttl: longest token lifetime, seconds (how long revocations are remembered).
         """
         self.broker = broker
         self.policy = policy
-        self.verify = verify
+        self._verify = verify
+        self._max_per_user = max_connections_per_user
+        self._token_ttl = token_ttl
         self.index: TopicIndex[Connection] = TopicIndex()
         self.peers: dict[Connection, Peer] = {}
         self.published = 0
         self.delivered = 0
         self.gaps = 0
+        self.revocations = 0
         self._scheduler: FlushScheduler | None = None
+        self._user_conns: dict[str, set[Connection]] = {}
+        self._subs_of: dict[Connection, list[str]] = {}
+        self._revoked_jtis: dict[str, tuple[float, str | None]] = {}  # jti -> (forget after, owner sub)
+        self._revoked_subs: dict[str, float] = {}  # sub -> revoked at (epoch s)
+        self._expiries: list[tuple[float, int, Connection]] = []
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def scheduler(self) -> FlushScheduler:
@@ -81,10 +111,12 @@ class Node:
 
     async def start(self) -> None:
         """Start the broker."""
-        await self.broker.start(self.deliver, self.on_gap)
+        await self.broker.start(self.deliver, self.on_gap, self.on_control)
 
     async def close(self) -> None:
-        """Stop the broker."""
+        """Stop the broker and the expiry timer."""
+        if self._timer is not None:
+            self._timer.cancel()
         await self.broker.close()
 
     def deliver(self, topic: str, message: str) -> None:
@@ -116,17 +148,26 @@ class Node:
         self.published += 1
         return parsed.topic
 
-    def add_peer(self, peer: Peer) -> None:
-        """Register a connected peer."""
-        self.peers[peer.conn] = peer
+    # -- peers --------------------------------------------------------------------
 
-    def remove_peer(self, peer: Peer) -> None:
-        """Forget a peer and every topic it listened to."""
-        peer.session.close()
-        self.peers.pop(peer.conn, None)
+    def verify(self, token: str) -> Grant:
+        """Verify a token and refuse revoked ones.
 
-    def listen_callbacks(self, conn: Connection) -> tuple[Callable[[Topic], None], Callable[[Topic], None]]:
-        """The ``listen``/``unlisten`` callbacks a :class:`Session` of ``conn`` uses."""
+        Raises:
+            keys.InvalidToken: invalid, expired or revoked.
+        """
+        grant = self._verify(token)
+        revoked_jti = self._revoked_jtis.get(grant.jti)
+        if revoked_jti is not None and revoked_jti[1] in (None, grant.sub):
+            raise InvalidToken("token revoked")
+        revoked_at = self._revoked_subs.get(grant.sub)
+        if revoked_at is not None and grant.iat <= revoked_at:
+            raise InvalidToken("token revoked")
+        return grant
+
+    def new_session(self, conn: Connection, *, max_topics: int, rate: TokenBucket | None) -> Session:
+        """A protocol :class:`Session` for ``conn`` wired to this node: token checks
+        (with revocation), the topic index, per-user limits and expiry timers."""
         index = self.index
 
         def listen(topic: Topic) -> None:
@@ -135,7 +176,43 @@ class Node:
         def unlisten(topic: Topic) -> None:
             index.discard(topic, conn)
 
-        return listen, unlisten
+        return Session(
+            policy=self.policy,
+            verify=self.verify,
+            listen=listen,
+            unlisten=unlisten,
+            max_topics=max_topics,
+            rate=rate,
+            admit_sub=lambda sub: self._admit(conn, sub),
+            on_grant=lambda grant: self._schedule_expiry(conn, grant.exp),
+        )
+
+    def add_peer(self, peer: Peer) -> None:
+        """Register a connected peer."""
+        self.peers[peer.conn] = peer
+
+    def remove_peer(self, peer: Peer) -> None:
+        """Forget a peer, every topic it listened to and its user slots."""
+        peer.session.close()
+        self.peers.pop(peer.conn, None)
+        for sub in self._subs_of.pop(peer.conn, ()):
+            conns = self._user_conns.get(sub)
+            if conns is not None:
+                conns.discard(peer.conn)
+                if not conns:
+                    del self._user_conns[sub]
+
+    def _admit(self, conn: Connection, sub: str) -> bool:
+        conns = self._user_conns.setdefault(sub, set())
+        if conn in conns:
+            return True
+        if self._max_per_user and len(conns) >= self._max_per_user:
+            if not conns:
+                del self._user_conns[sub]
+            return False
+        conns.add(conn)
+        self._subs_of.setdefault(conn, []).append(sub)
+        return True
 
     def on_gap(self) -> None:
         """Tell every listening client that publications may have been missed."""
@@ -149,3 +226,75 @@ class Node:
         frame = encode_text_frame(payload)
         for conn in self.peers:
             conn.send(frame)
+
+    # -- expiry and revocation ----------------------------------------------------
+
+    def _schedule_expiry(self, conn: Connection, exp: float) -> None:
+        heap = self._expiries
+        heapq.heappush(heap, (exp, next(self._seq), conn))
+        if heap[0][2] is conn and heap[0][0] == exp:
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._expiries:
+            delay = max(0.0, self._expiries[0][0] - time.time())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._expire_due)
+
+    def _expire_due(self) -> None:
+        self._timer = None
+        now = time.time()
+        heap = self._expiries
+        while heap and heap[0][0] <= now:
+            _, _, conn = heapq.heappop(heap)
+            peer = self.peers.get(conn)
+            if peer is not None:
+                self._tell_revoked(peer, peer.session.expire(now))
+        self._arm()
+
+    def _tell_revoked(self, peer: Peer, topics: list[Topic]) -> None:
+        if topics:
+            peer.conn.send_payload(auth_revoked_payload(sorted(topics)))
+
+    async def revoke(self, *, jti: str | None = None, sub: str | None = None) -> None:
+        """Revoke WS tokens on every instance: by ``jti``, all of ``sub``'s tokens issued
+        until now, or, with both, that ``jti`` only if it belongs to ``sub``.
+
+        Raises:
+            ValueError: neither given.
+            realtime.BrokerUnavailable: the revocation was not sent.
+        """
+        if jti is None and sub is None:
+            raise ValueError("revoke needs a jti or a sub")
+        await self.broker.publish_control({"type": "revoke", "jti": jti, "sub": sub, "at": time.time()})
+
+    def on_control(self, message: dict[str, object]) -> None:
+        """Apply a control message from any instance (currently: ``revoke``)."""
+        if message.get("type") != "revoke":
+            log.warning("unknown_control_message", kind=str(message.get("type"))[:32])
+            return
+        jti, sub, at = message.get("jti"), message.get("sub"), message.get("at")
+        if not isinstance(at, int | float) or not isinstance(jti, str | None) or not isinstance(sub, str | None):
+            log.warning("invalid_control_message")
+            return
+        self.revocations += 1
+        self._forget_old_revocations(time.time())
+        if jti is not None:
+            self._revoked_jtis[jti] = (time.time() + self._token_ttl + 60, sub)
+        elif sub is not None:
+            self._revoked_subs[sub] = float(at)
+
+        def matches(grant: Grant) -> bool:
+            if jti is not None:
+                return grant.jti == jti and (sub is None or grant.sub == sub)
+            return grant.sub == sub and grant.iat <= float(at)
+
+        for peer in list(self.peers.values()):
+            self._tell_revoked(peer, peer.session.revoke(matches))
+
+    def _forget_old_revocations(self, now: float) -> None:
+        self._revoked_jtis = {j: v for j, v in self._revoked_jtis.items() if v[0] > now}
+        horizon = now - self._token_ttl - 60
+        self._revoked_subs = {s: t for s, t in self._revoked_subs.items() if t > horizon}

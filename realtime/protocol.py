@@ -21,9 +21,10 @@ Server -> client::
     {"type": "AUTH_REVOKED", "data": {"topics": ["..."]}}
 
 Error codes: ``ERR_BADMESSAGE`` (not JSON, wrong shape, unknown type), ``ERR_BADAUTH``
-(token missing where needed, invalid, expired, lacking scope or target),
+(token missing where needed, invalid, expired, revoked, lacking scope or target),
 ``ERR_BADTOPIC`` (malformed, not in the policy, or over the per-connection topic
-limit), ``ERR_SERVER`` (our fault). A LISTEN is all-or-nothing.
+limit), ``ERR_RATELIMIT`` (LISTEN/UNLISTEN too fast, or too many connections for this
+user), ``ERR_SERVER`` (our fault). A LISTEN is all-or-nothing.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ from typing import Any
 import orjson
 
 from keys import Grant, InvalidToken
+from realtime.limits import TokenBucket
 from topics import BadTopic, Topic, TopicPolicy
 
 ERR_BADMESSAGE = "ERR_BADMESSAGE"
 ERR_BADAUTH = "ERR_BADAUTH"
 ERR_BADTOPIC = "ERR_BADTOPIC"
 ERR_SERVER = "ERR_SERVER"
+ERR_RATELIMIT = "ERR_RATELIMIT"
 MAX_NONCE_LENGTH = 256
 
 PONG = orjson.dumps({"type": "PONG"})
@@ -90,12 +93,15 @@ class Session:
 
     Attributes:
         state: the :class:`State`.
-        topics: topic -> expiry (seconds since the epoch) of the token that granted it,
-            or ``None`` for a public topic LISTENed without a token.
+        topics: topic -> the grant (token) that allowed it, or ``None`` for a public
+            topic (public topics never expire).
         sub: the ``sub`` of the last token accepted, if any.
     """
 
-    __slots__ = ("_listen", "_max_topics", "_policy", "_unlisten", "_verify", "state", "sub", "topics")
+    __slots__ = (
+        "_admit_sub", "_listen", "_max_topics", "_on_grant", "_policy", "_rate", "_unlisten", "_verify",
+        "state", "sub", "topics",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -105,6 +111,9 @@ class Session:
         listen: Callable[[Topic], None],
         unlisten: Callable[[Topic], None],
         max_topics: int = 50,
+        rate: TokenBucket | None = None,
+        admit_sub: Callable[[str], bool] | None = None,
+        on_grant: Callable[[Grant], None] | None = None,
     ) -> None:
         """Args:
         policy: the topic policy.
@@ -112,14 +121,21 @@ class Session:
         listen: called once for each topic newly LISTENed.
         unlisten: called once for each topic dropped.
         max_topics: most topics one connection may hold.
+        rate: LISTEN/UNLISTEN rate limit (``None``: unlimited).
+        admit_sub: asked once per new token ``sub`` on this connection; ``False`` refuses
+            the LISTEN (too many connections for that user).
+        on_grant: told of every accepted grant whose topics will expire (for the timer).
         """
         self._policy = policy
         self._verify = verify
         self._listen = listen
         self._unlisten = unlisten
         self._max_topics = max_topics
+        self._rate = rate
+        self._admit_sub = admit_sub
+        self._on_grant = on_grant
         self.state = State.CONNECTED
-        self.topics: dict[Topic, float | None] = {}
+        self.topics: dict[Topic, Grant | None] = {}
         self.sub: str | None = None
 
     def receive(self, text: str | bytes) -> bytes:
@@ -142,6 +158,8 @@ class Session:
         nonce = request.get("nonce", "")
         if not isinstance(nonce, str) or len(nonce) > MAX_NONCE_LENGTH:
             return response("", ERR_BADMESSAGE, f"nonce must be a string of at most {MAX_NONCE_LENGTH} characters")
+        if kind in ("LISTEN", "UNLISTEN") and self._rate is not None and not self._rate.take():
+            return response(nonce, ERR_RATELIMIT, "too many LISTEN/UNLISTEN requests; slow down")
         try:
             if kind == "LISTEN":
                 self._do_listen(request)
@@ -170,15 +188,17 @@ class Session:
         Returns:
             The dropped topics (send them in AUTH_REVOKED).
         """
-        dropped = [t for t, exp in self.topics.items() if exp is not None and exp <= now]
+        return self.revoke(lambda grant: grant.exp <= now)
+
+    def revoke(self, predicate: Callable[[Grant], bool]) -> list[Topic]:
+        """Drop the topics whose granting token matches ``predicate``; returns them."""
+        dropped = [t for t, grant in self.topics.items() if grant is not None and predicate(grant)]
         self._drop(dropped)
         return dropped
 
-    def revoke(self, predicate: Callable[[Topic], bool]) -> list[Topic]:
-        """Drop the topics for which ``predicate`` is true; returns them."""
-        dropped = [t for t in self.topics if predicate(t)]
-        self._drop(dropped)
-        return dropped
+    def next_expiry(self) -> float | None:
+        """The earliest expiry among held grants (seconds since the epoch), or ``None``."""
+        return min((g.exp for g in self.topics.values() if g is not None), default=None)
 
     def _drop(self, topics: list[Topic]) -> None:
         for topic in topics:
@@ -211,7 +231,7 @@ class Session:
                 grant = self._verify(token)
             except InvalidToken as exc:
                 raise Refused(ERR_BADAUTH, str(exc)) from None
-        granted: dict[Topic, float | None] = {}
+        granted: dict[Topic, Grant | None] = {}
         for parsed, rule in checked:
             needs_token = rule.scope is not None or rule.target == "self"
             if needs_token and grant is None:
@@ -220,15 +240,19 @@ class Session:
                 raise Refused(ERR_BADAUTH, f"topic {parsed.topic} needs scope {rule.scope}")
             if rule.target == "self" and grant is not None and parsed.target != grant.sub:
                 raise Refused(ERR_BADAUTH, f"topic {parsed.topic} is not yours")
-            granted[parsed.topic] = grant.exp if (needs_token and grant is not None) else None
+            granted[parsed.topic] = grant if needs_token else None
         new = [t for t in granted if t not in self.topics]
         if len(self.topics) + len(new) > self._max_topics:
             raise Refused(ERR_BADTOPIC, f"at most {self._max_topics} topics per connection")
+        if grant is not None and grant.sub != self.sub:
+            if self._admit_sub is not None and not self._admit_sub(grant.sub):
+                raise Refused(ERR_RATELIMIT, "too many connections for this user")
+            self.sub = grant.sub
         self.topics.update(granted)
         for topic in new:
             self._listen(topic)
-        if grant is not None:
-            self.sub = grant.sub
+        if grant is not None and self._on_grant is not None and any(g is grant for g in granted.values()):
+            self._on_grant(grant)
         self.state = State.LISTENING
 
     def _do_unlisten(self, request: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""Redis pub/sub broker: every instance subscribes to one channel (default ``realtime``).
+"""Redis pub/sub broker: every instance subscribes to one channel (default ``realtime``)
+and to ``<channel>:control`` for control messages between instances (token revocations).
 
 Wire envelope on the channel, published by us or by any service in any language::
 
@@ -38,7 +39,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
-from realtime.broker import Deliver, OnGap
+from realtime.broker import Deliver, OnControl, OnGap
 from realtime.errors import BrokerUnavailable
 
 log = structlog.get_logger("realtime.broker")
@@ -66,11 +67,16 @@ def _retrieve(fut: asyncio.Future[None]) -> None:
 
 
 class _Subscriber(asyncio.Protocol):
-    """One subscribed RESP2 connection. Not reused after it is lost."""
+    """One RESP2 connection subscribed to the data and control channels. Not reused."""
 
-    def __init__(self, channel: bytes, on_data: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, channel: bytes, control: bytes, on_data: Callable[[bytes], None], on_control: Callable[[bytes], None]
+    ) -> None:
         self._channel = channel
+        self._control = control
         self._on_data = on_data
+        self._on_control = on_control
+        self._confirmations = 0
         self._reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
         self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -99,9 +105,13 @@ class _Subscriber(asyncio.Protocol):
             if kind == b"message":
                 if reply[1] == self._channel:
                     self._on_data(reply[2])
+                elif reply[1] == self._control:
+                    self._on_control(reply[2])
                 return
-            if kind == b"subscribe" and not self.subscribed.done():
-                self.subscribed.set_result(None)
+            if kind == b"subscribe":
+                self._confirmations += 1
+                if self._confirmations == 2 and not self.subscribed.done():
+                    self.subscribed.set_result(None)
                 return
         if isinstance(reply, hiredis.ReplyError):
             self._fail(RuntimeError(f"redis refused: {reply}"))
@@ -155,6 +165,8 @@ class RedisBroker:
         self._backoff_cap = backoff_cap
         self._deliver: Deliver | None = None
         self._on_gap: OnGap | None = None
+        self._on_control: OnControl | None = None
+        self._control_channel = f"{channel}:control"
         self._client: aioredis.Redis | None = None
         self._task: asyncio.Task[None] | None = None
         self._link: _Subscriber | None = None
@@ -170,10 +182,10 @@ class RedisBroker:
         """``True`` while subscribed."""
         return self._ready
 
-    async def start(self, deliver: Deliver, on_gap: OnGap) -> None:
+    async def start(self, deliver: Deliver, on_gap: OnGap, on_control: OnControl) -> None:
         """Start the supervisor; waits up to ``connect_timeout`` for the first subscription
         (the server starts anyway, not ready, if Redis is down)."""
-        self._deliver, self._on_gap = deliver, on_gap
+        self._deliver, self._on_gap, self._on_control = deliver, on_gap, on_control
         self.start_publisher()
         first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._supervise(first), name="redis-subscriber")
@@ -207,6 +219,19 @@ class RedisBroker:
         except (RedisError, OSError, TimeoutError) as exc:
             raise BrokerUnavailable(f"redis unavailable: {type(exc).__name__}") from None
 
+    async def publish_control(self, message: dict[str, object]) -> None:
+        """PUBLISH a control message on ``<channel>:control``.
+
+        Raises:
+            BrokerUnavailable: Redis did not accept it.
+        """
+        if self._client is None:
+            raise BrokerUnavailable("broker is not started")
+        try:
+            await self._client.publish(self._control_channel, orjson.dumps(message))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"redis unavailable: {type(exc).__name__}") from None
+
     async def close(self) -> None:
         """Stop the supervisor and close both connections."""
         if self._task is not None:
@@ -222,9 +247,12 @@ class RedisBroker:
 
     async def _open(self) -> _Subscriber:
         loop = asyncio.get_running_loop()
-        channel = self._channel.encode()
+        channel, control = self._channel.encode(), self._control_channel.encode()
         params = self._params
-        factory: Callable[[], _Subscriber] = lambda: _Subscriber(channel, self._on_envelope)  # noqa: E731
+
+        def factory() -> _Subscriber:
+            return _Subscriber(channel, control, self._on_envelope, self._on_control_data)
+
         if params.get("connection_class") is UnixDomainSocketConnection:
             connect = loop.create_unix_connection(factory, params["path"])
         else:
@@ -243,7 +271,7 @@ class RedisBroker:
             auth = [params["username"]] if params.get("username") else []
             commands.append(_encode_command("AUTH", *auth, params["password"]))
         commands.append(_encode_command("CLIENT", "SETNAME", self.client_name))
-        commands.append(_encode_command("SUBSCRIBE", channel))
+        commands.append(_encode_command("SUBSCRIBE", channel, control))
         link.transport.write(b"".join(commands))
         try:
             await asyncio.wait_for(asyncio.shield(link.subscribed), self._connect_timeout)
@@ -319,6 +347,21 @@ class RedisBroker:
             self._deliver(topic, message)
         except Exception:
             log.exception("deliver_failed", topic=topic[:128])
+
+    def _on_control_data(self, data: bytes) -> None:
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            self._invalid(exc)
+            return
+        if not isinstance(message, dict):
+            self._invalid(TypeError("control message must be an object"))
+            return
+        assert self._on_control is not None
+        try:
+            self._on_control(message)
+        except Exception:
+            log.exception("control_failed")
 
     def _invalid(self, exc: Exception) -> None:
         self.invalid_envelopes += 1

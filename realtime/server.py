@@ -12,10 +12,11 @@ import itertools
 import os
 import time
 
+import orjson
 import structlog
 from aiohttp import WSMsgType, web
 
-from realtime.appkeys import NODE, SETTINGS
+from realtime.appkeys import LIMITER, NODE, SETTINGS
 from realtime.connection import (
     CLOSE_GOING_AWAY,
     CLOSE_IDLE_TIMEOUT,
@@ -23,8 +24,10 @@ from realtime.connection import (
     CLOSE_SLOW_CONSUMER,
     Connection,
 )
+from realtime.limits import TokenBucket, client_ip
 from realtime.node import Node
 from realtime.protocol import ERR_BADMESSAGE, RECONNECT, Session, State, response
+from realtime.settings import Settings
 
 log = structlog.get_logger("realtime.ws")
 _ids = itertools.count(1)
@@ -76,9 +79,28 @@ class WsPeer:
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    """Serve one client: upgrade, then read frames until either side closes."""
-    node = request.app[NODE]
+    """Serve one client: admit, upgrade, then read frames until either side closes.
+
+    Raises:
+        web.HTTPException: 429 (JSON) before the upgrade when the client's address has too
+            many connections or attempts.
+    """
     settings = request.app[SETTINGS]
+    limiter = request.app[LIMITER]
+    ip = client_ip(request.remote, request.headers, settings.client_ip_header)
+    refused = limiter.admit(ip)
+    if refused is not None:
+        log.info("ws_refused", reason=refused, ip=ip)
+        body = orjson.dumps({"error": "too_many_requests", "message": refused}).decode()
+        raise web.HTTPTooManyRequests(text=body, content_type="application/json")
+    try:
+        return await _serve_socket(request, settings)
+    finally:
+        limiter.release(ip)
+
+
+async def _serve_socket(request: web.Request, settings: Settings) -> web.StreamResponse:
+    node = request.app[NODE]
     ws = web.WebSocketResponse(compress=False, max_msg_size=settings.max_frame_bytes, autoping=True, timeout=5.0)
     await ws.prepare(request)
     transport = request.transport
@@ -94,14 +116,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         max_messages=settings.send_queue_max_messages,
         on_overflow=lambda c: _slow_consumer(node, c),
     )
-    listen, unlisten = node.listen_callbacks(conn)
-    session = Session(
-        policy=node.policy,
-        verify=node.verify,
-        listen=listen,
-        unlisten=unlisten,
-        max_topics=settings.max_topics_per_connection,
-    )
+    rate = TokenBucket(settings.listen_rate, settings.listen_burst) if settings.listen_rate > 0 else None
+    session = node.new_session(conn, max_topics=settings.max_topics_per_connection, rate=rate)
     peer = WsPeer(ws, transport, conn, session)
     node.add_peer(peer)
     bound.debug("ws_connected", peer=request.remote)

@@ -86,6 +86,13 @@ class Settings:
     listen_timeout: float = 15.0
     idle_timeout: float = 330.0
     max_topics_per_connection: int = 50
+    listen_rate: float = 10.0
+    listen_burst: int = 20
+    max_connections_per_ip: int = 1000
+    max_connections_per_user: int = 20
+    connect_rate_per_ip: float = 20.0
+    connect_burst_per_ip: int = 40
+    client_ip_header: str = ""
     max_frame_bytes: int = 16384
     max_body_bytes: int = 65536
     send_queue_max_bytes: int = 1048576
@@ -121,7 +128,7 @@ class Settings:
         """
         positive = (
             "port", "ws_token_ttl", "listen_timeout", "idle_timeout",
-            "max_topics_per_connection", "max_frame_bytes", "max_body_bytes",
+            "max_topics_per_connection", "max_frame_bytes", "max_body_bytes", "listen_burst", "connect_burst_per_ip",
             "send_queue_max_bytes", "send_queue_max_messages",
         )  # fmt: skip
         for name in positive:
@@ -129,6 +136,11 @@ class Settings:
                 raise SettingsError(f"{name.upper()} must be positive")
         if self.shutdown_grace < 0:
             raise SettingsError("SHUTDOWN_GRACE must not be negative")
+        for name in ("listen_rate", "max_connections_per_ip", "max_connections_per_user", "connect_rate_per_ip"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name.upper()} must not be negative (0 turns the limit off)")
+        if self.client_ip_header not in ("", "Fly-Client-IP", "X-Forwarded-For"):
+            raise SettingsError("CLIENT_IP_HEADER must be empty, Fly-Client-IP or X-Forwarded-For")
         if self.log_format not in ("auto", "json", "console"):
             raise SettingsError("LOG_FORMAT must be auto, json or console")
         if not self.redis_channel:

@@ -62,8 +62,8 @@ def test_listen_scoped_self_topic(h: Harness) -> None:
     assert reply["error"] == ""
     assert h.index == {"remote-control:command.7", "dream:update.x"}
     assert h.session.sub == "7"
-    exp = h.session.topics[Topic("remote-control:command.7")]
-    assert exp is not None and exp > time.time()
+    grant = h.session.topics[Topic("remote-control:command.7")]
+    assert grant is not None and grant.exp > time.time() and grant.sub == "7"
     assert h.session.topics[Topic("dream:update.x")] is None  # public: never expires
 
 

@@ -148,7 +148,7 @@ async def test_redis_restart_like_outage(redis_url: str, channel: str, redis_cli
     got: list[tuple[str, str]] = []
     gaps: list[int] = []
     broker = RedisBroker(redis_url, channel=channel, health_interval=0.5)
-    await broker.start(lambda t, m: got.append((t, m)), lambda: gaps.append(1))
+    await broker.start(lambda t, m: got.append((t, m)), lambda: gaps.append(1), lambda c: None)
     try:
         assert broker.ready
         for n in range(1, 4):

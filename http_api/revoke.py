@@ -1,0 +1,58 @@
+"""``POST /auth/ws/revoke``: revoke WS tokens on every instance."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from marshmallow import Schema, ValidationError, fields, validates_schema
+
+from http_api.auth import authenticate
+from http_api.body import load_json
+from http_api.errors import json_error, json_response
+from realtime.appkeys import NODE
+from realtime.errors import BrokerUnavailable
+
+REVOKE_SCOPE = "realtime:revoke"
+
+
+class RevokeRequest(Schema):
+    """``{"jti": str}`` (one token) or ``{"sub": str}`` (every token of a user, issued until now)."""
+
+    jti = fields.String(load_default=None)
+    sub = fields.String(load_default=None)
+
+    @validates_schema
+    def one_of(self, data: dict[str, object], **kwargs: object) -> None:
+        """Exactly one of ``jti`` and ``sub``."""
+        if (data.get("jti") is None) == (data.get("sub") is None):
+            raise ValidationError("give exactly one of jti or sub", field_name="jti")
+
+
+async def revoke_ws_tokens(request: web.Request) -> web.Response:
+    """Revoke WS tokens; within a second every instance drops the topics they granted and
+    sends ``AUTH_REVOKED``, and refuses them on later LISTENs.
+
+    A caller may revoke its own tokens (``sub`` equal to its user id, or a ``jti`` of its
+    own); revoking anyone's needs the ``realtime:revoke`` scope.
+
+    Returns:
+        202 ``{"status": "accepted"}``.
+
+    Raises:
+        web.HTTPException: 401, 403 (someone else's tokens without the scope), 400 (body),
+            503 (the broker did not take the revocation: it did not happen).
+    """
+    principal = authenticate(request)
+    body = await load_json(request, RevokeRequest())
+    privileged = REVOKE_SCOPE in principal.scopes
+    jti, sub = body["jti"], body["sub"]
+    if sub is not None and sub != principal.user_id and not privileged:
+        raise json_error(
+            403, f"revoking another user's tokens needs the scope {REVOKE_SCOPE}", missing_scopes=[REVOKE_SCOPE]
+        )
+    if jti is not None and not privileged:
+        sub = principal.user_id  # only the caller's own token with that jti
+    try:
+        await request.app[NODE].revoke(jti=jti, sub=sub)
+    except BrokerUnavailable as exc:
+        raise json_error(503, f"revocation not sent: {exc}") from None
+    return json_response({"status": "accepted"}, status=202)

@@ -1,0 +1,108 @@
+"""Limits: LISTEN rate, connections per IP and per user, attempts per IP, proxy headers."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from realtime.limits import ConnectionLimiter, KeyedBuckets, TokenBucket, client_ip
+from tests.conftest import AppFactory, listen, ws_token
+
+
+def test_token_bucket() -> None:
+    now = [0.0]
+    bucket = TokenBucket(2.0, 3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    now[0] = 0.5
+    assert bucket.take() and not bucket.take()
+    now[0] = 100.0
+    assert bucket.full()
+
+
+def test_keyed_buckets_are_independent() -> None:
+    buckets = KeyedBuckets(1.0, 1, clock=lambda: 0.0)
+    assert buckets.take("a") and not buckets.take("a") and buckets.take("b")
+
+
+def test_connection_limiter() -> None:
+    limiter = ConnectionLimiter(max_per_ip=2, attempts_per_second=0, burst=1)
+    assert limiter.admit("1.1.1.1") is None and limiter.admit("1.1.1.1") is None
+    refused = limiter.admit("1.1.1.1")
+    assert refused is not None and "at most 2" in refused
+    assert limiter.admit("2.2.2.2") is None
+    limiter.release("1.1.1.1")
+    assert limiter.admit("1.1.1.1") is None
+    assert limiter.open_count("1.1.1.1") == 2
+
+
+@pytest.mark.parametrize(
+    ("header", "headers", "expected"),
+    [
+        ("", {"X-Forwarded-For": "6.6.6.6", "Fly-Client-IP": "7.7.7.7"}, "10.0.0.1"),
+        ("Fly-Client-IP", {"Fly-Client-IP": "7.7.7.7"}, "7.7.7.7"),
+        ("X-Forwarded-For", {"X-Forwarded-For": "6.6.6.6, 8.8.8.8"}, "8.8.8.8"),
+        ("X-Forwarded-For", {}, "10.0.0.1"),
+    ],
+)
+def test_client_ip_honours_headers_only_when_configured(header: str, headers: dict[str, str], expected: str) -> None:
+    assert client_ip("10.0.0.1", headers, header) == expected
+
+
+async def test_listen_rate_limit(make_client: AppFactory) -> None:
+    client = await make_client(listen_rate=0.5, listen_burst=3)
+    async with client.ws_connect("/ws") as ws:
+        errors = [(await listen(ws, [f"dream:update.{i}"]))["error"] for i in range(5)]
+        assert errors == ["", "", "", "ERR_RATELIMIT", "ERR_RATELIMIT"]
+
+
+async def test_connections_per_ip(make_client: AppFactory) -> None:
+    client = await make_client(max_connections_per_ip=2)
+    async with client.ws_connect("/ws"), client.ws_connect("/ws"):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await client.ws_connect("/ws")
+        assert info.value.status == 429
+        resp = await client.get("/ws", headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+        assert resp.status == 429 and (await resp.json())["error"] == "too_many_requests"
+    async with client.ws_connect("/ws"):  # slots are released on close
+        pass
+
+
+async def test_connection_attempts_per_ip(make_client: AppFactory) -> None:
+    client = await make_client(connect_rate_per_ip=0.1, connect_burst_per_ip=2)
+    for _ in range(2):
+        async with client.ws_connect("/ws"):
+            pass
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect("/ws")
+    assert info.value.status == 429
+
+
+async def test_trusted_proxy_header_separates_clients(make_client: AppFactory) -> None:
+    client = await make_client(max_connections_per_ip=1, client_ip_header="Fly-Client-IP")
+    async with (
+        client.ws_connect("/ws", headers={"Fly-Client-IP": "1.1.1.1"}),
+        client.ws_connect("/ws", headers={"Fly-Client-IP": "2.2.2.2"}),
+    ):
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await client.ws_connect("/ws", headers={"Fly-Client-IP": "1.1.1.1"})
+
+
+async def test_untrusted_proxy_header_is_ignored(make_client: AppFactory) -> None:
+    client = await make_client(max_connections_per_ip=1)
+    async with client.ws_connect("/ws", headers={"Fly-Client-IP": "1.1.1.1"}):
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await client.ws_connect("/ws", headers={"Fly-Client-IP": "2.2.2.2"})
+
+
+async def test_connections_per_user(make_client: AppFactory) -> None:
+    client = await make_client(max_connections_per_user=2)
+    token = await ws_token(client)
+    async with client.ws_connect("/ws") as a, client.ws_connect("/ws") as b, client.ws_connect("/ws") as c:
+        assert (await listen(a, ["remote-control:command.7"], token))["error"] == ""
+        assert (await listen(a, ["remote-control:command.7"], token))["error"] == ""  # same connection: fine
+        assert (await listen(b, ["remote-control:command.7"], token))["error"] == ""
+        reply = await listen(c, ["remote-control:command.7"], token)
+        assert reply["error"] == "ERR_RATELIMIT" and "user" in reply["error_description"]
+        assert (await listen(c, ["dream:update.x"]))["error"] == ""  # public topics need no user slot
+    async with client.ws_connect("/ws") as d:  # a and b closed: slots are free again
+        assert (await listen(d, ["remote-control:command.7"], token))["error"] == ""
