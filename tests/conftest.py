@@ -6,7 +6,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 from keys import KeyStore, generate_key
 from realtime.app import create_app
 from realtime.settings import Settings, parse_api_keys
+from tests import procs
 
 USER_KEY = "user-key-0123456789abcdef"
 PUBLISHER_KEY = "publisher-key-0123456789abcdef"
@@ -162,3 +163,19 @@ async def kill_subscriber(redis_client: aioredis.Redis, name: str) -> None:
     assert ids, f"no Redis client named {name}"
     for client_id in ids:
         await redis_client.execute_command("CLIENT", "KILL", "ID", client_id)
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[type[procs.Server]]:
+    servers: list[procs.Server] = []
+
+    class Tracked(procs.Server):
+        def __init__(self, cwd: Path = tmp_path, env: dict[str, str] | None = None) -> None:
+            super().__init__(cwd, env or {})
+            servers.append(self)
+
+    yield Tracked
+    for server in servers:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, auth, listen, recv, send
-from tests.test_process import Server, free_port, spawn  # noqa: F401 - fixture
+from tests.procs import Server, free_port
 
 OUTAGE_SECONDS = float(os.environ.get("FAULT_OUTAGE_SECONDS", "30"))
 
@@ -86,7 +86,7 @@ async def poll_status(http: aiohttp.ClientSession, url: str, expected: int, time
 
 
 async def test_redis_outage_clients_stay_and_delivery_resumes(
-    spawn: type[Server],  # noqa: F811
+    spawn: type[Server],
     private_redis: PrivateRedis,
     tmp_path: Path,
 ) -> None:
@@ -126,7 +126,7 @@ async def test_redis_outage_clients_stay_and_delivery_resumes(
 
 
 async def test_quick_redis_restart(
-    spawn: type[Server],  # noqa: F811
+    spawn: type[Server],
     private_redis: PrivateRedis,
 ) -> None:
     server = spawn(env={"REDIS_URL": private_redis.url, "SHUTDOWN_GRACE": "0"})

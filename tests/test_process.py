@@ -5,75 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 from aiohttp import WSMsgType
 
 from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, auth, listen, recv
-
-REALTIME = [sys.executable, "-m", "realtime"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Server:
-    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = cwd / f"server-{self.port}.log"
-        base = {
-            k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "API_KEYS", "WS_SIGNING_KEYS", "KEYS_DIR")
-        }
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [*REALTIME, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=cwd,
-                env={**base, "LOG_FORMAT": "json", **env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("server did not start: " + self.log.read_text())
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=20)
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[type[Server]]:
-    servers: list[Server] = []
-
-    class Tracked(Server):
-        def __init__(self, cwd: Path = tmp_path, env: dict[str, str] | None = None) -> None:
-            super().__init__(cwd, env or {})
-            servers.append(self)
-
-    yield Tracked
-    for server in servers:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+from tests.procs import REALTIME, Server
 
 
 async def test_fresh_machine_just_works_and_sigterm_is_graceful(spawn: type[Server], tmp_path: Path) -> None:

@@ -1,0 +1,133 @@
+"""Hostile input: fuzz the protocol core and a real server over real sockets (hypothesis)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from keys import KeyStore, TokenVerifier
+from realtime.app import create_app
+from realtime.protocol import Session
+from tests.conftest import make_settings
+from topics import DEFAULT_POLICY
+
+TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=200)
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | TEXT
+JSON = st.recursive(
+    SCALARS, lambda kids: st.lists(kids, max_size=5) | st.dictionaries(TEXT, kids, max_size=5), max_leaves=20
+)
+TOPICS = st.sampled_from(
+    ["dream:update.a", "remote-control:command.7", "system:notice", "x" * 200, "a:b.c", "", "é:é.é"]
+)
+PROTOCOLISH = st.fixed_dictionaries(
+    {"type": st.sampled_from(["PING", "LISTEN", "UNLISTEN", "MESSAGE", "", "listen"]) | JSON},
+    optional={
+        "nonce": JSON,
+        "data": st.fixed_dictionaries(
+            {}, optional={"topics": st.lists(TOPICS | JSON, max_size=60) | JSON, "auth_token": TEXT | JSON}
+        )
+        | JSON,
+    },
+)
+FRAMES = (
+    TEXT
+    | st.binary(max_size=300)
+    | JSON.map(lambda v: json.dumps(v))
+    | PROTOCOLISH.map(lambda v: json.dumps(v))
+    | st.integers(1, 20_000).map(lambda n: "[" * n + "]" * n)
+    | st.integers(1, 30_000).map(lambda n: '{"type":"LISTEN","nonce":"' + "n" * n + '"}')
+)
+
+
+@given(frame=FRAMES)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_session_never_raises(key_store: KeyStore, frame: str | bytes) -> None:
+    index: set[str] = set()
+    session = Session(
+        policy=DEFAULT_POLICY,
+        verify=TokenVerifier(key_store, issuer="realtime", audience="realtime").verify,
+        listen=index.add,
+        unlisten=index.discard,
+        max_topics=50,
+    )
+    reply = orjson.loads(session.receive(frame))
+    assert reply["type"] in ("PONG", "RESPONSE")
+    if reply["type"] == "RESPONSE":
+        assert reply["error"] in ("", "ERR_BADMESSAGE", "ERR_BADAUTH", "ERR_BADTOPIC", "ERR_RATELIMIT")
+    assert len(index) <= 50
+
+
+class ErrorLog(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def server_port(key_store: KeyStore) -> Iterator[int]:
+    """The real app served by its own event loop in a thread, on a loopback port."""
+    loop = asyncio.new_event_loop()
+    app = create_app(make_settings(max_frame_bytes=16384, connect_rate_per_ip=0), key_store=key_store)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port: int = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield port
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+async def exchange(port: int, frames: list[Any]) -> list[Any]:
+    outcomes: list[Any] = []
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+        for frame in frames:
+            if isinstance(frame, bytes):
+                await ws.send_bytes(frame)
+            else:
+                await ws.send_str(frame)
+            msg = await ws.receive(timeout=5)
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                reply = orjson.loads(msg.data)
+                assert reply["type"] in ("PONG", "RESPONSE"), reply
+                outcomes.append(reply.get("error", "PONG"))
+            else:  # only an oversized frame may close the socket, and only with 1009
+                assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1009, (msg.type, msg.data)
+                outcomes.append(1009)
+                break
+        else:
+            await ws.send_str('{"type":"PING"}')
+            assert orjson.loads((await ws.receive(timeout=5)).data) == {"type": "PONG"}
+    return outcomes
+
+
+@given(frames=st.lists(FRAMES, min_size=1, max_size=8))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_real_server_survives_random_frames(server_port: int, frames: list[Any]) -> None:
+    errors = ErrorLog()
+    logging.getLogger().addHandler(errors)
+    try:
+        asyncio.run(exchange(server_port, frames))
+        # the process stays healthy for the next client
+        assert asyncio.run(exchange(server_port, ['{"type":"PING"}'])) == ["PONG"]
+    finally:
+        logging.getLogger().removeHandler(errors)
+    assert errors.records == [], [r.getMessage() for r in errors.records]

@@ -1,0 +1,67 @@
+"""Hostile HTTP: every route needs auth unless listed public; secrets never reach the logs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.conftest import PUBLISHER_KEY, USER_KEY, AppFactory, auth, listen, ws_token
+
+# (method, path) pairs that answer without credentials, each with its reason.
+PUBLIC_ROUTES = {
+    ("GET", "/health"): "liveness probe",
+    ("GET", "/ready"): "readiness probe",
+    ("GET", "/.well-known/jwks.json"): "public keys, meant to be fetched by anyone",
+    ("GET", "/ws"): "the WebSocket: auth happens per LISTEN with a WS token",
+}
+PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
+
+
+async def test_every_route_needs_credentials(make_client: AppFactory) -> None:
+    client = await make_client()
+    checked = 0
+    for route in client.app.router.routes():
+        method = route.method
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("path") or re.sub(r"\{[^}]+\}", PLACEHOLDER, info.get("formatter", ""))
+        if method in ("HEAD", "OPTIONS", "*") or not path or (method, info.get("formatter", path)) in PUBLIC_ROUTES:
+            continue
+        if (method, path) in PUBLIC_ROUTES:
+            continue
+        resp = await client.request(method, path, json={})
+        assert resp.status == 401, (
+            f"{method} {path} answered {resp.status} without credentials: require auth, "
+            "or add it to PUBLIC_ROUTES with a reason"
+        )
+        assert (await resp.json())["error"] == "unauthorized"
+        checked += 1
+    assert checked >= 3
+
+
+@pytest.mark.parametrize("value", ["' OR 1=1 --", "../../etc/passwd", "%00", "dream:update.a;DROP TABLE x", "\u202e"])
+async def test_sql_and_traversal_strings_are_plain_data(make_client: AppFactory, value: str) -> None:
+    client = await make_client()
+    resp = await client.post("/publish", json={"topic": value, "message": value}, headers=auth(PUBLISHER_KEY))
+    assert resp.status == 400 and "topic" in (await resp.json())["fields"]
+    resp = await client.post(
+        "/publish", json={"topic": "dream:update.a", "message": value}, headers=auth(PUBLISHER_KEY)
+    )
+    assert resp.status == 202
+    resp = await client.get(f"/auth/ws/{value}", headers=auth(USER_KEY))
+    assert resp.status in (404, 405)
+
+
+async def test_secrets_never_reach_the_logs(make_client: AppFactory, capfd: pytest.CaptureFixture[str]) -> None:
+    client = await make_client()
+    token = await ws_token(client)
+    await client.post("/auth/ws", headers={"Authorization": "Api-Key wrong-but-secret-0123456789"})
+    await client.post("/auth/ws", headers={"Authorization": f"Bearer {token}"})
+    async with client.ws_connect("/ws") as ws:
+        await listen(ws, ["remote-control:command.7"], token)
+        await listen(ws, ["remote-control:command.7"], token[:-4] + "AAAA")
+    await client.post("/publish", json={"topic": "x", "message": 1}, headers=auth(PUBLISHER_KEY))
+    out = "".join(capfd.readouterr())
+    assert out  # something was logged
+    for secret in (USER_KEY, PUBLISHER_KEY, "wrong-but-secret-0123456789", token, token.split(".")[2]):
+        assert secret not in out

@@ -1,0 +1,118 @@
+"""Horizontal scale: two real server processes on one Redis; exactly once, in order.
+
+The load check publishes LOADCHECK_MESSAGES (default 100,000) messages over 100 topics
+to 200 listeners (each topic has one listener on each instance) and counts: every
+accepted message reaches every listener of its topic once, in publish order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import redis.asyncio as aioredis
+
+from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, auth, listen
+from tests.procs import Server
+
+LOADCHECK_MESSAGES = int(os.environ.get("LOADCHECK_MESSAGES", "100000"))
+TOPICS = 100
+
+
+async def collect(ws: aiohttp.ClientWebSocketResponse, expected: int, into: list[int]) -> None:
+    while len(into) < expected:
+        msg = await ws.receive(timeout=30)
+        assert msg.type is aiohttp.WSMsgType.TEXT, (msg.type, msg.data)
+        frame = orjson.loads(msg.data)
+        assert frame["type"] == "MESSAGE", frame
+        into.append(orjson.loads(frame["data"]["message"])["n"])
+
+
+async def start_pair(spawn: Any, redis_url: str, channel: str) -> tuple[Server, Server]:
+    env = {"API_KEYS": API_KEYS_JSON, "REDIS_URL": redis_url, "REDIS_CHANNEL": channel, "SHUTDOWN_GRACE": "0"}
+    env.update({"CONNECT_RATE_PER_IP": "0"})
+    a = spawn(env=env)
+    return a, spawn(env=env)
+
+
+async def test_every_path_reaches_both_instances_once_in_order(
+    spawn: type[Server],
+    redis_url: str,
+    channel: str,
+    tmp_path: Path,
+) -> None:
+    a, b = await start_pair(spawn, redis_url, channel)
+    redis = aioredis.from_url(redis_url)
+    async with aiohttp.ClientSession() as http:
+        sockets = [await http.ws_connect(s.url + "/ws") for s in (a, b, a, b)]
+        for ws in sockets:
+            assert (await listen(ws, ["dream:update.order"]))["error"] == ""
+        got: list[list[int]] = [[] for _ in sockets]
+        readers = [asyncio.create_task(collect(ws, 300, into)) for ws, into in zip(sockets, got, strict=True)]
+        for n in range(300):  # one publisher, three paths, interleaved
+            if n % 3 == 0:
+                await redis.publish(channel, orjson.dumps({"topic": "dream:update.order", "message": {"n": n}}))
+            else:
+                target = a if n % 3 == 1 else b
+                resp = await http.post(
+                    target.url + "/publish",
+                    json={"topic": "dream:update.order", "message": {"n": n}},
+                    headers=auth(PUBLISHER_KEY),
+                )
+                assert resp.status == 202
+        await asyncio.wait_for(asyncio.gather(*readers), 30)
+        for into in got:
+            assert into == list(range(300))  # exactly once each, in publish order
+        for ws in sockets:
+            await ws.close()
+    await redis.aclose()
+    for server in (a, b):
+        assert await asyncio.to_thread(server.stop) == 0
+
+
+async def test_load_check_two_instances_200_listeners(
+    spawn: type[Server],
+    redis_url: str,
+    channel: str,
+) -> None:
+    a, b = await start_pair(spawn, redis_url, channel)
+    per_topic = LOADCHECK_MESSAGES // TOPICS
+    redis = aioredis.from_url(redis_url)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        sockets: list[aiohttp.ClientWebSocketResponse] = []
+        for t in range(TOPICS):
+            for server in (a, b):
+                ws = await http.ws_connect(server.url + "/ws", max_msg_size=0)
+                assert (await listen(ws, [f"dream:job:progress.t{t}"]))["error"] == ""
+                sockets.append(ws)
+        got: list[list[int]] = [[] for _ in sockets]
+        readers = [asyncio.create_task(collect(ws, per_topic, into)) for ws, into in zip(sockets, got, strict=True)]
+        started = time.monotonic()
+        accepted = 0
+        for batch in range(per_topic):
+            pipe = redis.pipeline(transaction=False)
+            for t in range(TOPICS):
+                envelope = {"topic": f"dream:job:progress.t{t}", "message": {"n": batch}}
+                pipe.publish(channel, orjson.dumps(envelope))
+            results = await pipe.execute()
+            assert all(r == 2 for r in results), results[:5]  # both instances subscribed
+            accepted += len(results)
+            if batch % 10 == 9:
+                await asyncio.sleep(0.01)  # open-loop pacing, about 100k/s at most
+        await asyncio.wait_for(asyncio.gather(*readers), 120)
+        elapsed = time.monotonic() - started
+        assert accepted == per_topic * TOPICS
+        for into in got:
+            assert into == list(range(per_topic))  # none lost, none duplicated, in order
+        print(f"load check: {accepted} messages, {accepted * 2} deliveries in {elapsed:.1f} s")
+        for ws in sockets:
+            await ws.close()
+    await redis.aclose()
+    for server in (a, b):
+        assert await asyncio.to_thread(server.stop) == 0
