@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
+from db import DATABASE, Database, database_context
 from http_api import setup_routes
 from http_api.auth import API_KEYS, ApiKeyAuthenticator
+from http_api.metrics import setup_metrics
 from keys import KeyStore, NoSigningKey, TokenIssuer, TokenVerifier, generate_key
 from realtime.appkeys import ISSUER, KEY_STORE, LIMITER, NODE, SETTINGS, VERIFIER
 from realtime.broker import Broker, MemoryBroker
@@ -91,8 +93,12 @@ def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.
         burst=settings.connect_burst_per_ip,
     )
     app[API_KEYS] = ApiKeyAuthenticator(settings.api_keys)
+    if settings.database_url:
+        app[DATABASE] = Database(settings.database_url)
+        app.cleanup_ctx.append(database_context(app[DATABASE]))
     app.router.add_get("/ws", websocket_handler)
     setup_routes(app)
+    setup_metrics(app)
     app.cleanup_ctx.append(_node_ctx)
     app.on_shutdown.append(_on_shutdown)
     return app

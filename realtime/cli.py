@@ -1,4 +1,4 @@
-"""The ``realtime`` command line: ``serve``, ``keys``, ``publish``."""
+"""The ``realtime`` command line: ``serve``, ``keys``, ``publish``, ``migrate``, ``users``, ``apikeys``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 
 import orjson
 
+from db import DatabaseError
+from db import cli as db_cli
 from keys import cli as keys_cli
 from realtime.errors import RealtimeError
 from realtime.settings import Settings
@@ -27,8 +29,12 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes sharing the port with SO_REUSEPORT (env WORKERS, default 1; >1 needs REDIS_URL)",
     )
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--migrate", action="store_true", help="apply pending database migrations before serving")
     keys = sub.add_parser("keys", help="manage signing keys")
     keys_cli.add_arguments(keys)
+    db_cli.add_migrate_arguments(sub.add_parser("migrate", help="apply pending database migrations"))
+    db_cli.add_users_arguments(sub.add_parser("users", help="manage users"))
+    db_cli.add_apikeys_arguments(sub.add_parser("apikeys", help="manage database API keys"))
     pub = sub.add_parser("publish", help="publish one message")
     pub.add_argument("topic")
     pub.add_argument("message", help="the message; a string unless --json")
@@ -52,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "keys":
             return keys_cli.run(args)
+        if args.command in ("migrate", "users", "apikeys"):
+            settings = Settings.from_env()
+            return db_cli.run(args, settings.database_url, settings.default_user_scopes)
         return asyncio.run(_publish(args))
-    except RealtimeError as exc:
+    except (RealtimeError, DatabaseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -66,8 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env(**overrides)
     configure_logging(settings.log_format, settings.log_level)
     if args.workers > 1 and not args.worker:
-        return run_workers(settings, args.workers)
-    asyncio.run(serve(settings, reuse_port=args.worker))
+        return run_workers(settings, args.workers, migrate=args.migrate)
+    asyncio.run(serve(settings, reuse_port=args.worker, migrate=args.migrate))
     return 0
 
 

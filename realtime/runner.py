@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import structlog
 from aiohttp import web
 
+from db.serving import prepare_database
 from realtime.app import create_app, load_keys
 from realtime.errors import SettingsError
 from realtime.settings import Settings
@@ -18,7 +20,7 @@ from realtime.settings import Settings
 log = structlog.get_logger("realtime")
 
 
-async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
+async def serve(settings: Settings, *, reuse_port: bool = False, migrate: bool = False) -> None:
     """Run the server until SIGTERM or SIGINT, then shut down gracefully.
 
     Shutdown order: stop accepting connections, send RECONNECT to every client, wait up
@@ -28,7 +30,13 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
         settings: the settings.
         reuse_port: bind with ``SO_REUSEPORT`` (worker mode: the kernel spreads new
             connections over the workers).
+        migrate: apply pending database migrations first (else refuse to serve with any).
+
+    Raises:
+        db.PendingMigrations: migrations are pending and ``migrate`` is false.
+        db.DatabaseError: the database cannot be reached or prepared.
     """
+    settings = dataclasses.replace(settings, database_url=await prepare_database(settings.database_url, migrate=migrate))
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace + 5)
     await runner.setup()
@@ -47,7 +55,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
         log.info("shutdown_complete")
 
 
-def run_workers(settings: Settings, workers: int) -> int:
+def run_workers(settings: Settings, workers: int, *, migrate: bool = False) -> int:
     """Start ``workers`` server processes on one port (``SO_REUSEPORT``), all sharing Redis.
 
     Keys are loaded (or the development key generated) once, here, before the workers
@@ -70,6 +78,7 @@ def run_workers(settings: Settings, workers: int) -> int:
         settings.host,
         "--port",
         str(settings.port),
+        *(["--migrate"] if migrate else []),
     ]
     procs = [subprocess.Popen(argv) for _ in range(workers)]  # noqa: S603 - our own interpreter and module
     log.info("workers_started", workers=workers, pids=[p.pid for p in procs])

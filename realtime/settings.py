@@ -100,6 +100,25 @@ class Settings:
     shutdown_grace: float = 10.0
     log_format: str = "auto"
     log_level: str = "info"
+    metrics_enabled: bool = True
+    metrics_port: int = 0
+    sentry_dsn: str = field(default="", repr=False)
+    sentry_environment: str = ""
+    database_url: str = field(default="", repr=False)
+    default_user_scopes: str = "user:read:remote-control"
+    auth_jwks_url: str = ""
+    auth_issuer: str = ""
+    auth_audience: str = ""
+    auth_algorithms: str = "RS256"
+    auth_cookie: str = ""
+    environment: str = "production"
+    session_cookie: str = "realtime_session"
+    session_ttl: int = 1209600
+    session_domain: str = ""
+    login_attempts_per_account: int = 5
+    login_attempts_per_ip: int = 20
+    login_window: float = 300.0
+    cors_origins: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -147,6 +166,44 @@ class Settings:
             raise SettingsError("REDIS_CHANNEL must not be empty")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+        if not 0 <= self.metrics_port <= 65535 or (self.metrics_port and self.metrics_port == self.port):
+            raise SettingsError("METRICS_PORT must be 0 (serve /metrics on PORT) or another port up to 65535")
+        _validate_identity(self)
+
+
+#: Asymmetric algorithms accepted for upstream JWTs (never ``none`` or HMAC).
+UPSTREAM_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+
+def _validate_identity(s: Settings) -> None:
+    """Check the database, upstream JWT, session and CORS settings."""
+    if s.database_url not in ("", "none") and not s.database_url.startswith(("postgres://", "postgresql://")):
+        raise SettingsError("DATABASE_URL must start with postgres:// or postgresql:// (or be none: no database)")
+    try:
+        parse_scopes(s.default_user_scopes)
+    except BadScope as exc:
+        raise SettingsError(f"DEFAULT_USER_SCOPES: {exc}") from None
+    bad = [a for a in s.auth_algorithms.replace(",", " ").split() if a not in UPSTREAM_ALGORITHMS]
+    if bad or not s.auth_algorithms.strip():
+        raise SettingsError(f"AUTH_ALGORITHMS must list some of {', '.join(UPSTREAM_ALGORITHMS)}")
+    if s.auth_jwks_url and not (s.auth_issuer and s.auth_audience):
+        raise SettingsError("AUTH_JWKS_URL needs AUTH_ISSUER and AUTH_AUDIENCE")
+    if s.environment not in ("production", "development"):
+        raise SettingsError("ENVIRONMENT must be production or development")
+    for name in ("session_ttl", "login_attempts_per_account", "login_attempts_per_ip", "login_window"):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"{name.upper()} must be positive")
+    if not s.session_cookie:
+        raise SettingsError("SESSION_COOKIE must not be empty")
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name.upper()}={raw!r} is not a boolean (true/false)")
 
 
 def _convert(name: str, type_name: object, raw: str) -> Any:
@@ -155,6 +212,8 @@ def _convert(name: str, type_name: object, raw: str) -> Any:
             return int(raw)
         if type_name == "float":
             return float(raw)
+        if type_name == "bool":
+            return _parse_bool(name, raw)
     except ValueError:
         raise SettingsError(f"{name.upper()}={raw!r} is not a number") from None
     if name == "api_keys":

@@ -1,0 +1,36 @@
+"""The data layer: PostgreSQL through asyncpg.
+
+Migrations (:mod:`db.migrate`), the pool (:mod:`db.pool`), users and API keys
+(:mod:`db.users`, :mod:`db.apikeys`), login sessions (:mod:`db.sessions`), dreams
+(:mod:`db.dreams`), the embedded server (:mod:`db.embedded`) and the CLI (:mod:`db.cli`).
+Exceptions are in :mod:`db.errors` (root :class:`DatabaseError`).
+"""
+
+from __future__ import annotations
+
+from db.errors import (
+    Conflict,
+    DatabaseError,
+    DatabaseUnavailable,
+    EmbeddedDatabaseError,
+    MigrationError,
+    NotFound,
+    PendingMigrations,
+)
+from db.pool import DATABASE, Database, connect, connection, database_context, prepare
+
+__all__ = [
+    "DATABASE",
+    "Conflict",
+    "Database",
+    "DatabaseError",
+    "DatabaseUnavailable",
+    "EmbeddedDatabaseError",
+    "MigrationError",
+    "NotFound",
+    "PendingMigrations",
+    "connect",
+    "connection",
+    "database_context",
+    "prepare",
+]
