@@ -98,7 +98,8 @@ class Node:
         self._subs_of: dict[Connection, list[str]] = {}
         self._revoked_jtis: dict[str, tuple[float, str | None]] = {}  # jti -> (forget after, owner sub)
         self._revoked_subs: dict[str, float] = {}  # sub -> revoked at (epoch s)
-        self._expiries: list[tuple[float, int, Connection]] = []
+        self._expiries: list[tuple[float, int, Connection]] = []  # heap; one live entry per connection
+        self._next_exp: dict[Connection, float] = {}
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -195,6 +196,7 @@ class Node:
         """Forget a peer, every topic it listened to and its user slots."""
         peer.session.close()
         self.peers.pop(peer.conn, None)
+        self._next_exp.pop(peer.conn, None)
         for sub in self._subs_of.pop(peer.conn, ()):
             conns = self._user_conns.get(sub)
             if conns is not None:
@@ -230,9 +232,13 @@ class Node:
     # -- expiry and revocation ----------------------------------------------------
 
     def _schedule_expiry(self, conn: Connection, exp: float) -> None:
+        current = self._next_exp.get(conn)
+        if current is not None and current <= exp:
+            return  # the earlier timer entry re-schedules this connection when it fires
+        self._next_exp[conn] = exp
         heap = self._expiries
         heapq.heappush(heap, (exp, next(self._seq), conn))
-        if heap[0][2] is conn and heap[0][0] == exp:
+        if heap[0][2] is conn:
             self._arm()
 
     def _arm(self) -> None:
@@ -248,10 +254,17 @@ class Node:
         now = time.time()
         heap = self._expiries
         while heap and heap[0][0] <= now:
-            _, _, conn = heapq.heappop(heap)
+            exp, _, conn = heapq.heappop(heap)
+            if self._next_exp.get(conn) != exp:
+                continue  # stale: superseded by an earlier entry, or the peer left
+            del self._next_exp[conn]
             peer = self.peers.get(conn)
             if peer is not None:
                 self._tell_revoked(peer, peer.session.expire(now))
+                upcoming = peer.session.next_expiry()
+                if upcoming is not None:
+                    self._next_exp[conn] = upcoming
+                    heapq.heappush(heap, (upcoming, next(self._seq), conn))
         self._arm()
 
     def _tell_revoked(self, peer: Peer, topics: list[Topic]) -> None:

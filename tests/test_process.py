@@ -82,3 +82,23 @@ async def test_two_instances_share_redis_and_cli_publish(
                 assert (await recv(ws))["data"]["message"] == "from-cli"
     assert await asyncio.to_thread(a.stop) == 0
     assert await asyncio.to_thread(b.stop) == 0
+
+
+async def test_workers_share_one_port(spawn: type[Server], redis_url: str, channel: str, tmp_path: Path) -> None:
+    env = {"REDIS_URL": redis_url, "REDIS_CHANNEL": channel, "SHUTDOWN_GRACE": "0", "WORKERS": "2"}
+    server = spawn(env=env)
+    async with aiohttp.ClientSession() as http:
+        sockets = [await http.ws_connect(server.url + "/ws") for _ in range(8)]
+        for ws in sockets:
+            assert (await listen(ws, ["dream:update.w"]))["error"] == ""
+        publisher = await asyncio.create_subprocess_exec(
+            *REALTIME, "publish", "dream:update.w", "to-all-workers",
+            env={**os.environ, "REDIS_URL": redis_url, "REDIS_CHANNEL": channel},
+        )  # fmt: skip
+        assert await publisher.wait() == 0
+        for ws in sockets:
+            assert (await recv(ws))["data"]["message"] == "to-all-workers"
+            await ws.close()
+    assert len(list((tmp_path / "keys.d").glob("*.pem"))) == 1  # one key for all workers
+    assert server.log.read_text().count('"listening"') == 2
+    assert await asyncio.to_thread(server.stop) == 0
