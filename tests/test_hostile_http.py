@@ -14,6 +14,7 @@ PUBLIC_ROUTES = {
     ("GET", "/ready"): "readiness probe",
     ("GET", "/.well-known/jwks.json"): "public keys, meant to be fetched by anyone",
     ("GET", "/ws"): "the WebSocket: auth happens per LISTEN with a WS token",
+    ("GET", "/metrics"): "Prometheus scrapes without credentials; keep it private or on METRICS_PORT",
 }
 PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
 
