@@ -1,35 +1,33 @@
-"""Caller authentication (``Authorization: Api-Key <key>``) and ``/auth/ws``."""
+"""Caller authentication and ``/auth/ws``.
+
+Four credentials are accepted, checked in this order:
+
+1. ``Authorization: Api-Key <key>``: ``API_KEYS`` first (constant time), then the
+   database's ``api_keys`` (refused when expired or revoked).
+2. ``Authorization: Bearer <jwt>`` from the upstream identity provider (``AUTH_JWKS_URL``).
+3. Without an ``Authorization`` header: the built-in login's session cookie
+   (``SESSION_COOKIE``), then the upstream JWT in ``AUTH_COOKIE`` if configured.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from aiohttp import web
 from marshmallow import Schema, fields
 
 from http_api.body import load_json
 from http_api.errors import json_error, json_response
+from http_api.identity import api_key_principal, session_principal
+from http_api.principal import Principal
+from http_api.upstream import UPSTREAM
 from realtime.appkeys import ISSUER, SETTINGS
 from realtime.settings import ApiKeyEntry
 from topics import BadScope, parse_scopes
 
 PUBLISH_SCOPE = "realtime:publish"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """An authenticated caller.
-
-    Attributes:
-        user_id: the user id (becomes the WS token's ``sub``).
-        scopes: what the caller may grant to a WS token or do over HTTP.
-    """
-
-    user_id: str
-    scopes: frozenset[str]
 
 
 class ApiKeyAuthenticator:
@@ -55,21 +53,37 @@ class ApiKeyAuthenticator:
 API_KEYS = web.AppKey("api_key_authenticator", ApiKeyAuthenticator)
 
 
-def authenticate(request: web.Request) -> Principal:
-    """Authenticate the caller of ``request``.
+async def authenticate(request: web.Request) -> Principal:
+    """Authenticate the caller of ``request`` (see the module docstring for the order).
 
     Raises:
-        web.HTTPException: 401 when credentials are missing, malformed or wrong.
+        web.HTTPException: 401 when credentials are missing, malformed, wrong, expired
+            or revoked.
     """
     header = request.headers.get("Authorization", "")
     scheme, _, credentials = header.partition(" ")
+    credentials = credentials.strip()
     if not header:
-        raise json_error(401, "missing credentials: send Authorization: Api-Key <key>")
-    if scheme.lower() != "api-key" or not credentials.strip():
+        principal = await _cookie_principal(request)
+        if principal is None:
+            raise json_error(401, "missing credentials: send Authorization: Api-Key <key>")
+        return principal
+    if scheme.lower() == "bearer" and credentials and UPSTREAM in request.app:
+        return await request.app[UPSTREAM].principal(request.app, credentials)
+    if scheme.lower() != "api-key" or not credentials:
         raise json_error(401, "unsupported Authorization scheme: use Api-Key <key>")
-    principal = request.app[API_KEYS].authenticate(credentials.strip())
+    principal = request.app[API_KEYS].authenticate(credentials) or await api_key_principal(request.app, credentials)
     if principal is None:
         raise json_error(401, "invalid API key")
+    return principal
+
+
+async def _cookie_principal(request: web.Request) -> Principal | None:
+    settings = request.app[SETTINGS]
+    principal = await session_principal(request.app, request.cookies.get(settings.session_cookie, ""))
+    token = request.cookies.get(settings.auth_cookie, "") if settings.auth_cookie else ""
+    if principal is None and token and UPSTREAM in request.app:
+        principal = await request.app[UPSTREAM].principal(request.app, token)
     return principal
 
 
@@ -98,7 +112,7 @@ async def issue_ws_token(request: web.Request) -> web.Response:
         web.HTTPException: 401 (no/bad credentials), 400 (malformed scope), 403 (a
             requested scope the caller lacks, named in ``missing_scopes``).
     """
-    principal = authenticate(request)
+    principal = await authenticate(request)
     requested = request.query.get("scope")
     if request.method == "POST" and requested is None:
         requested = (await load_json(request, WsTokenRequest(), optional=True)).get("scope")

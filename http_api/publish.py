@@ -32,7 +32,7 @@ async def publish(request: web.Request) -> web.Response:
         web.HTTPException: 401/403 (auth), 400 (body or topic, naming the field),
             503 (the broker did not take the message: it was not sent).
     """
-    principal = authenticate(request)
+    principal = await authenticate(request)
     require_scope(principal, PUBLISH_SCOPE)
     body = await load_json(request, PublishRequest())
     try:

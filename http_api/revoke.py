@@ -41,7 +41,7 @@ async def revoke_ws_tokens(request: web.Request) -> web.Response:
         web.HTTPException: 401, 403 (someone else's tokens without the scope), 400 (body),
             503 (the broker did not take the revocation: it did not happen).
     """
-    principal = authenticate(request)
+    principal = await authenticate(request)
     body = await load_json(request, RevokeRequest())
     privileged = REVOKE_SCOPE in principal.scopes
     jti, sub = body["jti"], body["sub"]

@@ -11,12 +11,14 @@ from db import DATABASE, Database, database_context
 from http_api import setup_routes
 from http_api.auth import API_KEYS, ApiKeyAuthenticator
 from http_api.metrics import setup_metrics
+from http_api.upstream import UPSTREAM, UpstreamVerifier, upstream_context
 from keys import KeyStore, NoSigningKey, TokenIssuer, TokenVerifier, generate_key
 from realtime.appkeys import ISSUER, KEY_STORE, LIMITER, NODE, SETTINGS, VERIFIER
 from realtime.broker import Broker, MemoryBroker
 from realtime.limits import ConnectionLimiter
 from realtime.node import Node
 from realtime.redis_broker import RedisBroker
+from realtime.sentry import setup_sentry
 from realtime.server import shutdown_peers, websocket_handler
 from realtime.settings import Settings
 from topics import load_policy
@@ -96,9 +98,19 @@ def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.
     if settings.database_url:
         app[DATABASE] = Database(settings.database_url)
         app.cleanup_ctx.append(database_context(app[DATABASE]))
+        if settings.auth_jwks_url:
+            app[UPSTREAM] = UpstreamVerifier(
+                jwks_url=settings.auth_jwks_url,
+                issuer=settings.auth_issuer,
+                audience=settings.auth_audience,
+                algorithms=settings.auth_algorithms.replace(",", " ").split(),
+                default_scopes=settings.default_user_scopes,
+            )
+            app.cleanup_ctx.append(upstream_context)
     app.router.add_get("/ws", websocket_handler)
     setup_routes(app)
     setup_metrics(app)
+    setup_sentry(app, settings)
     app.cleanup_ctx.append(_node_ctx)
     app.on_shutdown.append(_on_shutdown)
     return app

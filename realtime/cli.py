@@ -74,6 +74,9 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings.from_env(**overrides)
     configure_logging(settings.log_format, settings.log_level)
+    from realtime.sentry import init_sentry
+
+    init_sentry(settings)
     if args.workers > 1 and not args.worker:
         return run_workers(settings, args.workers, migrate=args.migrate)
     asyncio.run(serve(settings, reuse_port=args.worker, migrate=args.migrate))

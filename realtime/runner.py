@@ -36,7 +36,9 @@ async def serve(settings: Settings, *, reuse_port: bool = False, migrate: bool =
         db.PendingMigrations: migrations are pending and ``migrate`` is false.
         db.DatabaseError: the database cannot be reached or prepared.
     """
-    settings = dataclasses.replace(settings, database_url=await prepare_database(settings.database_url, migrate=migrate))
+    settings = dataclasses.replace(
+        settings, database_url=await prepare_database(settings.database_url, migrate=migrate)
+    )
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace + 5)
     await runner.setup()
