@@ -18,6 +18,7 @@ from realtime.broker import Broker, MemoryBroker
 from realtime.limits import ConnectionLimiter
 from realtime.node import Node
 from realtime.redis_broker import RedisBroker
+from realtime.sentry import setup_sentry
 from realtime.server import shutdown_peers, websocket_handler
 from realtime.settings import Settings
 from topics import load_policy
@@ -109,6 +110,7 @@ def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.
     app.router.add_get("/ws", websocket_handler)
     setup_routes(app)
     setup_metrics(app)
+    setup_sentry(app, settings)
     app.cleanup_ctx.append(_node_ctx)
     app.on_shutdown.append(_on_shutdown)
     return app
