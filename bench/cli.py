@@ -1,0 +1,77 @@
+"""``python -m bench``: run the benchmark and write JSON, Markdown and a PNG plot."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import report
+from bench.plan import ALL, full_plan, quick_plan
+from bench.procstat import loadavg, raise_fd_limit
+from bench.runner import Runner
+from bench.servers import ROOT
+
+SCENARIOS = ("compare", "sweep", "idle", "connect")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (< 2 minutes)")
+    parser.add_argument("--servers", help=f"comma-separated subset of {','.join(ALL)} (default: all installed)")
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
+    parser.add_argument("--out", type=Path, help="output directory (default docs/, --quick: bench/results/tmp)")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the plan; returns 0, or 1 when a server failed (losses are reported, not fatal)."""
+    args = _parser().parse_args(argv)
+    plan = quick_plan() if args.quick else full_plan()
+    if args.reps:
+        plan = type(plan)(**{**plan.__dict__, "reps": args.reps})
+    out: Path = args.out or (ROOT / "bench" / "results" / "tmp" if args.quick else ROOT / "docs")
+    out.mkdir(parents=True, exist_ok=True)
+    servers = args.servers.split(",") if args.servers else None
+    only = args.only.split(",") if args.only else list(SCENARIOS)
+    raise_fd_limit()
+    started = time.time()
+    meta: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "quick": args.quick,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_before": loadavg(),
+        "plan": orjson.loads(orjson.dumps(plan.__dict__, default=lambda o: o.__dict__)),
+    }
+    runner = Runner(plan, args.redis_url, servers)
+    meta["servers"], meta["skipped_servers"] = runner.servers, runner.skipped
+    try:
+        for name in only:
+            getattr(runner, name)()
+    finally:
+        runner.close()
+    meta["loadavg_after"] = loadavg()
+    meta["duration_s"] = round(time.time() - started, 1)
+    data: dict[str, Any] = {"meta": meta, **runner.results}
+    data["summary"] = report.summarize(data)
+    (out / "benchmarks.json").write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    (out / "benchmarks-tables.md").write_text(report.markdown(data))
+    if not args.no_plot:
+        report.plot(data, out / "benchmarks.png")
+    print(report.markdown(data))
+    return 1 if data.get("errors") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

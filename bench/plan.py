@@ -1,0 +1,84 @@
+"""What a benchmark run measures: the full plan and the ``--quick`` smoke plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Case:
+    """One offered load: ``listeners`` connections over ``topics`` topics, ``rate`` msgs/s."""
+
+    name: str
+    listeners: int
+    topics: int
+    rate: float
+    size: int
+    duration: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every scenario of one run; each list of servers is filtered by what is installed."""
+
+    reps: int
+    generators: int
+    compare_servers: list[str]
+    compare_cases: list[Case]
+    sweep_server: str
+    sweep_configs: list[tuple[int, int]]  # (listeners, topics)
+    sweep_sizes: list[int]
+    sweep_ladder: list[int]  # offered deliveries/s, ascending; stops at the first failure
+    sweep_duration: float
+    idle_servers: list[str]
+    idle_connections: int
+    connect_servers: list[str]
+    connect_connections: int
+    notes: list[str] = field(default_factory=list)
+
+
+ALL = ["ours-memory", "ours-redis", "ours-redis-2w", "python-socketio", "node-socketio"]
+
+
+def full_plan() -> Plan:
+    """The documented run (about 20 minutes on the 2-core machine)."""
+    return Plan(
+        reps=3,
+        generators=2,
+        compare_servers=ALL,
+        compare_cases=[
+            Case("light: 500 listeners x 20 msg/s", 500, 1, 20, 200, 5),
+            Case("heavy: 50 listeners x 1000 msg/s", 50, 1, 1000, 200, 4),
+        ],
+        sweep_server="ours-redis",
+        sweep_configs=[(1000, 1), (5000, 1), (10000, 1), (10000, 1000)],
+        sweep_sizes=[200, 2048],
+        sweep_ladder=[50_000, 100_000, 200_000, 400_000],
+        sweep_duration=3,
+        idle_servers=["ours-memory", "python-socketio", "node-socketio"],
+        idle_connections=10_000,
+        connect_servers=["ours-redis", "python-socketio", "node-socketio"],
+        connect_connections=3000,
+    )
+
+
+def quick_plan() -> Plan:
+    """A smoke run with tiny sizes (well under 2 minutes)."""
+    return Plan(
+        reps=1,
+        generators=2,
+        compare_servers=ALL,
+        compare_cases=[
+            Case("light: 50 listeners x 50 msg/s", 50, 1, 50, 200, 1),
+            Case("topics: 100 listeners over 10 topics x 200 msg/s", 100, 10, 200, 2048, 1),
+        ],
+        sweep_server="ours-redis",
+        sweep_configs=[(200, 1)],
+        sweep_sizes=[200],
+        sweep_ladder=[10_000],
+        sweep_duration=1,
+        idle_servers=["ours-memory"],
+        idle_connections=200,
+        connect_servers=["ours-redis"],
+        connect_connections=200,
+    )

@@ -1,0 +1,87 @@
+"""Process accounting from ``/proc`` (Linux): CPU time and RSS of a process tree, load average."""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's open-file soft limit to its hard limit; returns the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages."""
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may contain spaces: split after its closing parenthesis
+    return text[text.rindex(")") + 2 :].split()
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat(int(entry.name))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds consumed so far (user, system)."""
+
+    user: float
+    system: float
+
+    @property
+    def total(self) -> float:
+        """User plus system seconds."""
+        return self.user + self.system
+
+    def __sub__(self, other: Cpu) -> Cpu:
+        return Cpu(self.user - other.user, self.system - other.system)
+
+
+def cpu(pids: list[int]) -> Cpu:
+    """CPU time of ``pids`` (live processes only; fields 14 and 15 of ``/proc/<pid>/stat``)."""
+    user = system = 0.0
+    for pid in pids:
+        fields = _stat(pid)
+        if fields is not None:
+            user += int(fields[11]) / _TICKS
+            system += int(fields[12]) / _TICKS
+    return Cpu(user, system)
+
+
+def rss_bytes(pids: list[int]) -> int:
+    """Resident set size of ``pids`` in bytes (field 24 of ``/proc/<pid>/stat``)."""
+    total = 0
+    for pid in pids:
+        fields = _stat(pid)
+        if fields is not None:
+            total += int(fields[21]) * _PAGE
+    return total

@@ -1,0 +1,257 @@
+"""A minimal, cheap WebSocket client (RFC 6455) for the load generator.
+
+One :class:`asyncio.Protocol` per connection, no task per connection, no per-message
+object: frames are parsed straight out of the receive buffer and handed to a
+:class:`Dialect` (our Twitch-PubSub protocol, or Engine.IO 4 / Socket.IO 5 for the
+peers). The same client and the same per-message work (one regex search for the
+benchmark stamp) is used for every server, so generator cost is comparable.
+
+Client frames are masked with an all-zero key: RFC 6455 requires the mask bit, and a
+zero key is a valid key that makes masking a no-op (a load generator's shortcut, not
+something a real client should do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import struct
+import time
+from typing import Final, cast
+
+STAMP: Final = re.compile(rb"~(\d+)~(\d+)~")
+"""The benchmark stamp in a payload: ``~<seq>~<send time, monotonic ns>~``."""
+
+_ZERO_MASK: Final = b"\x00\x00\x00\x00"
+_U16: Final = struct.Struct("!H")
+_U64: Final = struct.Struct("!Q")
+
+
+class WsError(Exception):
+    """The handshake or the framing failed."""
+
+
+def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One final, masked (zero key) client frame carrying ``payload``."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x80 | opcode, 0x80 | size))
+    elif size < 65536:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + _U16.pack(size)
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + _U64.pack(size)
+    return head + _ZERO_MASK + payload
+
+
+class Stats:
+    """Receive counters of one connection: count, duplicates, latency samples.
+
+    Attributes:
+        received: stamped messages received.
+        duplicated: stamped messages whose sequence number was not above the last one
+            (publications arrive in publish order, so this counts duplicates).
+        last_seq: highest sequence number seen, -1 before the first.
+        latencies: publish-to-deliver latencies in ns, only when sampled.
+        last_ns: monotonic ns of the last stamped message.
+    """
+
+    __slots__ = ("duplicated", "last_ns", "last_seq", "latencies", "received", "sampled")
+
+    def __init__(self, sampled: bool) -> None:
+        self.sampled = sampled
+        self.received = 0
+        self.duplicated = 0
+        self.last_seq = -1
+        self.latencies: list[int] = []
+        self.last_ns = 0
+
+    def reset(self) -> None:
+        """Forget everything counted so far."""
+        self.received = self.duplicated = self.last_ns = 0
+        self.last_seq = -1
+        self.latencies = []
+
+    def record(self, data: bytes) -> None:
+        """Count one stamped payload found anywhere in ``data``."""
+        match = STAMP.search(data)
+        if match is None:
+            return
+        now = time.monotonic_ns()
+        seq = int(match[1])
+        self.received += 1
+        if seq <= self.last_seq:
+            self.duplicated += 1
+        else:
+            self.last_seq = seq
+        self.last_ns = now
+        if self.sampled:
+            self.latencies.append(now - int(match[2]))
+
+
+class Dialect:
+    """What is said over the socket: subclasses implement one application protocol."""
+
+    def __init__(self, topics: list[str], token: str, stats: Stats) -> None:
+        self.topics = topics
+        self.token = token
+        self.stats = stats
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.client: WsClient | None = None
+
+    def opened(self) -> None:
+        """The WebSocket handshake is done."""
+
+    def text(self, data: bytes) -> None:
+        """One text message arrived."""
+        raise NotImplementedError
+
+    def fail(self, message: str) -> None:
+        """Resolve ``ready`` with an error (once)."""
+        if not self.ready.done():
+            self.ready.set_exception(WsError(message))
+
+
+class PubSubDialect(Dialect):
+    """Our server: LISTEN with a token, then MESSAGE frames."""
+
+    def opened(self) -> None:
+        data = b'{"type":"LISTEN","nonce":"b","data":{"topics":[%s],"auth_token":"%s"}}' % (
+            b",".join(b'"%s"' % t.encode() for t in self.topics),
+            self.token.encode(),
+        )
+        assert self.client is not None
+        self.client.send_text(data)
+
+    def text(self, data: bytes) -> None:
+        if data.startswith(b'{"type":"MESSAGE"'):
+            self.stats.record(data)
+        elif data.startswith(b'{"type":"RESPONSE"') and not self.ready.done():
+            if b'"error":""' in data:
+                self.ready.set_result(None)
+            else:
+                self.fail(data.decode())
+
+
+class SocketIODialect(Dialect):
+    """Engine.IO 4 + Socket.IO 5 over a WebSocket: join the topics' rooms with an ack."""
+
+    def text(self, data: bytes) -> None:
+        client = self.client
+        assert client is not None
+        if data.startswith(b'42["message"'):
+            self.stats.record(data)
+        elif data == b"2":  # Engine.IO ping
+            client.send_text(b"3")
+        elif data.startswith(b"0{"):  # Engine.IO open: connect to the default namespace
+            client.send_text(b"40")
+        elif data.startswith(b"40"):  # namespace connected: join rooms, ack id 1
+            topics = b",".join(b'"%s"' % t.encode() for t in self.topics)
+            client.send_text(b'421["listen",[%s]]' % topics)
+        elif data.startswith(b"431") and not self.ready.done():
+            self.ready.set_result(None)
+        elif data.startswith(b"44"):
+            self.fail(data.decode())
+
+
+class WsClient(asyncio.Protocol):
+    """One client WebSocket connection driven by a :class:`Dialect`."""
+
+    def __init__(self, host: str, path: str, dialect: Dialect) -> None:
+        self.host = host
+        self.path = path
+        self.dialect = dialect
+        dialect.client = self
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._open = False
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.transport.write(
+            (
+                f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.dialect.fail(f"connection lost: {exc}")
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send_text(self, payload: bytes) -> None:
+        """Send one text frame."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(client_frame(payload))
+
+    def close(self) -> None:
+        """Close without a closing handshake (the servers cope; it is cheap)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        if not self._open:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self.dialect.fail(bytes(buf[: end + 4]).decode(errors="replace"))
+                self.close()
+                return
+            del buf[: end + 4]
+            self._open = True
+            self.dialect.opened()
+        self._frames(buf)
+
+    def _frames(self, buf: bytearray) -> None:
+        pos, size = 0, len(buf)
+        text = self.dialect.text
+        while size - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            length, start = b1 & 0x7F, pos + 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length, start = _U16.unpack_from(buf, pos + 2)[0], pos + 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length, start = _U64.unpack_from(buf, pos + 2)[0], pos + 10
+            if b1 & 0x80:
+                raise WsError("server frames must not be masked")
+            end = start + length
+            if end > size:
+                break
+            opcode = b0 & 0x0F
+            if opcode == 0x1:
+                text(bytes(buf[start:end]))
+            elif opcode == 0x9 and self.transport is not None:
+                self.transport.write(client_frame(bytes(buf[start:end]), 0xA))
+            elif opcode == 0x8:
+                self.close()
+            pos = end
+        if pos:
+            del buf[:pos]
+
+
+async def connect(host: str, port: int, path: str, dialect: Dialect) -> WsClient:
+    """Open one connection and wait until its dialect says it is ready (listening).
+
+    Raises:
+        WsError: the handshake or the subscription was refused.
+        OSError: the TCP connection failed.
+    """
+    loop = asyncio.get_running_loop()
+    _, client = await loop.create_connection(lambda: WsClient(f"{host}:{port}", path, dialect), host, port)
+    try:
+        await dialect.ready
+    except BaseException:
+        client.close()
+        raise
+    return client
