@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 import dataclasses
 import os
 import signal
@@ -55,6 +56,25 @@ async def serve(settings: Settings, *, reuse_port: bool = False, migrate: bool =
     finally:
         await runner.cleanup()
         log.info("shutdown_complete")
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop to run on: ``"uvloop"``, ``"asyncio"``, or ``"auto"`` (uvloop when it
+    is installed, e.g. ``pip install 'realtime-pubsub[uvloop]'``).
+
+    Raises:
+        SettingsError: ``"uvloop"`` was asked for and is not installed.
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SettingsError("EVENT_LOOP=uvloop but uvloop is not installed") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def run_workers(settings: Settings, workers: int, *, migrate: bool = False) -> int:

@@ -98,6 +98,7 @@ class Settings:
     send_queue_max_bytes: int = 1048576
     send_queue_max_messages: int = 1000
     shutdown_grace: float = 10.0
+    event_loop: str = "auto"
     log_format: str = "auto"
     log_level: str = "info"
     metrics_enabled: bool = True
@@ -160,6 +161,8 @@ class Settings:
                 raise SettingsError(f"{name.upper()} must not be negative (0 turns the limit off)")
         if self.client_ip_header not in ("", "Fly-Client-IP", "X-Forwarded-For"):
             raise SettingsError("CLIENT_IP_HEADER must be empty, Fly-Client-IP or X-Forwarded-For")
+        if self.event_loop not in ("auto", "asyncio", "uvloop"):
+            raise SettingsError("EVENT_LOOP must be auto, asyncio or uvloop")
         if self.log_format not in ("auto", "json", "console"):
             raise SettingsError("LOG_FORMAT must be auto, json or console")
         if not self.redis_channel:
