@@ -10,7 +10,7 @@ with small dict commands; every reply is a dict:
 - ``{"op": "reset"}`` zeroes the counters -> ``{}``.
 - ``{"op": "drain", "expected": {topic: count}, "timeout": s}`` waits until every
   expected message arrived or ``timeout`` -> ``{"received", "expected", "lost",
-  "duplicated", "latencies_ns": bytes, "last_ns", "open"}``.
+  "duplicated", "reordered", "latencies_ns": bytes, "last_ns", "open"}``.
 - ``{"op": "drop"}`` closes every connection -> ``{}``.
 - ``{"op": "close"}`` closes everything and ends the process -> ``{}``.
 """
@@ -83,14 +83,15 @@ class Generator:
             if sum(c.dialect.stats.received for c, _ in self.clients) >= expected:
                 break
             await asyncio.sleep(0.02)
-        received = duplicated = lost = last_ns = 0
+        received = duplicated = reordered = lost = last_ns = 0
         latencies = array("q")
         for client, topics in self.clients:
             stats = client.dialect.stats
             want = sum(expected_by_topic.get(t, 0) for t in topics)
             received += stats.received
             duplicated += stats.duplicated
-            lost += max(0, want - (stats.received - stats.duplicated))
+            reordered += stats.reordered
+            lost += max(0, want - stats.unique)
             last_ns = max(last_ns, stats.last_ns)
             latencies.extend(stats.latencies)
         return {
@@ -98,6 +99,7 @@ class Generator:
             "expected": expected,
             "lost": lost,
             "duplicated": duplicated,
+            "reordered": reordered,
             "latencies_ns": latencies.tobytes(),
             "last_ns": last_ns,
             "open": sum(1 for c, _ in self.clients if not c.closed.done()),

@@ -53,7 +53,7 @@ def full_plan() -> Plan:
         sweep_server="ours-redis",
         sweep_configs=[(1000, 1), (5000, 1), (10000, 1), (10000, 1000)],
         sweep_sizes=[200, 2048],
-        sweep_ladder=[50_000, 100_000, 200_000, 400_000],
+        sweep_ladder=[25_000, 50_000, 100_000, 200_000, 400_000],
         sweep_duration=3,
         idle_servers=["ours-memory", "python-socketio", "node-socketio"],
         idle_connections=10_000,

@@ -9,8 +9,9 @@ Driven over a pipe like :mod:`bench.loadgen`:
   "per_topic": {topic: n}, "start_ns", "end_ns", "errors"}``.
 - ``{"op": "close"}`` ends the process.
 
-Each message is a string ``~<seq>~<monotonic ns at send>~xxx...`` padded to ``size``
-bytes; ``redis`` mode publishes the envelope ``{"topic", "message"}`` with redis-py (the
+Each message is a string ``~<n>~<monotonic ns at send>~xxx...`` padded to ``size``
+bytes, ``n`` counting the messages of its topic from 0; ``redis`` mode publishes the
+envelope ``{"topic", "message"}`` with redis-py (the
 way a backend service does), ``http`` mode POSTs it to ``/publish``.
 """
 
@@ -28,7 +29,7 @@ import redis.asyncio as aioredis
 
 
 def payload(seq: int, size: int) -> str:
-    """The stamped message string of ``seq``, padded with ``x`` to ``size`` bytes."""
+    """The stamped message string of ``seq`` (its number in its topic), padded with ``x`` to ``size`` bytes."""
     head = f"~{seq}~{time.monotonic_ns()}~"
     return head + "x" * max(0, size - len(head))
 
@@ -80,7 +81,8 @@ class Publisher:
                 pipe = client.pipeline(transaction=False)
                 for seq in seqs:
                     topic = topics[seq % len(topics)]
-                    pipe.publish(channel, orjson.dumps({"topic": topic, "message": payload(seq, size)}))
+                    message = payload(seq // len(topics), size)
+                    pipe.publish(channel, orjson.dumps({"topic": topic, "message": message}))
                     self.per_topic[topic] += 1
                 await pipe.execute()
 
@@ -95,7 +97,7 @@ class Publisher:
 
         async def post(seq: int) -> None:
             topic = topics[seq % len(topics)]
-            body = orjson.dumps({"topic": topic, "message": payload(seq, size)})
+            body = orjson.dumps({"topic": topic, "message": payload(seq // len(topics), size)})
             try:
                 async with session.post(f"{cmd['url']}/publish", data=body, headers=headers) as resp:
                     if resp.status == 202:

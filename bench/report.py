@@ -37,6 +37,7 @@ def _fanout_summary(runs: list[Run]) -> Run:
         "server_cpu_pct": _stat(r["server_cpu"]["pct"] for r in runs),
         "lost": sum(r["lost"] for r in runs),
         "duplicated": sum(r["duplicated"] for r in runs),
+        "reordered": sum(r.get("reordered", 0) for r in runs),
         "client_limited": any(r["client_limited"] for r in runs),
         "passed": all(r["passed"] for r in runs),
     }

@@ -182,6 +182,7 @@ def _figures(
         "delivered": received,
         "lost": sum(r["lost"] for r in drain),
         "duplicated": sum(r["duplicated"] for r in drain),
+        "reordered": sum(r["reordered"] for r in drain),
         "open_connections": sum(r["open"] for r in drain),
         "listeners": listeners,
         "deliveries_per_s": round(received / span, 1),

@@ -22,7 +22,7 @@ import time
 from typing import Final, cast
 
 STAMP: Final = re.compile(rb"~(\d+)~(\d+)~")
-"""The benchmark stamp in a payload: ``~<seq>~<send time, monotonic ns>~``."""
+"""The benchmark stamp in a payload: ``~<seq in its topic>~<send time, monotonic ns>~``."""
 
 _ZERO_MASK: Final = b"\x00\x00\x00\x00"
 _U16: Final = struct.Struct("!H")
@@ -46,32 +46,37 @@ def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
 
 
 class Stats:
-    """Receive counters of one connection: count, duplicates, latency samples.
+    """Receive counters of one connection (which LISTENs to one topic).
+
+    Sequence numbers are per topic (0, 1, 2, ...). Arrivals are tracked with a low-water
+    mark plus the set of numbers seen above it, so duplicates are told apart from
+    reordering (concurrent ``POST /publish`` requests may reorder).
 
     Attributes:
-        received: stamped messages received.
-        duplicated: stamped messages whose sequence number was not above the last one
-            (publications arrive in publish order, so this counts duplicates).
-        last_seq: highest sequence number seen, -1 before the first.
+        received: stamped messages received, duplicates included.
+        duplicated: stamped messages whose sequence number had been seen already.
+        reordered: messages that arrived before an earlier-numbered one.
         latencies: publish-to-deliver latencies in ns, only when sampled.
         last_ns: monotonic ns of the last stamped message.
     """
 
-    __slots__ = ("duplicated", "last_ns", "last_seq", "latencies", "received", "sampled")
+    __slots__ = ("_above", "_next", "duplicated", "last_ns", "latencies", "received", "reordered", "sampled")
 
     def __init__(self, sampled: bool) -> None:
         self.sampled = sampled
-        self.received = 0
-        self.duplicated = 0
-        self.last_seq = -1
-        self.latencies: list[int] = []
-        self.last_ns = 0
+        self.reset()
 
     def reset(self) -> None:
         """Forget everything counted so far."""
-        self.received = self.duplicated = self.last_ns = 0
-        self.last_seq = -1
-        self.latencies = []
+        self.received = self.duplicated = self.reordered = self.last_ns = 0
+        self._next = 0
+        self._above: set[int] = set()
+        self.latencies: list[int] = []
+
+    @property
+    def unique(self) -> int:
+        """Distinct sequence numbers received."""
+        return self._next + len(self._above)
 
     def record(self, data: bytes) -> None:
         """Count one stamped payload found anywhere in ``data``."""
@@ -81,10 +86,17 @@ class Stats:
         now = time.monotonic_ns()
         seq = int(match[1])
         self.received += 1
-        if seq <= self.last_seq:
+        if seq == self._next:
+            self._next += 1
+            above = self._above
+            while above and self._next in above:
+                above.remove(self._next)
+                self._next += 1
+        elif seq < self._next or seq in self._above:
             self.duplicated += 1
         else:
-            self.last_seq = seq
+            self.reordered += 1
+            self._above.add(seq)
         self.last_ns = now
         if self.sampled:
             self.latencies.append(now - int(match[2]))
