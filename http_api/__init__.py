@@ -11,6 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from http_api import auth, health, publish, revoke
+from http_api.api_v1 import setup_api_v1
 from http_api.errors import error_middleware
 
 
@@ -24,6 +25,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_route("POST", "/auth/ws", auth.issue_ws_token)
     app.router.add_post("/auth/ws/revoke", revoke.revoke_ws_tokens)
     app.router.add_post("/publish", publish.publish)
+    setup_api_v1(app)
 
 
 __all__ = ["setup_routes"]

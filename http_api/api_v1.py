@@ -1,0 +1,27 @@
+"""Routes of ``/api/v1`` (the e-dream compatible REST API)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from db import DATABASE
+from http_api import dreams
+from http_api.remote_control import remote_control
+
+PREFIX = "/api/v1"
+_UUID = "{uuid:[0-9a-fA-F-]{36}}"
+
+
+def setup_api_v1(app: web.Application) -> None:
+    """Add the ``/api/v1`` routes: remote control always, dreams only with a database."""
+    app.router.add_post(f"{PREFIX}/remote-control", remote_control)
+    if DATABASE not in app:
+        return
+    app.router.add_get(f"{PREFIX}/dream", dreams.list_dreams)
+    app.router.add_post(f"{PREFIX}/dream", dreams.create_dream)
+    app.router.add_get(f"{PREFIX}/dream/my-dreams", dreams.my_dreams)
+    app.router.add_get(f"{PREFIX}/dream/{_UUID}", dreams.get_dream)
+    app.router.add_put(f"{PREFIX}/dream/{_UUID}", dreams.update_dream)
+    app.router.add_delete(f"{PREFIX}/dream/{_UUID}", dreams.delete_dream)
+    app.router.add_post(f"{PREFIX}/dream/{_UUID}/status/{{status:processing|processed|failed}}", dreams.set_status)
+    app.router.add_put(f"{PREFIX}/dream/{_UUID}/{{vote:upvote|downvote|unvote}}", dreams.vote)
