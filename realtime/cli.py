@@ -47,6 +47,19 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument(
         "--api-key", default=os.environ.get("REALTIME_API_KEY", ""), help="API key for --url (env REALTIME_API_KEY)"
     )
+    lis = sub.add_parser("listen", help="print messages on topics as they arrive (a debugging tool)")
+    lis.add_argument("topics", nargs="+", metavar="TOPIC")
+    lis.add_argument(
+        "--url",
+        default=os.environ.get("REALTIME_URL", "http://127.0.0.1:4444"),
+        help="the server (env REALTIME_URL, default http://127.0.0.1:4444)",
+    )
+    lis.add_argument(
+        "--api-key",
+        default=os.environ.get("REALTIME_API_KEY", ""),
+        help="API key for a WS token; not needed for public topics (env REALTIME_API_KEY)",
+    )
+    lis.add_argument("--scope", help="narrow the token to these scopes (space-separated)")
     return parser
 
 
@@ -61,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("migrate", "users", "apikeys"):
             settings = Settings.from_env()
             return db_cli.run(args, settings.database_url, settings.default_user_scopes)
+        if args.command == "listen":
+            from realtime.client import listen_command
+
+            return asyncio.run(listen_command(args.url, args.topics, api_key=args.api_key, scope=args.scope))
         return asyncio.run(_publish(args))
     except (RealtimeError, DatabaseError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,0 +1,473 @@
+"""An asyncio client for the realtime server, following the Twitch PubSub client rules.
+
+    async with RealtimeClient("http://localhost:4444", ["remote-control:command.7"], api_key=KEY) as client:
+        async for event in client:
+            if event.type == "MESSAGE":
+                print(event.topic, event.message)
+
+What it does for you:
+
+- gets a WS token from ``POST /auth/ws`` with an API key (or from your ``token_provider``
+  coroutine) and refreshes it ``refresh_margin`` seconds before it expires, re-LISTENing with
+  the new token so the topics never lapse;
+- sends ``PING`` every ``ping_interval`` seconds (plus up to ``ping_jitter``) and reconnects if
+  no ``PONG`` arrives within ``pong_timeout``;
+- reconnects after any disconnect with capped, jittered exponential backoff
+  (``backoff_initial``, doubling, at most ``backoff_max``), and at once on ``RECONNECT``;
+- LISTENs again after every reconnect, then yields a ``RECONNECTED`` event (publications made
+  while disconnected are lost: there is no replay; refetch state);
+- yields ``GAP`` (the server lost its broker link: refetch) and ``AUTH_REVOKED`` (those topics
+  stopped; they are dropped from the client's set; call :meth:`RealtimeClient.listen` again
+  to retry).
+
+Errors: :class:`ClientError` (root, a :class:`realtime.errors.RealtimeError`) >
+:class:`ListenRefused` (the server answered a LISTEN with an error code) and
+:class:`TokenRefused` (``/auth/ws`` refused the credentials: 401/403).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import random
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Self, TextIO
+
+import aiohttp
+import orjson
+
+from realtime.errors import RealtimeError
+
+TokenProvider = Callable[[], Awaitable[str]]
+"""A coroutine function returning a WS token (a JWT whose ``exp`` schedules the refresh)."""
+
+
+class ClientError(RealtimeError):
+    """Base of the client's errors."""
+
+
+class ListenRefused(ClientError):
+    """The server refused a LISTEN.
+
+    Attributes:
+        code: the protocol error code (``ERR_BADTOPIC``, ``ERR_BADAUTH``, ...).
+    """
+
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(f"LISTEN refused: {code} {description}".strip())
+        self.code = code
+
+
+class TokenRefused(ClientError):
+    """``/auth/ws`` refused the credentials (HTTP 401 or 403); retrying will not help."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something the caller should see.
+
+    Attributes:
+        type: ``MESSAGE``, ``GAP``, ``AUTH_REVOKED`` or ``RECONNECTED``.
+        topic: the topic of a ``MESSAGE``.
+        message: the ``MESSAGE`` text, as published (JSON values arrive JSON-encoded).
+        topics: the topics a ``GAP``, ``AUTH_REVOKED`` or ``RECONNECTED`` is about.
+    """
+
+    type: str
+    topic: str = ""
+    message: str = ""
+    topics: tuple[str, ...] = ()
+
+    def json(self) -> Any:
+        """The message parsed as JSON.
+
+        Raises:
+            orjson.JSONDecodeError: the message is not JSON.
+        """
+        return orjson.loads(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"type": ..., "topic": ..., "message": ...}`` or ``{"type": ..., "topics": [...]}``."""
+        if self.type == "MESSAGE":
+            return {"type": self.type, "topic": self.topic, "message": self.message}
+        return {"type": self.type, "topics": list(self.topics)}
+
+
+def backoff_delay(attempt: int, initial: float, cap: float, rand: Callable[[], float] = random.random) -> float:
+    """Delay before reconnect attempt ``attempt`` (0-based): ``initial * 2**attempt``, capped
+    at ``cap``, times a random factor in [0.5, 1.0) (jitter spreads reconnect storms).
+
+    Returns:
+        Seconds, in ``[0.5 * min(cap, initial * 2**attempt), min(cap, initial * 2**attempt))``.
+    """
+    base = min(cap, initial * 2.0 ** min(attempt, 30))
+    return base * (0.5 + rand() / 2)
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` claim (epoch seconds) of a JWT, read without verification (for scheduling
+    the refresh only), or ``None`` if there is none."""
+    try:
+        payload = token.split(".")[1]
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) else None
+
+
+class _Reconnect(Exception):
+    """Internal: the connection must be replaced (closed, RECONNECT, no PONG)."""
+
+
+class RealtimeClient:
+    """A reconnecting LISTEN client; iterate it for :class:`Event` objects.
+
+    Args:
+        url: the server's base URL (``http://host:4444``; ``https`` for TLS).
+        topics: the topics to LISTEN to.
+        api_key: an API key for ``/auth/ws`` (``Authorization: Api-Key``).
+        token_provider: or a coroutine function returning a WS token.
+        scope: narrow the token to these scopes (space-separated; ``api_key`` only).
+        ping_interval: seconds between PINGs (Twitch: at least every 5 minutes).
+        ping_jitter: up to this many seconds added to each interval.
+        pong_timeout: reconnect if no PONG within this many seconds.
+        backoff_initial: first reconnect delay, seconds (doubles per failure).
+        backoff_max: the largest reconnect delay, seconds.
+        refresh_margin: fetch a new token this many seconds before the current one expires
+            (at most half its lifetime).
+        response_timeout: seconds to wait for the RESPONSE to a LISTEN.
+        queue_size: events buffered for the caller; when full, reading from the server
+            pauses (and a server may close a client that stops reading: 4008).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        topics: Iterable[str] = (),
+        *,
+        api_key: str | None = None,
+        token_provider: TokenProvider | None = None,
+        scope: str | None = None,
+        ping_interval: float = 240.0,
+        ping_jitter: float = 30.0,
+        pong_timeout: float = 10.0,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 120.0,
+        refresh_margin: float = 60.0,
+        response_timeout: float = 10.0,
+        queue_size: int = 1000,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.topics: list[str] = list(dict.fromkeys(topics))
+        self._api_key = api_key
+        self._provider = token_provider
+        self._scope = scope
+        self._ping = (ping_interval, ping_jitter, pong_timeout)
+        self._backoff = (backoff_initial, backoff_max)
+        self._refresh_margin = refresh_margin
+        self._response_timeout = response_timeout
+        self._events: asyncio.Queue[Event | BaseException | None] = asyncio.Queue(queue_size)
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._token: tuple[str, float | None] | None = None  # (token, expires at)
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._nonces = itertools.count(1)
+        self._pong = asyncio.Event()
+        self._ready: asyncio.Future[None] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._closed = False
+        self.reconnects = 0
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Event:
+        item = await self._events.get()
+        if item is None:
+            self._events.put_nowait(None)  # stay exhausted
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def start(self) -> None:
+        """Connect and LISTEN; returns once the first LISTEN succeeded (retrying connection
+        failures with backoff for as long as it takes: wrap in a timeout if needed).
+
+        Raises:
+            ListenRefused: the server refused the topics.
+            TokenRefused: ``/auth/ws`` refused the credentials.
+        """
+        self._http = aiohttp.ClientSession()
+        self._ready = asyncio.get_running_loop().create_future()
+        self._runner = asyncio.create_task(self._run())
+        try:
+            await self._ready
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close the connection and stop; iteration ends after the buffered events."""
+        self._closed = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self._ws is not None:
+            await self._ws.close()
+        if self._http is not None:
+            await self._http.close()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._events.put_nowait(None)
+
+    async def listen(self, topics: Iterable[str]) -> None:
+        """Add topics (kept across reconnects).
+
+        Raises:
+            ListenRefused: the server refused them (none were added).
+            ClientError: not connected right now (they are LISTENed on reconnect).
+        """
+        new = [t for t in topics if t not in self.topics]
+        if not new:
+            return
+        self.topics.extend(new)
+        try:
+            await self._listen(self._require_ws(), new)
+        except ListenRefused:
+            self.topics = [t for t in self.topics if t not in new]
+            raise
+
+    async def unlisten(self, topics: Iterable[str]) -> None:
+        """Remove topics.
+
+        Raises:
+            ClientError: not connected (they are simply not LISTENed on reconnect).
+        """
+        gone = [t for t in topics if t in self.topics]
+        self.topics = [t for t in self.topics if t not in gone]
+        if gone:
+            await self._request(self._require_ws(), "UNLISTEN", {"topics": gone})
+
+    def _require_ws(self) -> aiohttp.ClientWebSocketResponse:
+        if self._ws is None or self._ws.closed:
+            raise ClientError("not connected right now; the topics will be LISTENed on reconnect")
+        return self._ws
+
+    # -- connection loop -------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._closed:
+            immediate = False
+            try:
+                immediate = await self._connect_once()
+                attempt = 0
+            except (TokenRefused, ListenRefused) as exc:
+                self._fail(exc)
+                return
+            except (aiohttp.ClientError, OSError, TimeoutError, _Reconnect):
+                pass
+            if self._closed:
+                return
+            if immediate:  # RECONNECT: go now, with a little jitter against reconnect storms
+                delay = random.uniform(0, self._backoff[0] / 2)
+            else:
+                delay = backoff_delay(attempt, *self._backoff)
+                attempt += 1
+            await asyncio.sleep(delay)
+            self.reconnects += 1
+
+    async def _connect_once(self) -> bool:
+        """One connection's life. Returns ``True`` to reconnect at once (RECONNECT)."""
+        assert self._http is not None
+        ws = await self._http.ws_connect(self.url + "/ws", autoping=True, heartbeat=None)
+        self._ws = ws
+        tasks: list[asyncio.Task[None]] = []
+        reader = asyncio.create_task(self._read(ws))
+        try:
+            if self.topics:
+                await self._listen(ws, list(self.topics))
+            tasks = [asyncio.create_task(self._pinger(ws)), asyncio.create_task(self._refresher(ws))]
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
+            elif self.topics:
+                await self._events.put(Event("RECONNECTED", topics=tuple(self.topics)))
+            return await reader
+        finally:
+            for task in (*tasks, reader):
+                task.cancel()
+            await asyncio.gather(*tasks, reader, return_exceptions=True)
+            await ws.close()
+            self._ws = None
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(_Reconnect())
+            self._pending.clear()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(exc)
+            return
+        with contextlib.suppress(asyncio.QueueFull):
+            self._events.put_nowait(exc)
+            self._events.put_nowait(None)
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        """Read frames until the connection ends; ``True`` if the server sent RECONNECT."""
+        async for msg in ws:
+            try:
+                data = orjson.loads(msg.data) if msg.type is aiohttp.WSMsgType.TEXT else {}
+            except orjson.JSONDecodeError:
+                continue
+            kind = data.get("type") if isinstance(data, dict) else None
+            if kind == "MESSAGE":
+                await self._events.put(Event("MESSAGE", topic=data["data"]["topic"], message=data["data"]["message"]))
+            elif kind == "PONG":
+                self._pong.set()
+            elif kind == "RESPONSE":
+                future = self._pending.pop(data.get("nonce", ""), None)
+                if future is not None and not future.done():
+                    future.set_result(data)
+            elif kind == "RECONNECT":
+                return True
+            elif kind in ("GAP", "AUTH_REVOKED"):
+                topics = tuple(data["data"]["topics"])
+                if kind == "AUTH_REVOKED":
+                    self.topics = [t for t in self.topics if t not in topics]
+                    self._token = None  # expired or revoked: the next LISTEN gets a new one
+                await self._events.put(Event(kind, topics=topics))
+        return False
+
+    async def _pinger(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        interval, jitter, timeout = self._ping
+        while True:
+            await asyncio.sleep(interval + random.uniform(0, jitter))
+            self._pong.clear()
+            await ws.send_str('{"type":"PING"}')
+            try:
+                await asyncio.wait_for(self._pong.wait(), timeout)
+            except TimeoutError:
+                await ws.close(code=4000, message=b"no PONG")  # ends the reader: reconnect
+                return
+
+    async def _refresher(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Before the token expires, fetch a new one and LISTEN again with it (a newer grant
+        replaces the old one: the topics never lapse). On failure, reconnect."""
+        while True:
+            expires = self._token[1] if self._token else None
+            if expires is None:
+                return
+            left = expires - time.time()
+            await asyncio.sleep(max(0.0, left - min(self._refresh_margin, left / 2)))
+            self._token = None
+            try:
+                if self.topics:
+                    await self._listen(ws, list(self.topics))
+                else:
+                    await self._current_token()
+            except (ClientError, _Reconnect, aiohttp.ClientError, OSError, TimeoutError):
+                await ws.close(code=4000, message=b"token refresh failed")
+                return
+
+    # -- requests --------------------------------------------------------------------
+
+    async def _listen(self, ws: aiohttp.ClientWebSocketResponse, topics: list[str]) -> None:
+        data: dict[str, Any] = {"topics": topics}
+        token = await self._current_token()
+        if token is not None:
+            data["auth_token"] = token
+        reply = await self._request(ws, "LISTEN", data)
+        if reply.get("error") == "ERR_BADAUTH" and token is not None:
+            self._token = None  # maybe expired or revoked: one retry with a fresh token
+            data["auth_token"] = await self._current_token()
+            reply = await self._request(ws, "LISTEN", data)
+        if reply.get("error"):
+            raise ListenRefused(str(reply["error"]), str(reply.get("error_description", "")))
+
+    async def _request(self, ws: aiohttp.ClientWebSocketResponse, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        nonce = f"c{next(self._nonces)}"
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[nonce] = future
+        await ws.send_str(orjson.dumps({"type": kind, "nonce": nonce, "data": data}).decode())
+        try:
+            return await asyncio.wait_for(future, self._response_timeout)
+        except TimeoutError:
+            raise _Reconnect() from None
+        finally:
+            self._pending.pop(nonce, None)
+
+    async def _current_token(self) -> str | None:
+        if self._token is not None:
+            return self._token[0]
+        if self._provider is not None:
+            token = await self._provider()
+            self._token = (token, token_expiry(token))
+        elif self._api_key is not None:
+            self._token = await self._fetch_token()
+        else:
+            return None
+        return self._token[0]
+
+    async def _fetch_token(self) -> tuple[str, float | None]:
+        assert self._http is not None
+        params = {"scope": self._scope} if self._scope else {}
+        headers = {"Authorization": f"Api-Key {self._api_key}"}
+        async with self._http.post(self.url + "/auth/ws", headers=headers, params=params) as resp:
+            if resp.status in (401, 403):
+                raise TokenRefused(f"/auth/ws answered {resp.status}: {(await resp.text())[:300]}")
+            if resp.status != 200:
+                raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status, message="/auth/ws failed")
+            body = await resp.json()
+        token = str(body["token"])
+        expires_in = body.get("expires_in")
+        expires = time.time() + float(expires_in) if isinstance(expires_in, int | float) else token_expiry(token)
+        return token, expires
+
+
+async def listen_command(
+    url: str, topics: list[str], *, api_key: str = "", scope: str | None = None, out: TextIO | None = None
+) -> int:
+    """``realtime listen``: print every event as one JSON line until SIGINT/SIGTERM.
+
+    Lines: ``{"type":"MESSAGE","topic":"...","message":"..."}``, or ``{"type":"GAP"|
+    "AUTH_REVOKED"|"RECONNECTED","topics":[...]}``. Status goes to stderr.
+
+    Returns:
+        0 when stopped by a signal, 2 when the LISTEN or the token was refused.
+    """
+    out = out or sys.stdout
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    assert task is not None
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        async with RealtimeClient(url, topics, api_key=api_key or None, scope=scope) as client:
+            print(f"listening to {' '.join(topics)} on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            async for event in client:
+                out.write(orjson.dumps(event.to_dict()).decode() + "\n")
+                out.flush()
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except asyncio.CancelledError:
+        task.uncancel()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return 0
