@@ -13,6 +13,7 @@ from aiohttp import web
 from http_api import auth, health, publish, revoke
 from http_api.api_v1 import setup_api_v1
 from http_api.errors import error_middleware
+from http_api.security import setup_security
 
 
 def setup_routes(app: web.Application) -> None:
@@ -26,6 +27,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/auth/ws/revoke", revoke.revoke_ws_tokens)
     app.router.add_post("/publish", publish.publish)
     setup_api_v1(app)
+    setup_security(app)
 
 
 __all__ = ["setup_routes"]

@@ -5,18 +5,24 @@ from __future__ import annotations
 from aiohttp import web
 
 from db import DATABASE
-from http_api import dreams
+from http_api import dreams, login
+from http_api.login import LOGIN_LIMITS, LoginLimits
 from http_api.remote_control import remote_control
+from realtime.appkeys import SETTINGS
 
 PREFIX = "/api/v1"
 _UUID = "{uuid:[0-9a-fA-F-]{36}}"
 
 
 def setup_api_v1(app: web.Application) -> None:
-    """Add the ``/api/v1`` routes: remote control always, dreams only with a database."""
+    """Add the ``/api/v1`` routes: remote control always; dreams and the built-in login
+    (``/auth/login``, ``/auth/logout``) only with a database."""
     app.router.add_post(f"{PREFIX}/remote-control", remote_control)
     if DATABASE not in app:
         return
+    app[LOGIN_LIMITS] = LoginLimits(app[SETTINGS])
+    app.router.add_post("/auth/login", login.login)
+    app.router.add_post("/auth/logout", login.logout)
     app.router.add_get(f"{PREFIX}/dream", dreams.list_dreams)
     app.router.add_post(f"{PREFIX}/dream", dreams.create_dream)
     app.router.add_get(f"{PREFIX}/dream/my-dreams", dreams.my_dreams)

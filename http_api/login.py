@@ -1,0 +1,113 @@
+"""Built-in login: ``POST /auth/login`` and ``POST /auth/logout`` with server-side sessions.
+
+For deployments without an identity provider. A successful login sets the session
+cookie (``SESSION_COOKIE``: HttpOnly, SameSite=Lax, Secure unless ``ENVIRONMENT`` is
+``development``, ``Domain`` from ``SESSION_DOMAIN``); the browser then calls ``/auth/ws``
+and ``/api/v1`` with it. Wrong email and wrong password get the same 401. Attempts are
+rate limited per account and per client IP (token buckets of ``LOGIN_ATTEMPTS_PER_*``
+attempts refilled over ``LOGIN_WINDOW`` seconds, kept in each instance's memory).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+from aiohttp import web
+from marshmallow import Schema, fields, validate
+
+from db import DATABASE
+from db.sessions import check_password, create_session, end_session
+from http_api.body import load_json
+from http_api.errors import json_error, json_response
+from realtime.appkeys import SETTINGS
+from realtime.limits import KeyedBuckets, client_ip
+from realtime.settings import Settings
+
+
+class LoginRequest(Schema):
+    """``{"email": str, "password": str}``."""
+
+    email = fields.String(required=True, validate=validate.Length(min=1, max=320))
+    password = fields.String(required=True, validate=validate.Length(min=1, max=1024))
+
+
+class LoginLimits:
+    """Login attempts per account (email, case-insensitive) and per client IP."""
+
+    def __init__(self, settings: Settings) -> None:
+        window = settings.login_window
+        self.retry_after = window / settings.login_attempts_per_account
+        self._account = KeyedBuckets(settings.login_attempts_per_account / window, settings.login_attempts_per_account)
+        self._ip = KeyedBuckets(settings.login_attempts_per_ip / window, settings.login_attempts_per_ip)
+
+    def admit(self, email: str, ip: str) -> bool:
+        """Count one attempt; ``False`` when the account or the IP is over its limit."""
+        ip_ok = self._ip.take(ip)
+        return self._account.take(email.lower()) and ip_ok
+
+
+LOGIN_LIMITS = web.AppKey("login_limits", LoginLimits)
+
+
+def _set_cookie(response: web.Response, settings: Settings, session_id: str) -> None:
+    response.set_cookie(
+        settings.session_cookie,
+        session_id,
+        max_age=settings.session_ttl,
+        path="/",
+        domain=settings.session_domain or None,
+        httponly=True,
+        secure=settings.environment != "development",
+        samesite="Lax",
+    )
+
+
+async def login(request: web.Request) -> web.Response:
+    """``POST /auth/login``: start a session.
+
+    Returns:
+        200 ``{"user": {"uuid", "name", "email", "role"}, "expires_in": seconds}`` with the
+        session cookie.
+
+    Raises:
+        web.HTTPException: 400 (body), 401 (wrong email or password: one message for
+            both), 429 (too many attempts, with ``Retry-After``).
+    """
+    settings = request.app[SETTINGS]
+    body = await load_json(request, LoginRequest())
+    ip = client_ip(request.remote, request.headers, settings.client_ip_header)
+    if not request.app[LOGIN_LIMITS].admit(body["email"], ip):
+        exc = json_error(429, "too many login attempts; try again later")
+        exc.headers["Retry-After"] = str(math.ceil(request.app[LOGIN_LIMITS].retry_after))
+        raise exc
+    async with request.app[DATABASE].acquire() as conn:
+        user = await check_password(conn, body["email"], body["password"])
+        if user is None:
+            raise json_error(401, "wrong email or password")
+        session_id = await create_session(conn, user.id, timedelta(seconds=settings.session_ttl))
+    response = json_response(
+        {
+            "user": {"uuid": user.id, "name": user.name, "email": user.email, "role": user.role},
+            "expires_in": settings.session_ttl,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+    _set_cookie(response, settings, session_id)
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    """``POST /auth/logout``: end the session of the cookie (if any) and clear the cookie.
+
+    Returns:
+        200 ``{"status": "logged_out"}`` (also when there was no session).
+    """
+    settings = request.app[SETTINGS]
+    session_id = request.cookies.get(settings.session_cookie, "")
+    if session_id:
+        async with request.app[DATABASE].acquire() as conn:
+            await end_session(conn, session_id)
+    response = json_response({"status": "logged_out"}, headers={"Cache-Control": "no-store"})
+    response.del_cookie(settings.session_cookie, path="/", domain=settings.session_domain or None)
+    return response

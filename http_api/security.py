@@ -1,0 +1,72 @@
+"""Security headers on every HTTP response, and CORS for the origins in ``CORS_ORIGINS``.
+
+Headers are added in ``on_response_prepare``, so they are on every response: handlers,
+JSON errors, 404s and the WebSocket handshake alike. A browser request whose ``Origin``
+is listed gets ``Access-Control-Allow-Origin: <origin>`` with credentials allowed;
+other origins get no CORS headers (the browser then refuses to share the response).
+Preflights (``OPTIONS`` with ``Access-Control-Request-Method``) are answered 204 here.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from realtime.appkeys import SETTINGS
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+#: The API docs page loads Swagger UI from a CDN.
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https:; "
+    "connect-src 'self'; frame-ancestors 'none'"
+)
+ALLOW_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID"
+ORIGINS = web.AppKey("cors_origins", frozenset)
+
+
+def setup_security(app: web.Application) -> None:
+    """Install the preflight middleware and the header hook on ``app``."""
+    settings = app[SETTINGS]
+    app[ORIGINS] = frozenset(settings.cors_origins.replace(",", " ").split())
+    app.middlewares.append(preflight_middleware)
+    app.on_response_prepare.append(_add_headers)
+
+
+@web.middleware
+async def preflight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer CORS preflights with 204 (the headers come from the response hook)."""
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        return web.Response(status=204)
+    return await handler(request)
+
+
+async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    headers = response.headers
+    for name, value in SECURITY_HEADERS.items():
+        headers.setdefault(name, value)
+    if request.path.endswith("/api-docs"):
+        headers["Content-Security-Policy"] = DOCS_CSP
+    if request.app[SETTINGS].environment != "development":
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    headers.add("Vary", "Origin")
+    if origin not in request.app[ORIGINS]:
+        return
+    headers["Access-Control-Allow-Origin"] = origin
+    headers["Access-Control-Allow-Credentials"] = "true"
+    if request.method == "OPTIONS":
+        headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
+        headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
+        headers["Access-Control-Max-Age"] = "600"
+    else:
+        headers["Access-Control-Expose-Headers"] = "X-Request-ID, Retry-After"
