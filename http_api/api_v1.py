@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from db import DATABASE
-from http_api import dreams, login
+from http_api import dreams, login, openapi
 from http_api.login import LOGIN_LIMITS, LoginLimits
 from http_api.remote_control import remote_control
 from realtime.appkeys import SETTINGS
@@ -18,6 +18,9 @@ def setup_api_v1(app: web.Application) -> None:
     """Add the ``/api/v1`` routes: remote control always; dreams and the built-in login
     (``/auth/login``, ``/auth/logout``) only with a database."""
     app.router.add_post(f"{PREFIX}/remote-control", remote_control)
+    app[openapi.SPEC] = {}
+    app.router.add_get(f"{PREFIX}/openapi.json", openapi.openapi_json)
+    app.router.add_get(f"{PREFIX}/api-docs", openapi.api_docs)
     if DATABASE not in app:
         return
     app[LOGIN_LIMITS] = LoginLimits(app[SETTINGS])
