@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint format check clean
+.PHONY: install run test lint format check clean hooks
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -28,6 +28,10 @@ test: lint  ## lint, then the whole test suite (needs Redis at REDIS_URL, defaul
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+hooks: install  ## install pre-commit into .venv and the git hook (.pre-commit-config.yaml: ruff, mypy)
+	$(BIN)/pip install -q 'pre-commit>=4,<5'
+	$(BIN)/pre-commit install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,439 @@
+"""Deployment files agree with the code: Dockerfile, docker-compose.yml, deploy/Caddyfile,
+fly.toml, .env.example, the README, the Makefile and the pre-commit configuration.
+
+There is no Docker engine here: the compose file is validated with ``docker-compose config -q``
+(Debian's docker-compose, installed by ``.ci/run``), the Dockerfile's HEALTHCHECK command runs
+against a real server process, and the committed Caddyfile runs (Debian's caddy) in front of two
+real server processes sharing Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import redis.asyncio as aioredis
+import yaml
+
+from keys import KeyStore
+from realtime.app import create_app
+from realtime.cli import main as realtime_main
+from realtime.settings import Settings
+from tests.conftest import listen, recv
+from tests.procs import REALTIME, Server, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = Settings()
+NAMES = [f.name.upper() for f in fields(Settings)]
+#: Variables in .env.example that are not server settings.
+EXTRA_ENV = {"WORKERS", "REALTIME_URL", "REALTIME_API_KEY", "LB_PORT", "POSTGRES_PASSWORD"}
+SECRETS = {"WS_SIGNING_KEYS", "API_KEYS", "DATABASE_URL", "REDIS_URL", "SENTRY_DSN"}
+INSTANCES = ("realtime-1", "realtime-2")
+
+
+def need_tool(name: str) -> str:
+    """The path of ``name``; fails under CI (``.ci/run`` installs it), skips locally."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed (CI is set: .ci/run installs it)")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def env_example() -> dict[str, str]:
+    """``NAME=value`` lines of .env.example (comments and blank lines skipped)."""
+    values = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, value = line.partition("=")
+            assert sep and re.fullmatch(r"[A-Z][A-Z0-9_]*", name), f".env.example: bad line {line!r}"
+            assert name not in values, f".env.example: {name} twice"
+            values[name] = value
+    return values
+
+
+def readme_settings() -> list[str]:
+    """Variables in the rows of README's "Settings" table."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", section, flags=re.MULTILINE)
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def fly() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "fly.toml").read_text())
+
+
+def interpolate(value: object) -> str:
+    """Compose's ``${VAR:-default}`` with nothing set: the default."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", str(value))
+
+
+def seconds(value: object) -> float:
+    """``30``, ``"30s"``, ``"1m30s"`` as seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", str(value))
+    assert parts, f"not a duration: {value!r}"
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * scale[unit] for n, unit in parts)
+
+
+def routes(tmp_path: Path) -> set[str]:
+    """The paths of the real app's route table."""
+    from keys import generate_key
+
+    generate_key(tmp_path / "keys")
+    app = create_app(Settings(), key_store=KeyStore.from_directory(tmp_path / "keys"))
+    return {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+
+
+# --- every setting documented everywhere ------------------------------------------------------
+
+
+def test_every_setting_is_in_env_example_readme_and_compose() -> None:
+    documented = {
+        ".env.example": set(env_example()),
+        "README.md Settings table": set(readme_settings()),
+        "docker-compose.yml x-realtime.environment": set(compose()["x-realtime"]["environment"]),
+    }
+    missing = {where: [n for n in NAMES if n not in names] for where, names in documented.items()}
+    assert not any(missing.values()), (
+        "each Settings field needs a line in .env.example (at its default), a row in README's Settings "
+        f"table and a pass-through in docker-compose.yml (NAME: ${{NAME:-}}); missing: {missing}"
+    )
+    stale = set(env_example()) - set(NAMES) - EXTRA_ENV
+    assert not stale, f".env.example lists variables that are not settings: {sorted(stale)}"
+    assert {"REALTIME_URL", "REALTIME_API_KEY"} <= set(env_example())
+
+
+def test_env_example_is_the_defaults() -> None:
+    # copying .env.example to .env changes nothing: every value is the code's default
+    assert Settings.from_env(env_example()) == SETTINGS
+
+
+# --- Dockerfile --------------------------------------------------------------------------------
+
+
+def dockerfile_stages() -> list[list[str]]:
+    """Instructions (continuation lines joined) per stage."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    stages: list[list[str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    return stages
+
+
+def instruction(stage: list[str], name: str) -> list[str]:
+    return [line.split(None, 1)[1] for line in stage if line.split(None, 1)[0].upper() == name]
+
+
+def test_dockerfile_multi_stage_non_root_and_runtime_only() -> None:
+    builder, final = dockerfile_stages()
+    assert re.fullmatch(r"FROM python:\$\{PYTHON_VERSION\}-slim AS builder", builder[0])
+    assert final[0] == "FROM python:${PYTHON_VERSION}-slim"
+    assert "ARG PYTHON_VERSION=3.11" in (ROOT / "Dockerfile").read_text()
+    assert any("pip wheel" in cmd for cmd in instruction(builder, "RUN"))
+    # the final stage installs the builder's wheels and copies no source
+    assert not instruction(final, "COPY")
+    installs = [cmd for cmd in instruction(final, "RUN") if "pip install" in cmd]
+    assert len(installs) == 1 and "from=builder" in installs[0] and "--no-index" in installs[0]
+    (user,) = instruction(final, "USER")
+    assert user.split(":")[0] not in ("root", "0")
+
+
+def test_dockerfile_runtime_contract() -> None:
+    final = dockerfile_stages()[-1]
+    assert instruction(final, "STOPSIGNAL") == ["SIGTERM"]
+    assert instruction(final, "EXPOSE") == [str(SETTINGS.port)]
+    (cmd,) = instruction(final, "CMD")
+    assert orjson.loads(cmd) == ["realtime", "serve"]  # exec form: the server is PID 1 and gets SIGTERM
+    assert not instruction(final, "ENTRYPOINT")
+    assert "migrate" not in cmd
+    (health,) = instruction(final, "HEALTHCHECK")
+    assert "/health" in health and "urllib" in health and "curl" not in health
+    env = " ".join(instruction(final, "ENV"))
+    assert f"PORT={SETTINGS.port}" in env and "KEYS_DIR=" in env
+
+
+def healthcheck_command() -> str:
+    (health,) = instruction(dockerfile_stages()[-1], "HEALTHCHECK")
+    return health.split(" CMD ", 1)[1]
+
+
+def run_healthcheck(port: int) -> int:
+    env = {**os.environ, "PORT": str(port), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run(["sh", "-c", healthcheck_command()], env=env, capture_output=True, timeout=10).returncode
+
+
+def test_dockerfile_healthcheck_command_against_a_real_server(tmp_path: Path) -> None:
+    # the image has `python`; here the venv's python stands in for it
+    server = Server(tmp_path, {"SHUTDOWN_GRACE": "0"})
+    try:
+        assert run_healthcheck(server.port) == 0
+    finally:
+        assert server.stop() == 0
+    assert run_healthcheck(server.port) != 0
+
+
+def test_dockerignore_keeps_secrets_out_and_the_packages_in() -> None:
+    patterns = [
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for secret in (".env", "keys.d", "*.pem", ".git", ".venv"):
+        assert secret in patterns, f".dockerignore must exclude {secret}"
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    for needed in ("pyproject.toml", "README.md", *packages):
+        assert needed not in patterns, f".dockerignore excludes {needed}, which `pip wheel .` needs"
+
+
+# --- fly.toml ----------------------------------------------------------------------------------
+
+
+def test_fly_toml_agrees_with_the_code(tmp_path: Path) -> None:
+    config = fly()
+    env = config["env"]
+    service = config["http_service"]
+    assert int(env["PORT"]) == service["internal_port"] == SETTINGS.port
+    assert service["force_https"] is True
+    assert Settings.from_env(env)  # every [env] value parses and validates
+    assert not SECRETS & set(env), "secrets go to `fly secrets set`, never to fly.toml"
+    assert config["kill_signal"] == "SIGTERM"
+    assert seconds(config["kill_timeout"]) > SETTINGS.shutdown_grace
+    (check,) = service["checks"]
+    assert check["path"] in routes(tmp_path) and check["path"] == "/health"
+    concurrency = service["concurrency"]
+    assert concurrency["type"] == "connections"
+    assert 0 < concurrency["soft_limit"] < concurrency["hard_limit"]
+    assert (ROOT / config["build"]["dockerfile"]).is_file()
+    assert config["metrics"]["port"] == int(env.get("METRICS_PORT", 0) or SETTINGS.port)
+    assert config["metrics"]["port"] != service["internal_port"], "/metrics has no auth: keep it off the public port"
+
+
+def test_fly_release_command_is_a_real_subcommand() -> None:
+    command = fly()["deploy"]["release_command"]
+    assert command == "realtime migrate"
+    with pytest.raises(SystemExit) as exc:
+        realtime_main([*command.split()[1:], "--help"])
+    assert exc.value.code == 0
+
+
+def test_fly_toml_explains_every_secret() -> None:
+    text = (ROOT / "fly.toml").read_text()
+    for name in SECRETS:
+        assert re.search(rf"^#.*fly secrets set {name}=", text, flags=re.MULTILINE), f"fly.toml: say how to set {name}"
+    assert "rediss://" in text  # Upstash on Fly is TLS
+
+
+# --- docker-compose.yml and the load balancer --------------------------------------------------
+
+
+def test_docker_compose_config_is_valid() -> None:
+    binary = need_tool("docker-compose")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    result = subprocess.run(
+        [binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_wiring(tmp_path: Path) -> None:
+    services = compose()["services"]
+    assert services["migrate"]["command"] == ["realtime", "migrate"]
+    assert "pgdata" in compose()["volumes"]
+    assert any(v.startswith("pgdata:") for v in services["postgres"]["volumes"])
+    for name in INSTANCES:
+        service = services[name]
+        depends = service["depends_on"]
+        assert depends["redis"]["condition"] == "service_healthy"
+        assert depends["migrate"]["condition"] == "service_completed_successfully"
+        assert depends["keys"]["condition"] == "service_completed_successfully"
+        env = {k: interpolate(v) for k, v in service["environment"].items()}
+        settings = Settings.from_env(env)
+        assert settings.port == SETTINGS.port
+        assert settings.redis_url == "redis://redis:6379/0"
+        assert settings.database_url.endswith("@postgres:5432/realtime")
+        assert f"keys:{settings.keys_dir}" in service["volumes"]  # one key for both instances
+        assert seconds(service["stop_grace_period"]) > SETTINGS.shutdown_grace
+        assert service.get("stop_signal", "SIGTERM") == "SIGTERM"
+        health = " ".join(service["healthcheck"]["test"])
+        assert f"127.0.0.1:{settings.port}/health" in health
+        assert "migrate" not in str(service.get("command", ""))
+    assert "/health" in routes(tmp_path)
+
+
+def test_compose_load_balancer_round_robin_without_stickiness() -> None:
+    lb = compose()["services"]["lb"]
+    assert lb["image"].startswith("caddy:")
+    (mount,) = lb["volumes"]
+    source, target = mount.split(":")[:2]
+    assert target == "/etc/caddy/Caddyfile"
+    caddyfile = (ROOT / source).read_text()
+    assert {n: lb["depends_on"][n]["condition"] for n in INSTANCES} == dict.fromkeys(INSTANCES, "service_healthy")
+    for name in INSTANCES:
+        assert f"{name}:{SETTINGS.port}" in caddyfile
+    assert re.search(r"^\s*lb_policy round_robin$", caddyfile, flags=re.MULTILINE)
+    assert re.search(r"^\s*health_uri /health$", caddyfile, flags=re.MULTILINE)
+    assert "cookie" not in caddyfile and "ip_hash" not in caddyfile and "client_ip_hash" not in caddyfile
+    assert lb["ports"] == ["${LB_PORT:-8080}:8080"]
+
+
+# --- the committed Caddyfile, live, in front of two real servers --------------------------------
+
+
+def start_caddy(tmp_path: Path, upstreams: list[Server]) -> tuple[subprocess.Popen[bytes], int]:
+    binary = need_tool("caddy")
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path / "caddy-config"),
+        "XDG_DATA_HOME": str(tmp_path / "caddy-data"),
+        "LB_PORT": str(port),
+        "REALTIME_UPSTREAMS": " ".join(f"127.0.0.1:{s.port}" for s in upstreams),
+    }
+    with (tmp_path / "caddy.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [binary, "run", "--config", str(ROOT / "deploy" / "Caddyfile"), "--adapter", "caddyfile"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return proc, port
+
+
+async def wait_http_ok(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 15
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            try:
+                async with http.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("load balancer did not start: " + log.read_text())
+
+
+async def test_caddyfile_round_robins_websockets_and_fails_over(
+    spawn: type[Server], redis_url: str, channel: str, tmp_path: Path
+) -> None:
+    (tmp_path / "keys.d").mkdir()
+    subprocess.run([*REALTIME, "keys", "generate", "--dir", str(tmp_path / "keys.d")], check=True, capture_output=True)
+    env = {
+        "REDIS_URL": redis_url,
+        "REDIS_CHANNEL": channel,
+        "SHUTDOWN_GRACE": "5",
+        "CLIENT_IP_HEADER": "X-Forwarded-For",
+    }
+    a, b = spawn(env=env), spawn(env=env)
+    caddy, port = start_caddy(tmp_path, [a, b])
+    redis = aioredis.from_url(redis_url)
+    try:
+        lb = f"http://127.0.0.1:{port}"
+        await wait_http_ok(lb + "/health", caddy, tmp_path / "caddy.log")
+        await through_the_balancer(lb, redis, channel, a)
+        assert await asyncio.to_thread(a.stop) == 0
+    finally:
+        await redis.aclose()
+        caddy.send_signal(signal.SIGTERM)
+        caddy.wait(timeout=10)
+
+
+async def through_the_balancer(lb: str, redis: aioredis.Redis, channel: str, a: Server) -> None:
+    topic = "channel:update.lb"
+
+    async def publish(text: str) -> None:
+        await redis.publish(channel, orjson.dumps({"topic": topic, "message": text}))
+
+    async with aiohttp.ClientSession() as http:
+        first, second = await http.ws_connect(lb + "/ws"), await http.ws_connect(lb + "/ws")
+        for ws in (first, second):
+            assert (await listen(ws, [topic]))["error"] == ""
+        await publish("one")
+        for ws in (first, second):
+            assert (await recv(ws))["data"]["message"] == "one"
+        # round robin: the two connections are on different instances, so stopping A sends
+        # RECONNECT to exactly one of them
+        a.proc.send_signal(signal.SIGTERM)
+        got = await asyncio.gather(next_frame(first, 1.5), next_frame(second, 1.5))
+        assert sorted(map(str, got)) == sorted([str({"type": "RECONNECT"}), "None"]), got
+        moved, stayed = (first, second) if got[0] else (second, first)
+        await moved.close()
+        # the client reconnects through the same balancer and lands on B (A no longer accepts)
+        again = await http.ws_connect(lb + "/ws")
+        assert (await listen(again, [topic]))["error"] == ""
+        await publish("two")
+        for ws in (again, stayed):
+            assert (await recv(ws))["data"]["message"] == "two"
+            await ws.close()
+
+
+async def next_frame(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> dict[str, Any] | None:
+    """The next JSON frame, or None if nothing arrives within ``timeout`` seconds."""
+    try:
+        return await recv(ws, timeout)
+    except TimeoutError:
+        return None
+
+
+# --- developer habits --------------------------------------------------------------------------
+
+
+def makefile_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([a-z][a-z0-9-]*):", text, flags=re.MULTILINE))
+
+
+def test_makefile_targets_are_documented_in_the_readme() -> None:
+    targets = makefile_targets()
+    assert {"install", "run", "test", "lint", "format"} <= targets
+    readme = (ROOT / "README.md").read_text()
+    undocumented = sorted(t for t in targets if f"make {t}" not in readme)
+    assert not undocumented, f"README must mention each make target: {undocumented}"
+
+
+def test_pre_commit_runs_ruff_and_mypy_like_make_lint() -> None:
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    repos = {repo["repo"]: repo for repo in config["repos"]}
+    ruff = repos["https://github.com/astral-sh/ruff-pre-commit"]
+    assert [hook["id"] for hook in ruff["hooks"]] == ["ruff-check", "ruff-format"]
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    (pin,) = [d for d in dev if d.startswith("ruff")]
+    minor = re.search(r">=(\d+\.\d+)", pin)
+    assert minor and ruff["rev"].startswith(f"v{minor.group(1)}."), f"ruff-pre-commit rev {ruff['rev']} vs {pin}"
+    (mypy,) = repos["local"]["hooks"]
+    assert mypy["id"] == "mypy" and mypy["entry"] == ".venv/bin/mypy" and mypy["pass_filenames"] is False
