@@ -51,12 +51,25 @@ def encode_text_frame(payload: bytes) -> bytes:
 
 
 class FlushScheduler:
-    """Flushes every dirty connection once per event-loop pass (merged writes)."""
+    """Flushes every dirty connection in one pass (merged writes), at most once per
+    ``interval`` seconds.
 
-    __slots__ = ("_dirty", "_loop", "_scheduled")
+    After a quiet spell the first frame goes out on the next event-loop pass (no added
+    latency). Under a stream of publications, flushes are spaced ``interval`` apart, so
+    each socket write carries every frame queued meanwhile: at 1,000 publications/s and
+    2 ms, about two per write instead of one. ``interval=0`` flushes every pass.
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = ("_dirty", "_interval", "_last", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float = 0.0) -> None:
+        """Args:
+        loop: the running loop.
+        interval: shortest time between two flushes, seconds.
+        """
         self._loop = loop
+        self._interval = interval
+        self._last = -1e9
         self._dirty: list[Connection] = []
         self._scheduled = False
 
@@ -65,12 +78,17 @@ class FlushScheduler:
         self._dirty.append(conn)
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self.flush)
+            wait = self._last + self._interval - self._loop.time()
+            if wait > 0:
+                self._loop.call_later(wait, self.flush)
+            else:
+                self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write every dirty connection's pending frames now."""
         dirty, self._dirty = self._dirty, []
         self._scheduled = False
+        self._last = self._loop.time()
         for conn in dirty:
             conn.flush()
 

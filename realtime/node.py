@@ -75,6 +75,7 @@ class Node:
         verify: Callable[[str], Grant],
         max_connections_per_user: int = 0,
         token_ttl: float = 3600.0,
+        write_interval: float = 0.0,
     ) -> None:
         """Args:
         broker: the broker (memory or Redis).
@@ -82,12 +83,15 @@ class Node:
         verify: token verifier for LISTEN; raises :class:`keys.InvalidToken`.
         max_connections_per_user: connections one token ``sub`` may LISTEN on (0: no limit).
         token_ttl: longest token lifetime, seconds (how long revocations are remembered).
+        write_interval: shortest time between two merged flushes, seconds (see
+            :class:`realtime.connection.FlushScheduler`).
         """
         self.broker = broker
         self.policy = policy
         self._verify = verify
         self._max_per_user = max_connections_per_user
         self._token_ttl = token_ttl
+        self._write_interval = write_interval
         self.index: TopicIndex[Connection] = TopicIndex()
         self.peers: dict[Connection, Peer] = {}
         self.published = 0
@@ -109,7 +113,7 @@ class Node:
     def scheduler(self) -> FlushScheduler:
         """The flush scheduler of the running loop (created on first use)."""
         if self._scheduler is None:
-            self._scheduler = FlushScheduler(asyncio.get_running_loop())
+            self._scheduler = FlushScheduler(asyncio.get_running_loop(), self._write_interval)
         return self._scheduler
 
     async def start(self) -> None:

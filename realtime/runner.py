@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 import dataclasses
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web

@@ -97,6 +97,7 @@ class Settings:
     max_body_bytes: int = 65536
     send_queue_max_bytes: int = 1048576
     send_queue_max_messages: int = 1000
+    write_interval: float = 0.002
     shutdown_grace: float = 10.0
     event_loop: str = "auto"
     log_format: str = "auto"
@@ -154,6 +155,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be positive")
+        if not 0 <= self.write_interval <= 0.1:
+            raise SettingsError("WRITE_INTERVAL must be between 0 and 0.1 seconds")
         if self.shutdown_grace < 0:
             raise SettingsError("SHUTDOWN_GRACE must not be negative")
         for name in ("listen_rate", "max_connections_per_ip", "max_connections_per_user", "connect_rate_per_ip"):

@@ -9,6 +9,7 @@ import socket
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import WSMsgType
 
 from realtime.appkeys import NODE
@@ -176,3 +177,30 @@ async def test_slow_consumer_is_closed_and_others_get_everything(make_client: Ap
         closed = [c for c in node.peers if c.close_code == CLOSE_SLOW_CONSUMER]
         assert closed == []  # the slow peer is gone from the node entirely
     slow.close()
+
+
+async def test_flush_scheduler_spaces_flushes_under_load() -> None:
+    """First flush on the next pass; later ones at most once per interval."""
+    import socket as socket_module
+
+    from realtime.connection import Connection, FlushScheduler
+
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket_module.socketpair()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+    scheduler = FlushScheduler(loop, interval=0.05)
+    conn = Connection("t", transport, scheduler, max_bytes=1 << 20, max_messages=1000, on_overflow=lambda c: None)
+    theirs.setblocking(False)
+    conn.send(b"a")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert theirs.recv(100) == b"a"  # not delayed after a quiet spell
+    conn.send(b"b")
+    conn.send(b"c")
+    await asyncio.sleep(0.01)
+    with pytest.raises(BlockingIOError):
+        theirs.recv(100)  # held back: the last flush was less than 50 ms ago
+    await asyncio.sleep(0.06)
+    assert theirs.recv(100) == b"bc"  # merged into one write
+    transport.close()
+    theirs.close()
