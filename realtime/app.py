@@ -10,6 +10,7 @@ from aiohttp import web
 from db import DATABASE, Database, database_context
 from http_api import setup_routes
 from http_api.auth import API_KEYS, ApiKeyAuthenticator
+from http_api.console import setup_console
 from http_api.metrics import setup_metrics
 from http_api.upstream import UPSTREAM, UpstreamVerifier, upstream_context
 from keys import KeyStore, NoSigningKey, TokenIssuer, TokenVerifier, generate_key
@@ -110,6 +111,7 @@ def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.
     app.router.add_get("/ws", websocket_handler)
     setup_routes(app)
     setup_metrics(app)
+    setup_console(app)
     setup_sentry(app, settings)
     app.cleanup_ctx.append(_node_ctx)
     app.on_shutdown.append(_on_shutdown)

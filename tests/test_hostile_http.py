@@ -15,6 +15,9 @@ PUBLIC_ROUTES = {
     ("GET", "/.well-known/jwks.json"): "public keys, meant to be fetched by anyone",
     ("GET", "/ws"): "the WebSocket: auth happens per LISTEN with a WS token",
     ("GET", "/metrics"): "Prometheus scrapes without credentials; keep it private or on METRICS_PORT",
+    ("GET", "/console"): "the console's static page: its data comes from /console/stats (admin key)",
+    ("GET", "/console/console.js"): "static script of the console page",
+    ("GET", "/console/console.css"): "static stylesheet of the console page",
 }
 PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
 

@@ -1,0 +1,116 @@
+"""The live console: ``GET /console`` (a static page) and ``GET /console/stats`` (admins).
+
+The page, its script and its stylesheet are package data (``http_api/static``), plain
+HTML, CSS and JavaScript with no build step and nothing loaded from elsewhere (a strict
+Content-Security-Policy says so). They hold no data: everything the page shows comes from
+``/console/stats``, ``/auth/ws``, ``/ws`` and ``/publish``, each with the admin's
+credentials (``Authorization: Api-Key``, kept in the tab's ``sessionStorage``).
+
+``/console/stats`` needs a caller with the ``realtime:admin`` scope.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from importlib.resources import files
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from http_api.auth import authenticate, require_scope
+from http_api.errors import json_response
+from http_api.metrics import listens_by_name
+from realtime.appkeys import NODE
+from realtime.node import Node
+
+ADMIN_SCOPE = "realtime:admin"
+CONSOLE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_ASSETS = {
+    "/console": ("console.html", "text/html"),
+    "/console/console.js": ("console.js", "text/javascript"),
+    "/console/console.css": ("console.css", "text/css"),
+}
+
+
+class ConsoleStats:
+    """Counts for the console, with rates over the time since the previous sample.
+
+    Rates are sampled at most every half second, so several open consoles do not make
+    them jumpy.
+    """
+
+    def __init__(self, node: Node, min_interval: float = 0.5) -> None:
+        self._node = node
+        self._min_interval = min_interval
+        self._started = time.monotonic()
+        self._last = (self._started, node.published, node.delivered)
+        self._rates = (0.0, 0.0)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The stats document.
+
+        Returns:
+            ``{"connections": int, "topics": int, "listens": {name: int}, "published": int,
+            "delivered": int, "published_per_second": float, "delivered_per_second": float,
+            "broker": {"kind": str, "ready": bool}, "topic_names": [str], "pid": int,
+            "uptime_seconds": float}``.
+        """
+        node = self._node
+        now = time.monotonic()
+        then, published, delivered = self._last
+        if now - then >= self._min_interval:
+            elapsed = now - then
+            self._rates = ((node.published - published) / elapsed, (node.delivered - delivered) / elapsed)
+            self._last = (now, node.published, node.delivered)
+        return {
+            "connections": len(node.peers),
+            "topics": len(node.index),
+            "listens": listens_by_name(node),
+            "published": node.published,
+            "delivered": node.delivered,
+            "published_per_second": round(self._rates[0], 2),
+            "delivered_per_second": round(self._rates[1], 2),
+            "broker": {"kind": node.broker.kind, "ready": node.broker.ready},
+            "topic_names": sorted(node.policy.rules),
+            "pid": os.getpid(),
+            "uptime_seconds": round(now - self._started, 1),
+        }
+
+
+STATS = web.AppKey("console_stats", ConsoleStats)
+
+
+async def stats(request: web.Request) -> web.Response:
+    """``GET /console/stats``: live counts of this instance.
+
+    Raises:
+        web.HTTPException: 401 (no/bad credentials), 403 (no ``realtime:admin`` scope).
+    """
+    require_scope(await authenticate(request), ADMIN_SCOPE)
+    return json_response(request.app[STATS].snapshot(), headers={"Cache-Control": "no-store"})
+
+
+def _asset_handler(body: bytes, content_type: str) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(
+            body=body,
+            content_type=content_type,
+            charset="utf-8",
+            headers={"Content-Security-Policy": CONSOLE_CSP, "Cache-Control": "no-cache"},
+        )
+
+    return handler
+
+
+def setup_console(app: web.Application) -> None:
+    """Add ``/console``, its assets and ``/console/stats`` to ``app`` (after ``app[NODE]``)."""
+    static = files("http_api").joinpath("static")
+    for path, (name, content_type) in _ASSETS.items():
+        app.router.add_get(path, _asset_handler(static.joinpath(name).read_bytes(), content_type))
+    app[STATS] = ConsoleStats(app[NODE])
+    app.router.add_get("/console/stats", stats)
