@@ -16,7 +16,7 @@ from bench import report
 from bench.plan import ALL, full_plan, quick_plan
 from bench.procstat import loadavg, raise_fd_limit
 from bench.runner import Runner
-from bench.servers import ROOT
+from bench.servers import ROOT, versions
 
 SCENARIOS = ("compare", "sweep", "idle", "connect")
 
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "loadavg_before": loadavg(),
+        "versions": versions(),
         "plan": orjson.loads(orjson.dumps(plan.__dict__, default=lambda o: o.__dict__)),
     }
     runner = Runner(plan, args.redis_url, servers)
@@ -66,11 +67,26 @@ def main(argv: list[str] | None = None) -> int:
     data: dict[str, Any] = {"meta": meta, **runner.results}
     data["summary"] = report.summarize(data)
     (out / "benchmarks.json").write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-    (out / "benchmarks-tables.md").write_text(report.markdown(data))
+    _write_tables(out, report.markdown(data))
     if not args.no_plot:
         report.plot(data, out / "benchmarks.png")
     print(report.markdown(data))
     return 1 if data.get("errors") else 0
+
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _write_tables(out: Path, tables: str) -> None:
+    """Put the tables between the markers of ``out/benchmarks.md`` if it has them
+    (docs/benchmarks.md), else into ``out/benchmarks-tables.md``."""
+    doc = out / "benchmarks.md"
+    text = doc.read_text() if doc.exists() else ""
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        doc.write_text(f"{head}{START}\n\n{tables}\n{END}{rest.split(END, 1)[1]}")
+    else:
+        (out / "benchmarks-tables.md").write_text(tables)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ The orchestrator (:mod:`bench.scenarios`) drives it over a :mod:`multiprocessing
 with small dict commands; every reply is a dict:
 
 - ``{"op": "connect", "host", "port", "path", "dialect": "pubsub"|"sio", "token",
+  "tokens" (optional: connection ``i`` uses ``tokens[i % len]``),
   "conns": [[index, [topic, ...]], ...], "sample": [index, ...], "concurrency": int}``
   opens (and LISTENs) every connection -> ``{"ok", "failed", "errors", "elapsed_s",
   "handshake_ns": bytes}`` (``array('q')`` of per-connection setup times).
@@ -44,9 +45,11 @@ class Generator:
         errors: list[str] = []
         dialect_cls = DIALECTS[cmd["dialect"]]
 
+        tokens: list[str] = cmd.get("tokens") or [cmd.get("token", "")]
+
         async def one(index: int, topics: list[str]) -> None:
             async with sem:
-                dialect = dialect_cls(topics, cmd.get("token", ""), Stats(index in sample))
+                dialect = dialect_cls(topics, tokens[index % len(tokens)], Stats(index in sample))
                 start = time.monotonic_ns()
                 try:
                     client = await asyncio.wait_for(

@@ -53,11 +53,11 @@ def full_plan() -> Plan:
         sweep_server="ours-redis",
         sweep_configs=[(1000, 1), (5000, 1), (10000, 1), (10000, 1000)],
         sweep_sizes=[200, 2048],
-        sweep_ladder=[25_000, 50_000, 100_000, 200_000, 400_000],
+        sweep_ladder=[25_000, 50_000, 100_000, 200_000, 400_000, 800_000],
         sweep_duration=3,
         idle_servers=["ours-memory", "python-socketio", "node-socketio"],
         idle_connections=10_000,
-        connect_servers=["ours-redis", "python-socketio", "node-socketio"],
+        connect_servers=["ours-redis", "ours-redis-2w", "python-socketio", "node-socketio"],
         connect_connections=3000,
     )
 
@@ -80,5 +80,5 @@ def quick_plan() -> Plan:
         idle_servers=["ours-memory"],
         idle_connections=200,
         connect_servers=["ours-redis"],
-        connect_connections=200,
+        connect_connections=100,
     )

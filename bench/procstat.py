@@ -85,3 +85,14 @@ def rss_bytes(pids: list[int]) -> int:
         if fields is not None:
             total += int(fields[21]) * _PAGE
     return total
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because an accept queue was full
+    (``TcpExt ListenOverflows`` in ``/proc/net/netstat``; system-wide)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(table.get("ListenOverflows", 0))
+    return 0

@@ -80,6 +80,7 @@ def summarize(data: Run) -> Run:
             "conn_per_s": _stat(r["conn_per_s"] for r in runs),
             "handshake_p50_ms": _stat(r["handshake_ms"]["p50"] for r in runs),
             "handshake_p99_ms": _stat(r["handshake_ms"]["p99"] for r in runs),
+            "listen_overflows": _stat(r.get("listen_overflows", 0) for r in runs),
         }
         for (s,), runs in _group(data["connect"], lambda r: (r["server"],)).items()
     ]
@@ -133,12 +134,12 @@ def markdown(data: Run) -> str:
         "",
         "### Connection setup (TCP + upgrade + LISTEN with a token)",
         "",
-        "| server | connections | conn/s | handshake p50 ms | handshake p99 ms | failed |",
-        "|---|---|---|---|---|---|",
+        "| server | connections | conn/s | handshake p50 ms | handshake p99 ms | accept-queue overflows | failed |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['server']} | {r['connections']:,} | {_m(r['conn_per_s'], 0)} | {_m(r['handshake_p50_ms'], 2)} "
-        f"| {_m(r['handshake_p99_ms'], 2)} | {r['failed']} |"
+        f"| {_m(r['handshake_p99_ms'], 2)} | {_m(r['listen_overflows'], 0)} | {r['failed']} |"
         for r in s["connect"]
     ]
     return "\n".join(lines) + "\n"

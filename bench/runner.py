@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -98,16 +99,16 @@ class Runner:
                 self._with_server(plan.sweep_server, body)
 
     def idle(self) -> None:
-        """Idle RSS per connection on each server."""
-        for name in [s for s in self.plan.idle_servers if s in self.servers]:
+        """Idle RSS per connection on each server, interleaved reps."""
+        for rep in range(self.plan.reps):
+            for name in [s for s in self.plan.idle_servers if s in self.servers]:
+                self._with_server(name, functools.partial(self._idle_one, rep=rep))
 
-            def body(server: Server) -> None:
-                result = idle_memory(server, self.fleet, self.plan.idle_connections)
-                result["server"] = server.name
-                self.results["idle"].append(result)
-                _log(f"idle {server.name}: {result['kb_per_connection']} KB/conn over {result['connections']}")
-
-            self._with_server(name, body)
+    def _idle_one(self, server: Server, *, rep: int) -> None:
+        result = idle_memory(server, self.fleet, self.plan.idle_connections)
+        result.update(server=server.name, rep=rep)
+        self.results["idle"].append(result)
+        _log(f"idle {server.name}: {result['kb_per_connection']} KB/conn over {result['connections']}")
 
     def connect(self) -> None:
         """Connection setup rate (TCP + upgrade + LISTEN with a token), interleaved reps."""
@@ -115,9 +116,9 @@ class Runner:
             for name in [s for s in self.plan.connect_servers if s in self.servers]:
 
                 def body(server: Server, rep: int = rep) -> None:
-                    result = open_listeners(
-                        server, self.fleet, self.plan.connect_connections, ["remote-control:command.7"]
-                    )
+                    count = self.plan.connect_connections
+                    tokens = server.tokens(count)
+                    result = open_listeners(server, self.fleet, count, ["remote-control:command.7"], tokens=tokens)
                     result.update(server=server.name, rep=rep)
                     if not result["failed"]:
                         del result["errors"]

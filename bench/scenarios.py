@@ -17,7 +17,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from bench import loadgen, publisher
-from bench.procstat import Cpu, cpu, loadavg, rss_bytes
+from bench.procstat import Cpu, cpu, listen_overflows, loadavg, rss_bytes
 from bench.servers import API_KEY, Server
 
 CLIENT_LIMIT_PCT = 80.0
@@ -82,7 +82,13 @@ class Fleet:
 
 
 def open_listeners(
-    server: Server, fleet: Fleet, listeners: int, topics: list[str], *, concurrency: int = 100
+    server: Server,
+    fleet: Fleet,
+    listeners: int,
+    topics: list[str],
+    *,
+    concurrency: int = 100,
+    tokens: list[str] | None = None,
 ) -> dict[str, Any]:
     """Open ``listeners`` connections, connection ``i`` LISTENing to ``topics[i % len]``.
 
@@ -90,7 +96,9 @@ def open_listeners(
     :data:`SAMPLED_CONNECTIONS` of them, evenly spaced, record latencies.
 
     Returns:
-        ``{"ok", "failed", "errors", "elapsed_s", "conn_per_s", "handshake_ms": {p50, p99, max}}``.
+        ``{"ok", "failed", "errors", "elapsed_s", "conn_per_s", "handshake_ms": {p50, p99, max},
+        "listen_overflows"}`` (SYNs the kernel dropped because the accept queue was full: each
+        costs the client a 1 s SYN retransmission).
     """
     stride = max(1, listeners // SAMPLED_CONNECTIONS)
     n = len(fleet.gens)
@@ -102,13 +110,16 @@ def open_listeners(
             "path": server.path,
             "dialect": server.dialect,
             "token": server.token,
+            "tokens": tokens or [],
             "conns": [[i, [topics[i % len(topics)]]] for i in range(w, listeners, n)],
             "sample": list(range(0, listeners, stride)),
             "concurrency": concurrency,
         }
         for w in range(n)
     ]
+    overflows = listen_overflows()
     replies = fleet.all(cmds)
+    overflows = listen_overflows() - overflows
     handshakes = array("q")
     for reply in replies:
         handshakes.frombytes(reply["handshake_ns"])
@@ -122,6 +133,7 @@ def open_listeners(
         "elapsed_s": round(elapsed, 3),
         "conn_per_s": round(ok / elapsed, 1) if elapsed else 0.0,
         "handshake_ms": {"p50": percentile(ms, 50), "p99": percentile(ms, 99), "max": ms[-1] if ms else 0.0},
+        "listen_overflows": overflows,
     }
 
 

@@ -40,6 +40,34 @@ OURS = ("ours-memory", "ours-redis", "ours-redis-2w")
 PEERS = ("python-socketio", "node-socketio")
 
 
+def versions() -> dict[str, str]:
+    """Versions of what is measured: event loop of our server and generator, and the peers."""
+    found = {"uvloop (our server with EVENT_LOOP=auto, and the generator)": "yes" if _has_uvloop() else "no"}
+    if PEERS_PY.exists():
+        code = "import importlib.metadata as m; print(m.version('python-socketio'))"
+        found["python-socketio"] = _output([str(PEERS_PY), "-c", code])
+    if available("node-socketio"):
+        found["node"] = _output(["node", "--version"])
+        found["socket.io"] = _output(["node", "-p", "require('socket.io/package.json').version"], cwd=NODE_DIR)
+        found["@socket.io/redis-adapter"] = _output(
+            ["node", "-p", "require('@socket.io/redis-adapter/package.json').version"], cwd=NODE_DIR
+        )
+    return found
+
+
+def _has_uvloop() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def _output(argv: list[str], cwd: Path | None = None) -> str:
+    try:
+        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=20, check=True).stdout.strip()  # noqa: S603
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 class BenchError(Exception):
     """A server did not start, or the harness cannot run as asked."""
 
@@ -194,6 +222,10 @@ class Server:
                 return True
         except OSError:
             return False
+
+    def tokens(self, count: int) -> list[str]:
+        """``count`` distinct WS tokens (ours; empty for the peers), so no verification is cached."""
+        return [self._token() for _ in range(count)] if self.ours else []
 
     def _token(self) -> str:
         req = urllib.request.Request(  # noqa: S310 - loopback
