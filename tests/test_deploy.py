@@ -192,7 +192,7 @@ def run_healthcheck(port: int) -> int:
 
 def test_dockerfile_healthcheck_command_against_a_real_server(tmp_path: Path) -> None:
     # the image has `python`; here the venv's python stands in for it
-    server = Server(tmp_path, {"SHUTDOWN_GRACE": "0"})
+    server = Server(tmp_path, {"SHUTDOWN_GRACE": "0", "DATABASE_URL": "none"})
     try:
         assert run_healthcheck(server.port) == 0
     finally:
@@ -358,6 +358,7 @@ async def test_caddyfile_round_robins_websockets_and_fails_over(
         "REDIS_CHANNEL": channel,
         "SHUTDOWN_GRACE": "5",
         "CLIENT_IP_HEADER": "X-Forwarded-For",
+        "DATABASE_URL": "none",  # the realtime core only: no embedded PostgreSQL
     }
     a, b = spawn(env=env), spawn(env=env)
     caddy, port = start_caddy(tmp_path, [a, b])
