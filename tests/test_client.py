@@ -26,6 +26,7 @@ from tests import procs
 from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, USER_KEY, AppFactory, auth, kill_subscriber
 
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.4, "response_timeout": 3.0}
+NO_DB = {"DATABASE_URL": "none"}  # the realtime core only: no embedded PostgreSQL per process
 
 
 async def next_event(client: RealtimeClient, timeout: float = 5.0) -> Event:
@@ -164,7 +165,7 @@ async def test_no_pong_means_reconnect(mute_server: tuple[str, list[str]]) -> No
 async def test_server_restart_reconnects_and_listens_again(
     spawn: type[procs.Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = {"API_KEYS": API_KEYS_JSON, "SHUTDOWN_GRACE": "0.2"}
+    env = {"API_KEYS": API_KEYS_JSON, "SHUTDOWN_GRACE": "0.2", **NO_DB}
     first = spawn(env=env)
     async with RealtimeClient(first.url, ["remote-control:command.7"], api_key=USER_KEY, **FAST) as client:
         await publish(first.url, "remote-control:command.7", "before")
@@ -179,7 +180,7 @@ async def test_server_restart_reconnects_and_listens_again(
 
 
 async def test_realtime_listen_prints_messages(spawn: type[procs.Server]) -> None:
-    server = spawn(env={"API_KEYS": API_KEYS_JSON})
+    server = spawn(env={"API_KEYS": API_KEYS_JSON, **NO_DB})
     proc = await asyncio.create_subprocess_exec(
         *procs.REALTIME, "listen", "dream:update.a", "remote-control:command.7", "--url", server.url,
         "--api-key", USER_KEY,
@@ -198,7 +199,7 @@ async def test_realtime_listen_prints_messages(spawn: type[procs.Server]) -> Non
 
 
 async def test_realtime_listen_refused_topic_exits_2(spawn: type[procs.Server], tmp_path: Path) -> None:
-    server = spawn()
+    server = spawn(env=NO_DB)
     proc = await asyncio.create_subprocess_exec(
         *procs.REALTIME, "listen", "nope:nope.1", "--url", server.url,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,

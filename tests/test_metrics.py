@@ -153,3 +153,13 @@ async def test_redis_broker_reconnects_and_gaps_are_exported(
     assert m[("realtime_broker_reconnects_total", ())] == 1
     assert m[("realtime_gaps_total", ())] == 1
     assert m[("realtime_broker_invalid_envelopes_total", ())] == 1
+
+
+async def test_slow_consumer_drops_are_exported_once_the_node_counts_them(make_client: AppFactory) -> None:
+    client = await make_client()
+    node = client.app[NODE]
+    if not hasattr(node, "slow_consumers"):
+        assert ("realtime_slow_consumer_drops_total", ()) not in await scrape(client)
+        setattr(node, "slow_consumers", 0)  # the hook asked of realtime.node: a plain counter  # noqa: B010
+    node.slow_consumers += 3  # type: ignore[attr-defined]
+    assert (await scrape(client))[("realtime_slow_consumer_drops_total", ())] >= 3
