@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from realtime.app import create_app
 from realtime.cli import main as realtime_main
 from realtime.settings import Settings
 from tests.conftest import listen, recv
+from tests.pg import create_database, drop_database
 from tests.procs import REALTIME, Server, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -307,6 +309,39 @@ def test_compose_load_balancer_round_robin_without_stickiness() -> None:
     assert re.search(r"^\s*health_uri /health$", caddyfile, flags=re.MULTILINE)
     assert "cookie" not in caddyfile and "ip_hash" not in caddyfile and "client_ip_hash" not in caddyfile
     assert lb["ports"] == ["${LB_PORT:-8080}:8080"]
+
+
+def compose_command(service: str) -> list[str]:
+    """A compose service's command as the container runs it (``$$`` is compose's ``$``)."""
+    return [part.replace("$$", "$") for part in compose()["services"][service]["command"]]
+
+
+def test_compose_one_shots_then_servers_without_docker(tmp_path: Path) -> None:
+    # compose's keys and migrate commands, run here against the real PostgreSQL, then a server
+    url = create_database(migrated=False)
+    keys_dir = tmp_path / "signing-keys"  # not "keys": `python -m` would import it as the package
+    keys_dir.mkdir()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "KEYS_DIR": str(keys_dir)}
+    env |= {"DATABASE_URL": url, "REDIS_URL": "", "WS_SIGNING_KEYS": ""}
+    try:
+        for _ in range(2):  # the second run finds the key and does nothing
+            subprocess.run(compose_command("keys"), env=env, check=True, capture_output=True, timeout=30)
+        (pem,) = keys_dir.glob("*.pem")
+        # servers never migrate implicitly: with migrations pending they refuse to start
+        serve = [*REALTIME, "serve", "--host", "127.0.0.1", "--port", str(free_port())]
+        refused = subprocess.run(serve, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        assert refused.returncode != 0 and "migrat" in refused.stdout + refused.stderr
+        subprocess.run(compose_command("migrate"), env=env, check=True, capture_output=True, timeout=60)
+        server = Server(tmp_path, {"DATABASE_URL": url, "KEYS_DIR": str(keys_dir), "SHUTDOWN_GRACE": "0"})
+        try:
+            assert run_healthcheck(server.port) == 0
+            with urllib.request.urlopen(server.url + "/.well-known/jwks.json", timeout=5) as resp:  # noqa: S310
+                (key,) = orjson.loads(resp.read())["keys"]
+            assert pem.stem.endswith(key["kid"])  # the key made by the one-shot `keys` service
+        finally:
+            assert server.stop() == 0
+    finally:
+        drop_database(url)
 
 
 # --- the committed Caddyfile, live, in front of two real servers --------------------------------
