@@ -12,7 +12,7 @@ import orjson
 from db import DatabaseError
 from db import cli as db_cli
 from keys import cli as keys_cli
-from realtime.errors import RealtimeError
+from realtime.errors import RealtimeError, SettingsError
 from realtime.settings import Settings
 
 
@@ -90,6 +90,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings.from_env(**overrides)
+    if args.workers > 1 and settings.metrics_enabled and settings.metrics_port:
+        raise SettingsError("METRICS_PORT cannot be shared by --workers > 1: leave it 0 (each worker answers /metrics)")
     configure_logging(settings.log_format, settings.log_level)
     from realtime.sentry import init_sentry
 

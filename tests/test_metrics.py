@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from http_api.metrics import auth_failure_reason
+from realtime import cli
 from realtime.appkeys import NODE
 from realtime.errors import SettingsError
 from realtime.redis_broker import RedisBroker
@@ -163,3 +164,11 @@ async def test_slow_consumer_drops_are_exported_once_the_node_counts_them(make_c
         setattr(node, "slow_consumers", 0)  # the hook asked of realtime.node: a plain counter  # noqa: B010
     node.slow_consumers += 3  # type: ignore[attr-defined]
     assert (await scrape(client))[("realtime_slow_consumer_drops_total", ())] >= 3
+
+
+def test_a_separate_metrics_port_is_refused_with_several_workers(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("METRICS_PORT", str(free_port()))
+    assert cli.main(["serve", "--workers", "2"]) == 2
+    assert "METRICS_PORT cannot be shared" in capsys.readouterr().err
