@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint format check clean hooks
+.PHONY: install run test lint format check clean hooks bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -32,6 +32,9 @@ format: install
 hooks: install  ## install pre-commit into .venv and the git hook (.pre-commit-config.yaml: ruff, mypy)
 	$(BIN)/pip install -q 'pre-commit>=4,<5'
 	$(BIN)/pre-commit install
+
+bench: install  ## the benchmark (docs/benchmarks.md): installs the bench extra and the peers; BENCH_ARGS=--quick for the smoke run
+	VENV=$(VENV) bench/run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
