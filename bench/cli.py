@@ -16,7 +16,7 @@ from bench import report
 from bench.plan import ALL, full_plan, quick_plan
 from bench.procstat import loadavg, raise_fd_limit
 from bench.runner import Runner
-from bench.servers import ROOT, versions
+from bench.servers import ROOT, source_state, versions
 
 SCENARIOS = ("compare", "sweep", "idle", "connect")
 
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
         "loadavg_before": loadavg(),
         "versions": versions(),
+        "source": source_state(),
         "plan": orjson.loads(orjson.dumps(plan.__dict__, default=lambda o: o.__dict__)),
     }
     runner = Runner(plan, args.redis_url, servers)

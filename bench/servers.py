@@ -55,6 +55,13 @@ def versions() -> dict[str, str]:
     return found
 
 
+def source_state() -> dict[str, object]:
+    """The commit measured, and the server files that differ from it (uncommitted edits)."""
+    head = _output(["git", "rev-parse", "HEAD"], cwd=ROOT)
+    status = _output(["git", "status", "--porcelain", "--", "realtime", "topics", "keys", "http_api"], cwd=ROOT)
+    return {"commit": head, "uncommitted_server_files": [line[3:] for line in status.splitlines() if line]}
+
+
 def _has_uvloop() -> bool:
     import importlib.util
 
@@ -63,7 +70,7 @@ def _has_uvloop() -> bool:
 
 def _output(argv: list[str], cwd: Path | None = None) -> str:
     try:
-        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=20, check=True).stdout.strip()  # noqa: S603
+        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=20, check=True).stdout.rstrip()  # noqa: S603
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
