@@ -18,6 +18,10 @@ PUBLIC_ROUTES = {
     ("GET", "/console"): "the console's static page: its data comes from /console/stats (admin key)",
     ("GET", "/console/console.js"): "static script of the console page",
     ("GET", "/console/console.css"): "static stylesheet of the console page",
+    ("GET", "/api/v1/openapi.json"): "the API description: public, like any published API reference",
+    ("GET", "/api/v1/api-docs"): "the page that renders /api/v1/openapi.json",
+    ("POST", "/auth/login"): "built-in login: takes email and password (rate limited), only with a database",
+    ("POST", "/auth/logout"): "ends the session of the cookie sent, if any; only with a database",
 }
 PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
 
