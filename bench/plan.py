@@ -25,8 +25,7 @@ class Plan:
     generators: int
     compare_servers: list[str]
     compare_cases: list[Case]
-    sweep_server: str
-    sweep_configs: list[tuple[int, int]]  # (listeners, topics)
+    sweep_configs: list[tuple[str, int, int]]  # (server, listeners, topics)
     sweep_sizes: list[int]
     sweep_ladder: list[int]  # offered deliveries/s, ascending; stops at the first failure
     sweep_duration: float
@@ -50,10 +49,15 @@ def full_plan() -> Plan:
             Case("light: 500 listeners x 20 msg/s", 500, 1, 20, 200, 5),
             Case("heavy: 50 listeners x 1000 msg/s", 50, 1, 1000, 200, 4),
         ],
-        sweep_server="ours-redis",
-        sweep_configs=[(1000, 1), (5000, 1), (10000, 1), (10000, 1000)],
+        sweep_configs=[
+            ("ours-redis", 1000, 1),
+            ("ours-redis", 5000, 1),
+            ("ours-redis", 10000, 1),
+            ("ours-redis", 10000, 1000),
+            ("ours-redis-2w", 10000, 1),
+        ],
         sweep_sizes=[200, 2048],
-        sweep_ladder=[25_000, 50_000, 100_000, 200_000, 400_000, 800_000],
+        sweep_ladder=[10_000, 25_000, 50_000, 100_000, 200_000, 400_000, 800_000],
         sweep_duration=3,
         idle_servers=["ours-memory", "python-socketio", "node-socketio"],
         idle_connections=10_000,
@@ -72,8 +76,7 @@ def quick_plan() -> Plan:
             Case("light: 50 listeners x 50 msg/s", 50, 1, 50, 200, 1),
             Case("topics: 100 listeners over 10 topics x 200 msg/s", 100, 10, 200, 2048, 1),
         ],
-        sweep_server="ours-redis",
-        sweep_configs=[(200, 1)],
+        sweep_configs=[("ours-redis", 200, 1)],
         sweep_sizes=[200],
         sweep_ladder=[10_000],
         sweep_duration=1,

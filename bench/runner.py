@@ -27,7 +27,7 @@ class Runner:
     def __init__(self, plan: Plan, redis_url: str, servers: list[str] | None = None) -> None:
         self.plan = plan
         self.redis_url = redis_url
-        wanted = servers or sorted(set(plan.compare_servers) | {plan.sweep_server})
+        wanted = servers or sorted(set(plan.compare_servers) | {c[0] for c in plan.sweep_configs})
         self.servers = [s for s in wanted if available(s)]
         self.skipped = [s for s in wanted if not available(s)]
         self.fleet = Fleet(plan.generators)
@@ -72,31 +72,35 @@ class Runner:
                     self._with_server(name, body)
 
     def sweep(self) -> None:
-        """The listener sweep on one server: a ladder of offered deliveries/s per config."""
+        """The listener sweep: a ladder of offered deliveries/s per (server, listeners, topics)."""
+        for rep in range(self.plan.reps):
+            for name, listeners, ntopics in self.plan.sweep_configs:
+                if name in self.servers:
+                    body = functools.partial(self._sweep_one, listeners=listeners, ntopics=ntopics, rep=rep)
+                    self._with_server(name, body)
+
+    def _sweep_one(self, server: Server, *, listeners: int, ntopics: int, rep: int) -> None:
         plan = self.plan
-        if plan.sweep_server not in self.servers:
-            return
-        for rep in range(plan.reps):
-            for listeners, ntopics in plan.sweep_configs:
-
-                def body(server: Server, listeners: int = listeners, ntopics: int = ntopics, rep: int = rep) -> None:
-                    topics = _topics(server, ntopics)
-                    setup = open_listeners(server, self.fleet, listeners, topics)
-                    for size in plan.sweep_sizes:
-                        for offered in plan.sweep_ladder:
-                            rate = offered * ntopics / max(1, setup["ok"])
-                            run = measure(
-                                server, self.fleet, topics, rate=rate, duration=plan.sweep_duration,
-                                size=size, listeners=setup["ok"],
-                            )  # fmt: skip
-                            run.update(server=server.name, rep=rep, topics=ntopics, size=size)
-                            run.update(offered_deliveries_per_s=offered, passed=passed(run))
-                            self.results["sweep"].append(run)
-                            _log(_line(run))
-                            if not run["passed"]:
-                                break
-
-                self._with_server(plan.sweep_server, body)
+        topics = _topics(server, ntopics)
+        setup = open_listeners(server, self.fleet, listeners, topics)
+        for size in plan.sweep_sizes:
+            for offered in plan.sweep_ladder:
+                rate = offered * ntopics / max(1, setup["ok"])
+                run = measure(
+                    server,
+                    self.fleet,
+                    topics,
+                    rate=rate,
+                    duration=plan.sweep_duration,
+                    size=size,
+                    listeners=setup["ok"],
+                )
+                run.update(server=server.name, rep=rep, topics=ntopics, size=size)
+                run.update(offered_deliveries_per_s=offered, passed=passed(run))
+                self.results["sweep"].append(run)
+                _log(_line(run))
+                if not run["passed"]:
+                    break
 
     def idle(self) -> None:
         """Idle RSS per connection on each server, interleaved reps."""
