@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 
 from db.pool import prepare
@@ -15,18 +17,23 @@ NO_DATABASE = "none"
 async def prepare_database(database_url: str, *, migrate: bool) -> str:
     """Make the database ready to serve; returns the URL to serve with (``""``: none).
 
-    With ``database_url`` empty or ``none`` it runs without a database (the realtime
-    core only, no ``/api/v1``).
+    With ``database_url`` empty, an embedded PostgreSQL is started (data under
+    ``./.data/``, migrations applied) and its URL returned. ``none`` runs without a
+    database (the realtime core only: no users, database API keys or dream routes).
 
     Raises:
         db.DatabaseUnavailable: cannot connect.
         db.PendingMigrations: migrations are pending and ``migrate`` is false.
         db.MigrationError: a migration failed.
+        db.EmbeddedDatabaseError: the embedded server could not start.
     """
     if database_url == NO_DATABASE:
         return ""
     if not database_url:
-        return ""
+        from db.embedded import start_embedded
+
+        database_url = await asyncio.to_thread(start_embedded)
+        migrate = True  # our own private database: always bring it up to date
     applied = await prepare(database_url, apply=migrate)
     if applied:
         log.info("migrations_applied", migrations=applied)

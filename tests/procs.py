@@ -32,7 +32,7 @@ class Server:
             self.proc = subprocess.Popen(
                 [*REALTIME, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
                 cwd=cwd,
-                env={**base, "LOG_FORMAT": "json", **env},
+                env={**base, "LOG_FORMAT": "json", "DATABASE_URL": "none", **env},  # none: no embedded PostgreSQL
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
