@@ -127,6 +127,25 @@ def markdown(data: Run) -> str:
         )
     lines += [
         "",
+        "### Highest passing rate per configuration (no loss, p99 < 100 ms)",
+        "",
+        "| server | listeners | topics | size B | deliveries/s | msgs/s published | p50 ms | p99 ms | server us/delivery |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    configs = sorted({(r["server"], r["listeners"], r["topics"], r["size"]) for r in s["sweep"]})
+    for key in configs:
+        best = next((b for b in s["sweep_best"] if (b["server"], b["listeners"], b["topics"], b["size"]) == key), None)
+        head = f"| {key[0]} | {key[1]:,} | {key[2]:,} | {key[3]:,} "
+        if best is None:
+            lines.append(head + "| none passed | - | - | - | - |")
+            continue
+        published = best["offered_deliveries_per_s"] * key[2] / key[1]
+        lines.append(
+            head + f"| {_m(best['deliveries_per_s'], 0)} | {published:,.1f} | {_m(best['p50_ms'], 2)} "
+            f"| {_m(best['p99_ms'], 2)} | {_m(best['server_us_per_delivery'], 2)} |"
+        )
+    lines += [
+        "",
         "### Idle memory per LISTENing connection (RSS growth)",
         "",
         "| server | connections | KB/conn |",
