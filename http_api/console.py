@@ -21,7 +21,7 @@ from aiohttp.typedefs import Handler
 
 from http_api.auth import authenticate, require_scope
 from http_api.errors import json_response
-from http_api.metrics import listens_by_name
+from http_api.metrics import METRICS, LatencyProbe, listens_by_name, topic_count
 from realtime.appkeys import NODE
 from realtime.node import Node
 
@@ -44,8 +44,9 @@ class ConsoleStats:
     them jumpy.
     """
 
-    def __init__(self, node: Node, min_interval: float = 0.5) -> None:
+    def __init__(self, node: Node, probe: LatencyProbe | None = None, min_interval: float = 0.5) -> None:
         self._node = node
+        self._probe = probe
         self._min_interval = min_interval
         self._started = time.monotonic()
         self._last = (self._started, node.published, node.delivered)
@@ -62,17 +63,18 @@ class ConsoleStats:
         """
         node = self._node
         now = time.monotonic()
+        node_delivered = node.delivered - (self._probe.deliveries if self._probe else 0)
         then, published, delivered = self._last
         if now - then >= self._min_interval:
             elapsed = now - then
-            self._rates = ((node.published - published) / elapsed, (node.delivered - delivered) / elapsed)
-            self._last = (now, node.published, node.delivered)
+            self._rates = ((node.published - published) / elapsed, (node_delivered - delivered) / elapsed)
+            self._last = (now, node.published, node_delivered)
         return {
             "connections": len(node.peers),
-            "topics": len(node.index),
+            "topics": topic_count(node, self._probe),
             "listens": listens_by_name(node),
             "published": node.published,
-            "delivered": node.delivered,
+            "delivered": node_delivered,
             "published_per_second": round(self._rates[0], 2),
             "delivered_per_second": round(self._rates[1], 2),
             "broker": {"kind": node.broker.kind, "ready": node.broker.ready},
@@ -112,5 +114,5 @@ def setup_console(app: web.Application) -> None:
     static = files("http_api").joinpath("static")
     for path, (name, content_type) in _ASSETS.items():
         app.router.add_get(path, _asset_handler(static.joinpath(name).read_bytes(), content_type))
-    app[STATS] = ConsoleStats(app[NODE])
+    app[STATS] = ConsoleStats(app[NODE], app[METRICS].probe if METRICS in app else None)
     app.router.add_get("/console/stats", stats)

@@ -15,9 +15,13 @@ from the topic policy), never by target id; HTTP requests by route pattern, not 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
+from typing import cast
 
 import orjson
 import structlog
@@ -29,6 +33,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from realtime.appkeys import NODE, SETTINGS
+from realtime.connection import Connection
+from realtime.errors import BrokerUnavailable
 from realtime.node import Node
 
 log = structlog.get_logger("http_api.metrics")
@@ -47,14 +53,17 @@ class NodeCollector(Collector):
     ``slow_consumer_drops_total``.
     """
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, probe: LatencyProbe | None = None) -> None:
         self._node = node
+        self._probe = probe
 
     def collect(self) -> Iterable[Metric]:
         """Yield one sample set per metric, read from the node now (O(listens))."""
-        node = self._node
+        node, probe = self._node, self._probe
         yield GaugeMetricFamily("realtime_connections", "Open WebSocket connections.", value=len(node.peers))
-        yield GaugeMetricFamily("realtime_topics", "Topics with at least one local listener.", value=len(node.index))
+        yield GaugeMetricFamily(
+            "realtime_topics", "Topics with at least one local listener.", value=topic_count(node, probe)
+        )
         listens = GaugeMetricFamily(
             "realtime_listens", "Active LISTENs on this instance by topic name.", labels=["topic_name"]
         )
@@ -62,7 +71,8 @@ class NodeCollector(Collector):
             listens.add_metric([name], count)
         yield listens
         yield _counter("realtime_messages_published", "Publications accepted through this instance.", node.published)
-        yield _counter("realtime_messages_delivered", "MESSAGE frames queued to local listeners.", node.delivered)
+        delivered = node.delivered - (probe.deliveries if probe else 0)
+        yield _counter("realtime_messages_delivered", "MESSAGE frames queued to local listeners.", delivered)
         yield _counter("realtime_gaps", "Broker reconnects announced to clients as GAP.", node.gaps)
         yield _counter("realtime_token_revocations", "Token revocations applied.", node.revocations)
         slow = getattr(node, "slow_consumers", None)
@@ -96,8 +106,64 @@ def listens_by_name(node: Node) -> dict[str, int]:
     return counts
 
 
+def topic_count(node: Node, probe: LatencyProbe | None) -> int:
+    """Topics with local listeners, not counting the latency probe's."""
+    return len(node.index) - (1 if probe is not None and node.index.get(probe.topic) else 0)
+
+
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
+
+
+PROBE_PREFIX = "__probe__."
+"""Probe topics fail the topic grammar, so no client can LISTEN to them."""
+
+
+class LatencyProbe:
+    """Samples publish-to-deliver latency without touching the fan-out path.
+
+    Every ``interval`` seconds it publishes one message through the broker (Redis: a full
+    round trip through the shared channel) to a topic only it listens to, and observes the
+    time until the node's fan-out hands the frame to it (it sits in the topic index like a
+    connection). This measures broker latency plus event-loop lag, sampled; it does not
+    include a client's own socket queue.
+
+    Attributes:
+        topic: this instance's probe topic.
+        deliveries: probe frames received (subtracted from the delivered counter).
+    """
+
+    def __init__(self, node: Node, histogram: Histogram, interval: float) -> None:
+        self.topic = f"{PROBE_PREFIX}{os.getpid():x}-{id(self):x}"
+        self.deliveries = 0
+        self._node = node
+        self._histogram = histogram
+        self._interval = interval
+        self._sent: float | None = None
+
+    def send(self, frame: bytes) -> None:
+        """Called by the node's fan-out, as for a connection: observe the latency."""
+        self.deliveries += 1
+        if self._sent is not None:
+            self._histogram.observe(time.perf_counter() - self._sent)
+            self._sent = None
+
+    async def run(self) -> None:
+        """Probe until cancelled."""
+        index = self._node.index
+        index.add(self.topic, cast(Connection, self))
+        try:
+            while True:
+                await asyncio.sleep(self._interval)
+                if not self._node.broker.ready:
+                    continue
+                self._sent = time.perf_counter()
+                try:
+                    await self._node.broker.publish(self.topic, "probe")
+                except BrokerUnavailable:
+                    self._sent = None
+        finally:
+            index.discard(self.topic, cast(Connection, self))
 
 
 class HttpMetrics:
@@ -110,11 +176,20 @@ class HttpMetrics:
             "request" lasts as long as the connection).
         auth_failures: ``realtime_auth_failures_total{reason}`` (HTTP 401 by reason, 403 as
             ``forbidden``).
+        latency: ``realtime_publish_to_deliver_seconds``, fed by ``probe``.
+        probe: the latency probe (``None`` when ``METRICS_PROBE_INTERVAL`` is 0).
     """
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, probe_interval: float = 0.0) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(NodeCollector(node))
+        self.latency = Histogram(
+            "realtime_publish_to_deliver_seconds",
+            "Publish-to-fan-out latency through the broker, sampled by a probe every METRICS_PROBE_INTERVAL s.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self.registry,
+        )
+        self.probe = LatencyProbe(node, self.latency, probe_interval) if probe_interval > 0 else None
+        self.registry.register(NodeCollector(node, self.probe))
         ProcessCollector(registry=self.registry)
         self.requests = Counter(
             "realtime_http_requests",
@@ -215,12 +290,26 @@ def setup_metrics(app: web.Application) -> None:
     settings = app[SETTINGS]
     if not settings.metrics_enabled:
         return
-    app[METRICS] = HttpMetrics(app[NODE])
+    app[METRICS] = HttpMetrics(app[NODE], settings.metrics_probe_interval)
     app.middlewares.insert(0, metrics_middleware)
+    if app[METRICS].probe is not None:
+        app.cleanup_ctx.append(_probe_ctx)
     if settings.metrics_port:
         app.cleanup_ctx.append(_metrics_server)
     else:
         app.router.add_get("/metrics", metrics_handler)
+
+
+async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
+    probe = app[METRICS].probe
+    assert probe is not None
+    task = asyncio.create_task(probe.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _metrics_server(app: web.Application) -> AsyncIterator[None]:

@@ -104,6 +104,7 @@ class Settings:
     log_level: str = "info"
     metrics_enabled: bool = True
     metrics_port: int = 0
+    metrics_probe_interval: float = 5.0
     sentry_dsn: str = field(default="", repr=False)
     sentry_environment: str = ""
     database_url: str = field(default="", repr=False)
@@ -174,6 +175,8 @@ class Settings:
             raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
         if not 0 <= self.metrics_port <= 65535 or (self.metrics_port and self.metrics_port == self.port):
             raise SettingsError("METRICS_PORT must be 0 (serve /metrics on PORT) or another port up to 65535")
+        if self.metrics_probe_interval < 0:
+            raise SettingsError("METRICS_PROBE_INTERVAL must not be negative (0 turns the latency probe off)")
         _validate_identity(self)
 
 

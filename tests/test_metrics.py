@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from http_api.metrics import auth_failure_reason
+from http_api.metrics import METRICS, auth_failure_reason
 from realtime import cli
 from realtime.appkeys import NODE
 from realtime.errors import SettingsError
@@ -172,3 +172,30 @@ def test_a_separate_metrics_port_is_refused_with_several_workers(
     monkeypatch.setenv("METRICS_PORT", str(free_port()))
     assert cli.main(["serve", "--workers", "2"]) == 2
     assert "METRICS_PORT cannot be shared" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+async def test_latency_probe_fills_the_histogram_and_hides_itself(
+    make_client: AppFactory, broker: str, channel: str, request: pytest.FixtureRequest
+) -> None:
+    overrides: dict[str, Any] = {"metrics_probe_interval": 0.02}
+    if broker == "redis":  # the redis_url fixture fails under CI, skips locally, when Redis is down
+        overrides.update(redis_url=request.getfixturevalue("redis_url"), redis_channel=channel)
+    client = await make_client(**overrides)
+    metrics = client.app[METRICS]
+    await wait_for(lambda: metrics.probe is not None and metrics.probe.deliveries >= 3)
+    m = await scrape(client)
+    assert m[("realtime_publish_to_deliver_seconds_count", ())] >= 3
+    assert m[("realtime_publish_to_deliver_seconds_bucket", (("le", "+Inf"),))] >= 3
+    assert m[("realtime_topics", ())] == 0  # the probe's topic is not counted
+    assert m[("realtime_messages_delivered_total", ())] == 0  # nor its deliveries
+    stats = await (await client.get("/console/stats", headers=auth(USER_KEY))).json()
+    assert stats["error"] == "forbidden"
+    async with client.ws_connect("/ws") as ws:  # and no client can LISTEN to it
+        assert (await listen(ws, [metrics.probe.topic if metrics.probe else ""]))["error"] == "ERR_BADTOPIC"
+
+
+async def test_probe_off_when_interval_is_zero(make_client: AppFactory) -> None:
+    client = await make_client(metrics_probe_interval=0)
+    assert client.app[METRICS].probe is None
+    assert ("realtime_publish_to_deliver_seconds_count", ()) in await scrape(client)  # present, empty
