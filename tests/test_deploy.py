@@ -256,18 +256,27 @@ def test_fly_toml_explains_every_secret() -> None:
 # --- docker-compose.yml and the load balancer --------------------------------------------------
 
 
-def test_docker_compose_config_is_valid() -> None:
+def docker_compose(*args: str) -> subprocess.CompletedProcess[str]:
     binary = need_tool("docker-compose")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-    result = subprocess.run(
-        [binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    command = [binary, "-f", str(ROOT / "docker-compose.yml"), *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_docker_compose_config_is_valid() -> None:
+    result = docker_compose("config", "-q")
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_with_env_example_gives_valid_settings() -> None:
+    # `cp .env.example .env`: compose's own interpolation of the example, then our parser
+    result = docker_compose("--env-file", str(ROOT / ".env.example"), "config")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    for name in INSTANCES:
+        env = {k: str(v) for k, v in services[name]["environment"].items()}
+        settings = Settings.from_env(env)
+        assert settings.redis_url == "redis://redis:6379/0" and settings.port == SETTINGS.port
 
 
 def test_compose_wiring(tmp_path: Path) -> None:
