@@ -211,6 +211,7 @@ class Server:
             "MAX_CONNECTIONS_PER_USER": "0",
             "CONNECT_RATE_PER_IP": "0",
             "LISTEN_RATE": "0",
+            "DATABASE_URL": "none",  # the realtime core only: no embedded PostgreSQL per run
             "PYTHONPATH": str(ROOT),
         }
         argv = [sys.executable, "-m", "realtime", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
