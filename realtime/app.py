@@ -81,6 +81,7 @@ def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.
         verify=verifier.verify,
         max_connections_per_user=settings.max_connections_per_user,
         token_ttl=settings.ws_token_ttl,
+        write_interval=settings.write_interval,
     )
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings

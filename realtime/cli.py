@@ -98,7 +98,10 @@ def _serve(args: argparse.Namespace) -> int:
     init_sentry(settings)
     if args.workers > 1 and not args.worker:
         return run_workers(settings, args.workers, migrate=args.migrate)
-    asyncio.run(serve(settings, reuse_port=args.worker, migrate=args.migrate))
+    from realtime.runner import loop_factory
+
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        runner.run(serve(settings, reuse_port=args.worker, migrate=args.migrate))
     return 0
 
 
