@@ -6,6 +6,7 @@ from aiohttp import web
 
 from db import DATABASE
 from http_api import dreams, login, openapi
+from http_api.availability import database_unavailable_middleware
 from http_api.login import LOGIN_LIMITS, LoginLimits
 from http_api.remote_control import remote_control
 from realtime.appkeys import SETTINGS
@@ -23,6 +24,7 @@ def setup_api_v1(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/api-docs", openapi.api_docs)
     if DATABASE not in app:
         return
+    app.middlewares.append(database_unavailable_middleware)
     app[LOGIN_LIMITS] = LoginLimits(app[SETTINGS])
     app.router.add_post("/auth/login", login.login)
     app.router.add_post("/auth/logout", login.logout)

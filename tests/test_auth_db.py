@@ -11,10 +11,11 @@ import pytest
 
 from db.apikeys import create_api_key, list_api_keys, parse_duration, revoke_api_key
 from db.errors import Conflict, NotFound
+from db.pool import connection
 from db.users import ADMIN, create_user, delete_user, get_user, list_users, provision_external
 from realtime.cli import main
 from tests.conftest import USER_KEY, AppFactory, auth
-from tests.pg import conn, database_url, migrated_url
+from tests.pg import conn, create_database, database_url, drop_database, migrated_url
 
 RC = "user:read:remote-control"
 PRED = "channel:read:predictions"
@@ -148,3 +149,23 @@ async def test_cli_users_and_apikeys(
     assert (await run("apikeys", "revoke", "00000000-0000-0000-0000-000000000000"))[0] == 2
     assert (await run("apikeys", "create", "--user", user_id, "--expires-in", "soon"))[0] == 2
     assert (await run("apikeys", "create", "--user", "nobody"))[0] == 2
+
+
+async def test_database_outage_is_503_and_env_keys_keep_working(make_client: AppFactory) -> None:
+    url = await asyncio.to_thread(create_database, migrated=True)
+    try:
+        async with connection(url) as c:
+            user = await create_user(c, name="Ola", scopes=[RC])
+            _, secret = await create_api_key(c, user_id=user.id)
+        client = await make_client(database_url=url)
+        assert (await token_claims(client, secret))[0] == 200
+    finally:
+        await asyncio.to_thread(drop_database, url)
+    status, body = await token_claims(client, secret)
+    assert status == 503 and body["error"] == "unavailable"
+    assert (await token_claims(client, USER_KEY))[0] == 200
+    resp = await client.get("/api/v1/dream", headers=auth(USER_KEY))
+    envelope = await resp.json()
+    assert resp.status == 503 and envelope["errorCode"] == "SERVICE_UNAVAILABLE" and envelope["success"] is False
+    resp = await client.post("/auth/login", json={"email": "a@example.com", "password": "whatever1"})
+    assert resp.status == 503
