@@ -282,6 +282,9 @@ class RealtimeClient:
                 return
             except (aiohttp.ClientError, OSError, TimeoutError, _Reconnect):
                 pass
+            except Exception as exc:  # noqa: BLE001 - a bug must reach the caller, not hang the iterator
+                self._fail(exc)
+                return
             if self._closed:
                 return
             if immediate:  # RECONNECT: go now, with a little jitter against reconnect storms
@@ -328,29 +331,35 @@ class RealtimeClient:
             self._events.put_nowait(None)
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
-        """Read frames until the connection ends; ``True`` if the server sent RECONNECT."""
+        """Read frames until the connection ends; ``True`` if the server sent RECONNECT.
+        Frames that are not what the protocol says are ignored."""
         async for msg in ws:
             try:
                 data = orjson.loads(msg.data) if msg.type is aiohttp.WSMsgType.TEXT else {}
             except orjson.JSONDecodeError:
                 continue
-            kind = data.get("type") if isinstance(data, dict) else None
+            if not isinstance(data, dict):
+                continue
+            kind, body = data.get("type"), data.get("data")
+            body = body if isinstance(body, dict) else {}
             if kind == "MESSAGE":
-                await self._events.put(Event("MESSAGE", topic=data["data"]["topic"], message=data["data"]["message"]))
+                topic, message = body.get("topic"), body.get("message")
+                if isinstance(topic, str) and isinstance(message, str):
+                    await self._events.put(Event("MESSAGE", topic=topic, message=message))
             elif kind == "PONG":
                 self._pong.set()
             elif kind == "RESPONSE":
-                future = self._pending.pop(data.get("nonce", ""), None)
+                future = self._pending.pop(str(data.get("nonce", "")), None)
                 if future is not None and not future.done():
                     future.set_result(data)
             elif kind == "RECONNECT":
                 return True
             elif kind in ("GAP", "AUTH_REVOKED"):
-                topics = tuple(data["data"]["topics"])
+                topics = tuple(str(t) for t in body.get("topics", ()) if isinstance(t, str))
                 if kind == "AUTH_REVOKED":
                     self.topics = [t for t in self.topics if t not in topics]
                     self._token = None  # expired or revoked: the next LISTEN gets a new one
-                await self._events.put(Event(kind, topics=topics))
+                await self._events.put(Event(str(kind), topics=topics))
         return False
 
     async def _pinger(self, ws: aiohttp.ClientWebSocketResponse) -> None:

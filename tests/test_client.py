@@ -207,3 +207,31 @@ async def test_realtime_listen_refused_topic_exits_2(spawn: type[procs.Server], 
     _, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 2
     assert b"ERR_BADTOPIC" in err
+
+
+async def test_frames_off_the_protocol_are_ignored(aiohttp_server: Any) -> None:
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            data = orjson.loads(msg.data)
+            await ws.send_str(orjson.dumps({"type": "RESPONSE", "nonce": data["nonce"], "error": ""}).decode())
+            for junk in (
+                "not json",
+                "[]",
+                '{"type":"MESSAGE"}',
+                '{"type":"MESSAGE","data":[]}',
+                '{"type":"GAP","data":7}',
+            ):
+                await ws.send_str(junk)
+            await ws.send_bytes(b"\x00")
+            await ws.send_str('{"type":"MESSAGE","data":{"topic":"dream:update.a","message":"ok"}}')
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    server = await aiohttp_server(app)
+    async with RealtimeClient(str(server.make_url("")).rstrip("/"), ["dream:update.a"], **FAST) as client:
+        assert await next_event(client) == Event("GAP", topics=())  # a GAP without topics is still a GAP
+        assert await next_event(client) == Event("MESSAGE", topic="dream:update.a", message="ok")
+        assert client.reconnects == 0
