@@ -36,7 +36,10 @@ def url_for(database: str) -> str:
 
 
 async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(ADMIN_URL, timeout=5)
+    try:
+        conn = await asyncpg.connect(ADMIN_URL, timeout=5)
+    except asyncpg.InvalidCatalogNameError:  # no `test` database: use the maintenance one
+        conn = await asyncpg.connect(url_for("postgres"), timeout=5)
     try:
         await conn.execute(sql)
     finally:
