@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from marshmallow import Schema, fields
@@ -22,6 +23,7 @@ from http_api.body import load_json
 from http_api.errors import json_error, json_response
 from http_api.identity import api_key_principal, session_principal
 from http_api.principal import Principal
+from http_api.security import ORIGINS
 from http_api.upstream import UPSTREAM
 from realtime.appkeys import ISSUER, SETTINGS
 from realtime.settings import ApiKeyEntry
@@ -80,11 +82,22 @@ async def authenticate(request: web.Request) -> Principal:
 
 async def _cookie_principal(request: web.Request) -> Principal | None:
     settings = request.app[SETTINGS]
+    _refuse_cross_site(request)
     principal = await session_principal(request.app, request.cookies.get(settings.session_cookie, ""))
     token = request.cookies.get(settings.auth_cookie, "") if settings.auth_cookie else ""
     if principal is None and token and UPSTREAM in request.app:
         principal = await request.app[UPSTREAM].principal(request.app, token)
     return principal
+
+
+def _refuse_cross_site(request: web.Request) -> None:
+    """Cookies ride along on requests other sites make: refuse a state-changing request
+    carrying a cookie from an ``Origin`` that is neither ours nor in ``CORS_ORIGINS``."""
+    origin = request.headers.get("Origin")
+    if request.method in ("GET", "HEAD", "OPTIONS") or origin is None or not request.cookies:
+        return
+    if urlsplit(origin).netloc != request.host and origin not in request.app[ORIGINS]:
+        raise json_error(403, f"cross-site request refused: origin {origin} is not in CORS_ORIGINS")
 
 
 def require_scope(principal: Principal, scope: str) -> None:

@@ -197,6 +197,8 @@ def _validate_identity(s: Settings) -> None:
         raise SettingsError(f"AUTH_ALGORITHMS must list some of {', '.join(UPSTREAM_ALGORITHMS)}")
     if s.auth_jwks_url and not (s.auth_issuer and s.auth_audience):
         raise SettingsError("AUTH_JWKS_URL needs AUTH_ISSUER and AUTH_AUDIENCE")
+    if s.auth_jwks_url and s.database_url == "none":
+        raise SettingsError("AUTH_JWKS_URL needs a database (DATABASE_URL=none): upstream users are stored in it")
     if s.environment not in ("production", "development"):
         raise SettingsError("ENVIRONMENT must be production or development")
     for name in ("session_ttl", "login_attempts_per_account", "login_attempts_per_ip", "login_window"):

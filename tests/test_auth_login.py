@@ -137,3 +137,17 @@ async def test_headers_without_a_database(make_client: AppFactory) -> None:
     resp = await client.get("/health")
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
     assert (await client.post("/auth/login", json={"email": "a", "password": "b"})).status == 404
+
+
+async def test_cookie_requests_from_other_sites_are_refused(
+    make_client: AppFactory, database_url: str, user: Any
+) -> None:
+    client = await make_client(database_url=database_url, cors_origins="https://app.example")
+    cookie = f"realtime_session={(await login(client)).cookies['realtime_session'].value}"
+    own = f"http://{client.server.host}:{client.server.port}"
+    for origin, status in (("https://evil.example", 403), ("https://app.example", 200), (own, 200), (None, 200)):
+        headers = {"Cookie": cookie} | ({"Origin": origin} if origin else {})
+        resp = await client.post("/auth/ws", headers=headers)
+        assert resp.status == status, origin
+    resp = await client.get("/auth/ws", headers={"Cookie": cookie, "Origin": "https://evil.example"})
+    assert resp.status == 200  # a GET changes nothing; CORS keeps the answer from the other site

@@ -15,6 +15,8 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from http_api.upstream import UPSTREAM
+from realtime.errors import SettingsError
+from realtime.settings import Settings
 from tests.conftest import AppFactory
 from tests.pg import conn, database_url, migrated_url
 
@@ -157,3 +159,25 @@ async def test_provisioned_user_on_the_rest_api(client: Any, idp: Idp) -> None:
     assert resp.status == 202
     resp = await client.get("/api/v1/dream/my-dreams", headers=headers)
     assert resp.status == 200 and (await resp.json())["data"]["count"] == 0
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"database_url": "mysql://x"}, "DATABASE_URL"),
+        ({"default_user_scopes": "NOT A SCOPE"}, "DEFAULT_USER_SCOPES"),
+        ({"auth_algorithms": "RS256 HS256"}, "AUTH_ALGORITHMS"),
+        ({"auth_algorithms": "none"}, "AUTH_ALGORITHMS"),
+        ({"auth_jwks_url": "https://idp/jwks"}, "AUTH_ISSUER"),
+        (
+            {"auth_jwks_url": "https://i/j", "auth_issuer": "i", "auth_audience": "a", "database_url": "none"},
+            "AUTH_JWKS_URL",
+        ),
+        ({"environment": "staging"}, "ENVIRONMENT"),
+        ({"session_ttl": 0}, "SESSION_TTL"),
+        ({"login_window": -1}, "LOGIN_WINDOW"),
+    ],
+)
+def test_identity_settings_are_checked(values: dict[str, Any], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env({}, **values)
