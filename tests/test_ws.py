@@ -150,7 +150,7 @@ def _masked_text(payload: bytes) -> bytes:
 
 
 async def test_slow_consumer_is_closed_and_others_get_everything(make_client: AppFactory) -> None:
-    client = await make_client(send_queue_max_bytes=64 * 1024, send_queue_max_messages=200)
+    client = await make_client()  # default queue bounds: 1 MiB, 1,000 frames
     node = client.app[NODE]
     slow = await asyncio.to_thread(_raw_ws_handshake, client.port, 4096)
     slow.sendall(_masked_text(b'{"type":"LISTEN","data":{"topics":["dream:update.a"]}}'))
