@@ -75,9 +75,15 @@ class NodeCollector(Collector):
         yield _counter("realtime_messages_delivered", "MESSAGE frames queued to local listeners.", delivered)
         yield _counter("realtime_gaps", "Broker reconnects announced to clients as GAP.", node.gaps)
         yield _counter("realtime_token_revocations", "Token revocations applied.", node.revocations)
-        slow = getattr(node, "slow_consumers", None)
-        if isinstance(slow, int):
-            yield _counter("realtime_slow_consumer_drops", "Connections closed with 4008 (slow consumer).", slow)
+        yield _counter(
+            "realtime_slow_consumer_drops", "Connections closed with 4008 (slow consumer).", node.slow_consumers
+        )
+        refusals = CounterMetricFamily(
+            "realtime_refusals", "Error RESPONSEs sent to WebSocket clients, by error code.", labels=["error"]
+        )
+        for code, count in sorted(node.refusals.items()):
+            refusals.add_metric([code], count)
+        yield refusals
         broker = node.broker
         up = GaugeMetricFamily("realtime_broker_up", "1 while the broker is connected.", labels=["kind"])
         up.add_metric([broker.kind], 1.0 if broker.ready else 0.0)

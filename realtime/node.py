@@ -65,6 +65,8 @@ class Node:
         delivered: frames queued to listeners by fan-out.
         gaps: broker reconnects announced to clients.
         revocations: revocation control messages applied.
+        slow_consumers: connections closed because their send queue overflowed.
+        refusals: error code -> error RESPONSEs sent (ERR_BADAUTH, ERR_BADTOPIC, ...).
     """
 
     def __init__(
@@ -98,6 +100,8 @@ class Node:
         self.delivered = 0
         self.gaps = 0
         self.revocations = 0
+        self.slow_consumers = 0
+        self.refusals: dict[str, int] = {}  # error code -> RESPONSEs sent with it
         self._scheduler: FlushScheduler | None = None
         self._user_conns: dict[str, set[Connection]] = {}
         self._subs_of: dict[Connection, list[str]] = {}
@@ -197,7 +201,11 @@ class Node:
             rate=rate,
             admit_sub=lambda sub: self._admit(conn, sub),
             on_grant=lambda grant: self._schedule_expiry(conn, grant.exp),
+            on_refused=self._count_refusal,
         )
+
+    def _count_refusal(self, code: str) -> None:
+        self.refusals[code] = self.refusals.get(code, 0) + 1
 
     def add_peer(self, peer: Peer) -> None:
         """Register a connected peer."""

@@ -99,7 +99,7 @@ class Session:
     """
 
     __slots__ = (
-        "_admit_sub", "_listen", "_max_topics", "_on_grant", "_policy", "_rate", "_unlisten", "_verify",
+        "_admit_sub", "_listen", "_max_topics", "_on_grant", "_on_refused", "_policy", "_rate", "_unlisten", "_verify",
         "state", "sub", "topics",
     )  # fmt: skip
 
@@ -114,6 +114,7 @@ class Session:
         rate: TokenBucket | None = None,
         admit_sub: Callable[[str], bool] | None = None,
         on_grant: Callable[[Grant], None] | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         """Args:
         policy: the topic policy.
@@ -125,6 +126,7 @@ class Session:
         admit_sub: asked once per new token ``sub`` on this connection; ``False`` refuses
             the LISTEN (too many connections for that user).
         on_grant: told of every accepted grant whose topics will expire (for the timer).
+        on_refused: told the error code of every error RESPONSE (for metrics).
         """
         self._policy = policy
         self._verify = verify
@@ -134,6 +136,7 @@ class Session:
         self._rate = rate
         self._admit_sub = admit_sub
         self._on_grant = on_grant
+        self._on_refused = on_refused
         self.state = State.CONNECTED
         self.topics: dict[Topic, Grant | None] = {}
         self.sub: str | None = None
@@ -145,21 +148,21 @@ class Session:
         ``ERR_BADMESSAGE`` RESPONSE; an unexpected failure yields ``ERR_SERVER``.
         """
         if self.state is State.CLOSED:
-            return response("", ERR_BADMESSAGE, "connection is closing")
+            return self._refuse("", ERR_BADMESSAGE, "connection is closing")
         try:
             request = orjson.loads(text)
         except orjson.JSONDecodeError:
-            return response("", ERR_BADMESSAGE, "frame is not valid JSON")
+            return self._refuse("", ERR_BADMESSAGE, "frame is not valid JSON")
         if not isinstance(request, dict):
-            return response("", ERR_BADMESSAGE, "frame must be a JSON object")
+            return self._refuse("", ERR_BADMESSAGE, "frame must be a JSON object")
         kind = request.get("type")
         if kind == "PING":
             return PONG
         nonce = request.get("nonce", "")
         if not isinstance(nonce, str) or len(nonce) > MAX_NONCE_LENGTH:
-            return response("", ERR_BADMESSAGE, f"nonce must be a string of at most {MAX_NONCE_LENGTH} characters")
+            return self._refuse("", ERR_BADMESSAGE, f"nonce must be a string of at most {MAX_NONCE_LENGTH} characters")
         if kind in ("LISTEN", "UNLISTEN") and self._rate is not None and not self._rate.take():
-            return response(nonce, ERR_RATELIMIT, "too many LISTEN/UNLISTEN requests; slow down")
+            return self._refuse(nonce, ERR_RATELIMIT, "too many LISTEN/UNLISTEN requests; slow down")
         try:
             if kind == "LISTEN":
                 self._do_listen(request)
@@ -168,10 +171,19 @@ class Session:
             else:
                 raise Refused(ERR_BADMESSAGE, "type must be PING, LISTEN or UNLISTEN")
         except Refused as exc:
-            return response(nonce, exc.code, exc.description)
+            return self._refuse(nonce, exc.code, exc.description)
         except Exception:  # noqa: BLE001 - the adapter logs; the client gets ERR_SERVER
-            return response(nonce, ERR_SERVER, "internal error")
+            return self._refuse(nonce, ERR_SERVER, "internal error")
         return response(nonce)
+
+    def receive_binary(self) -> bytes:
+        """Answer a binary frame: the protocol is JSON text frames only."""
+        return self._refuse("", ERR_BADMESSAGE, "binary frames are not supported; send JSON text frames")
+
+    def _refuse(self, nonce: str, code: str, description: str) -> bytes:
+        if self._on_refused is not None:
+            self._on_refused(code)
+        return response(nonce, code, description)
 
     def close(self) -> list[Topic]:
         """Mark the session closed and unlisten everything; returns the dropped topics."""

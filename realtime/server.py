@@ -26,13 +26,12 @@ from realtime.connection import (
 )
 from realtime.limits import TokenBucket, client_ip
 from realtime.node import Node
-from realtime.protocol import ERR_BADMESSAGE, RECONNECT, Session, State, response
+from realtime.protocol import RECONNECT, Session, State
 from realtime.settings import Settings
 
 log = structlog.get_logger("realtime.ws")
 _ids = itertools.count(1)
 _PREFIX = f"{os.getpid():x}"
-_BINARY_REFUSED = response("", ERR_BADMESSAGE, "binary frames are not supported; send JSON text frames")
 _REASONS = {
     CLOSE_LISTEN_TIMEOUT: "no LISTEN in time",
     CLOSE_IDLE_TIMEOUT: "idle timeout",
@@ -149,7 +148,7 @@ async def _read_loop(peer: WsPeer, listen_timeout: float, idle_timeout: float) -
         if msg.type is WSMsgType.TEXT:
             conn.send_payload(session.receive(msg.data))
         elif msg.type is WSMsgType.BINARY:
-            conn.send_payload(_BINARY_REFUSED)
+            conn.send_payload(session.receive_binary())
         else:  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp already answered the close)
             return None
     return None
@@ -157,6 +156,7 @@ async def _read_loop(peer: WsPeer, listen_timeout: float, idle_timeout: float) -
 
 def _slow_consumer(node: Node, conn: Connection) -> None:
     peer = node.peers.get(conn)
+    node.slow_consumers += 1
     log.warning("slow_consumer_closed", conn_id=conn.id)
     if peer is not None:
         peer.close_soon(CLOSE_SLOW_CONSUMER, _REASONS[CLOSE_SLOW_CONSUMER])

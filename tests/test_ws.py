@@ -80,6 +80,7 @@ async def test_every_error_code_over_the_socket(make_client: AppFactory) -> None
         assert (await listen(ws, ["no:such.topic"]))["error"] == "ERR_BADTOPIC"
         await send(ws, type="PING")  # still alive after all of that
         assert await recv(ws) == {"type": "PONG"}
+    assert client.app[NODE].refusals == {"ERR_BADMESSAGE": 2, "ERR_BADAUTH": 2, "ERR_BADTOPIC": 1}
 
 
 async def test_oversized_frame_closes_1009(make_client: AppFactory) -> None:
@@ -174,6 +175,7 @@ async def test_slow_consumer_is_closed_and_others_get_everything(make_client: Ap
         await asyncio.wait_for(asyncio.gather(*readers), 15)
         assert received[1] == list(range(1000)) and received[2] == list(range(1000))
         await wait_for(lambda: len(node.index.get("dream:update.a") or ()) == 2)
+        assert node.slow_consumers == 1
         closed = [c for c in node.peers if c.close_code == CLOSE_SLOW_CONSUMER]
         assert closed == []  # the slow peer is gone from the node entirely
     slow.close()
