@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.plan import Plan
-from bench.scenarios import Fleet, idle_memory, measure, open_listeners, passed
+from bench.scenarios import Fleet, idle_memory, measure, open_listeners, overloaded, passed
 from bench.servers import BenchError, Server, available
 
 
@@ -72,7 +72,8 @@ class Runner:
                     self._with_server(name, body)
 
     def sweep(self) -> None:
-        """The listener sweep: a ladder of offered deliveries/s per (server, listeners, topics)."""
+        """The listener sweep: a ladder of offered deliveries/s per (server, listeners, topics),
+        climbed until the server is overloaded (so past the highest passing rate)."""
         for rep in range(self.plan.reps):
             for name, listeners, ntopics in self.plan.sweep_configs:
                 if name in self.servers:
@@ -99,7 +100,7 @@ class Runner:
                 run.update(offered_deliveries_per_s=offered, passed=passed(run))
                 self.results["sweep"].append(run)
                 _log(_line(run))
-                if not run["passed"]:
+                if overloaded(run):
                     break
 
     def idle(self) -> None:

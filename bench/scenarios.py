@@ -234,6 +234,19 @@ def passed(run: dict[str, Any], p99_limit_ms: float = 100.0) -> bool:
     )
 
 
+def overloaded(run: dict[str, Any], p99_limit_ms: float = 500.0) -> bool:
+    """Loss, duplicates, p99 over ``p99_limit_ms``, or under 90% of the offered rate
+    published or delivered: no point offering more."""
+    offered = run["offered_msgs_per_s"] * run["expected"] / max(1, run["published"])
+    return bool(
+        run["lost"]
+        or run["duplicated"]
+        or run["latency_ms"]["p99"] > p99_limit_ms
+        or run["publish_rate"] < 0.9 * run["offered_msgs_per_s"]
+        or run["deliveries_per_s"] < 0.9 * offered
+    )
+
+
 def idle_memory(server: Server, fleet: Fleet, connections: int, settle_s: float = 2.0) -> dict[str, Any]:
     """RSS growth of the server tree per idle, LISTENing connection.
 
