@@ -63,7 +63,11 @@ def run(args: argparse.Namespace, database_url: str, default_scopes: str) -> int
         default_scopes: ``DEFAULT_USER_SCOPES`` (space-separated).
     """
     if not database_url:
-        print("error: DATABASE_URL is not set (e.g. postgresql://user@host:5432/dbname)", file=sys.stderr)
+        print(
+            "error: DATABASE_URL is not set (e.g. postgresql://user@host:5432/dbname; for the embedded "
+            "database of `realtime serve`, the url in its embedded_database_started log line)",
+            file=sys.stderr,
+        )
         return 2
     commands: dict[str, Callable[[Any, argparse.Namespace, str], Awaitable[int]]] = {
         "migrate": _migrate,

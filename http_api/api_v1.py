@@ -7,6 +7,7 @@ from aiohttp import web
 from db import DATABASE
 from http_api import dreams, login, openapi
 from http_api.availability import database_unavailable_middleware
+from http_api.envelope import envelope_middleware
 from http_api.login import LOGIN_LIMITS, LoginLimits
 from http_api.remote_control import remote_control
 from realtime.appkeys import SETTINGS
@@ -18,6 +19,7 @@ _UUID = "{uuid:[0-9a-fA-F-]{36}}"
 def setup_api_v1(app: web.Application) -> None:
     """Add the ``/api/v1`` routes: remote control always; dreams and the built-in login
     (``/auth/login``, ``/auth/logout``) only with a database."""
+    app.middlewares.append(envelope_middleware)
     app.router.add_post(f"{PREFIX}/remote-control", remote_control)
     app[openapi.SPEC] = {}
     app.router.add_get(f"{PREFIX}/openapi.json", openapi.openapi_json)

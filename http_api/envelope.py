@@ -125,6 +125,19 @@ def enveloped(handler: Handler) -> Handler:
     return wrapper
 
 
+@web.middleware
+async def envelope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Under ``/api/v1/``, turn router errors (404 unknown path, 405 wrong method, 413) into envelopes."""
+    if not request.path.startswith("/api/v1/"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or (exc.text or "").startswith('{"success"'):
+            raise
+        raise fail(exc.status, _detail(exc)) from None
+
+
 def _detail(exc: web.HTTPException) -> str | None:
     if exc.status in (401, 403):
         return None  # the standard "Unauthorized." / "Action not allowed."

@@ -50,3 +50,17 @@ async def test_docs_page_and_no_database(make_client: AppFactory) -> None:
     assert "cdn.jsdelivr.net" in resp.headers["Content-Security-Policy"]
     spec = await (await client.get("/api/v1/openapi.json")).json()
     assert "/api/v1/remote-control" in spec["paths"] and "/api/v1/dream" not in spec["paths"]
+
+
+async def test_router_errors_under_api_v1_are_envelopes(make_client: AppFactory, database_url: str) -> None:
+    client = await make_client(database_url=database_url)
+    resp = await client.get("/api/v1/nope")
+    assert resp.status == 404 and await resp.json() == {
+        "success": False, "data": None, "message": "Not found.", "errorCode": "NOT_FOUND"
+    }  # fmt: skip
+    resp = await client.patch("/api/v1/dream")
+    assert resp.status == 405 and (await resp.json())["errorCode"] == "METHOD_NOT_ALLOWED"
+    resp = await client.get("/api/v1/dream/not-a-uuid")
+    assert resp.status == 404 and (await resp.json())["success"] is False
+    resp = await client.get("/nope")
+    assert resp.status == 404 and (await resp.json())["error"] == "not_found"  # outside /api/v1: unchanged
