@@ -102,7 +102,9 @@ async def test_users_repository(conn: Any) -> None:
     assert ext.id == again.id and ext.email is None and ext.role == "user-group" and ext.scopes == {RC}
     await delete_user(conn, user.id)
     assert [u.id for u in await list_users(conn)] == [ext.id]
-    assert len(await list_users(conn, include_deleted=True)) == 2
+    again_di = await create_user(conn, name="Di again", email="di@example.com", scopes=[])  # the email is free again
+    await delete_user(conn, again_di.id)
+    assert len(await list_users(conn, include_deleted=True)) == 3
     with pytest.raises(NotFound):
         await create_api_key(conn, user_id=user.id)
 
