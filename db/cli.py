@@ -16,7 +16,7 @@ from db.apikeys import create_api_key, parse_duration, revoke_api_key
 from db.errors import DatabaseError
 from db.migrate import migrate, status
 from db.pool import connection
-from db.users import ROLES, USER, create_user, list_users
+from db.users import ROLES, USER, create_user, delete_user, list_users
 from topics import BadScope, parse_scopes
 
 
@@ -41,6 +41,8 @@ def add_users_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("list", help="list active users")
     setpw = sub.add_parser("set-password", help="set a user's login password (prompted)")
     setpw.add_argument("user_id", metavar="UUID")
+    delete = sub.add_parser("delete", help="soft-delete a user: their keys and sessions stop working")
+    delete.add_argument("user_id", metavar="UUID")
 
 
 def add_apikeys_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +112,10 @@ async def _users(conn: Any, args: argparse.Namespace, default_scopes: str) -> in
         return 0
     if args.users_command == "set-password":
         return await _set_password(conn, args.user_id)
+    if args.users_command == "delete":
+        await delete_user(conn, args.user_id)
+        print(f"deleted {args.user_id}")
+        return 0
     for u in await list_users(conn):
         print(f"{u.id}\t{u.role}\t{u.name}\t{u.email or '-'}\t{' '.join(sorted(u.scopes)) or '-'}")
     return 0

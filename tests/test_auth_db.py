@@ -151,6 +151,12 @@ async def test_cli_users_and_apikeys(
     assert (await run("apikeys", "revoke", "00000000-0000-0000-0000-000000000000"))[0] == 2
     assert (await run("apikeys", "create", "--user", user_id, "--expires-in", "soon"))[0] == 2
     assert (await run("apikeys", "create", "--user", "nobody"))[0] == 2
+    _, live, _ = await run("apikeys", "create", "--user", user_id)
+    assert (await token_claims(client, live))[0] == 200
+    assert (await run("users", "delete", user_id))[:2] == (0, f"deleted {user_id}")
+    assert (await token_claims(client, live))[0] == 401
+    assert (await run("users", "list"))[1] == ""
+    assert (await run("users", "delete", user_id))[0] == 2
 
 
 async def test_database_outage_is_503_and_env_keys_keep_working(make_client: AppFactory) -> None:
