@@ -144,3 +144,21 @@ def test_serve_refuses_pending_migrations_unless_told(empty_url: str, tmp_path: 
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert b"migrations_applied" in out
+
+
+def test_postgres_down_fails_under_ci_and_skips_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.pg
+
+    monkeypatch.setattr(tests.pg, "ADMIN_URL", "postgresql://postgres@127.0.0.1:1/test")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        tests.pg.create_database(migrated=False)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        tests.pg.create_database(migrated=False)
+
+
+def test_cli_database_unreachable(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nothing")
+    assert main(["users", "list"]) == 2
+    assert "cannot connect to the database at DATABASE_URL" in capsys.readouterr().err
