@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import getpass
 import sys
 from collections.abc import Awaitable, Callable
@@ -56,13 +57,21 @@ def add_apikeys_arguments(parser: argparse.ArgumentParser) -> None:
     revoke.add_argument("key_id", metavar="ID")
 
 
-def run(args: argparse.Namespace, database_url: str, default_scopes: str) -> int:
+def run(
+    args: argparse.Namespace,
+    database_url: str,
+    default_scopes: str,
+    *,
+    on_revoked: Callable[[str], Awaitable[None]] | None = None,
+) -> int:
     """Run ``migrate``, ``users`` or ``apikeys``; returns the exit status.
 
     Args:
         args: the parsed arguments.
         database_url: ``DATABASE_URL``.
         default_scopes: ``DEFAULT_USER_SCOPES`` (space-separated).
+        on_revoked: awaited with a user id after ``apikeys revoke`` or ``users delete``,
+            to end that user's WS tokens on running servers.
     """
     if not database_url:
         print(
@@ -73,8 +82,8 @@ def run(args: argparse.Namespace, database_url: str, default_scopes: str) -> int
         return 2
     commands: dict[str, Callable[[Any, argparse.Namespace, str], Awaitable[int]]] = {
         "migrate": _migrate,
-        "users": _users,
-        "apikeys": _apikeys,
+        "users": functools.partial(_users, on_revoked=on_revoked),
+        "apikeys": functools.partial(_apikeys, on_revoked=on_revoked),
     }
     try:
         return asyncio.run(_with_connection(database_url, commands[args.command], args, default_scopes))
@@ -104,7 +113,13 @@ async def _migrate(conn: Any, args: argparse.Namespace, _scopes: str) -> int:
     return 0
 
 
-async def _users(conn: Any, args: argparse.Namespace, default_scopes: str) -> int:
+async def _users(
+    conn: Any,
+    args: argparse.Namespace,
+    default_scopes: str,
+    *,
+    on_revoked: Callable[[str], Awaitable[None]] | None = None,
+) -> int:
     if args.users_command == "create":
         scopes = parse_scopes(args.scopes if args.scopes is not None else default_scopes)
         user = await create_user(conn, name=args.name, email=args.email, role=args.role, scopes=scopes)
@@ -115,6 +130,8 @@ async def _users(conn: Any, args: argparse.Namespace, default_scopes: str) -> in
     if args.users_command == "delete":
         await delete_user(conn, args.user_id)
         print(f"deleted {args.user_id}")
+        if on_revoked is not None:
+            await on_revoked(args.user_id)
         return 0
     for u in await list_users(conn):
         print(f"{u.id}\t{u.role}\t{u.name}\t{u.email or '-'}\t{' '.join(sorted(u.scopes)) or '-'}")
@@ -133,10 +150,18 @@ async def _set_password(conn: Any, user_id: str) -> int:
     return 0
 
 
-async def _apikeys(conn: Any, args: argparse.Namespace, _scopes: str) -> int:
+async def _apikeys(
+    conn: Any,
+    args: argparse.Namespace,
+    _scopes: str,
+    *,
+    on_revoked: Callable[[str], Awaitable[None]] | None = None,
+) -> int:
     if args.apikeys_command == "revoke":
         key = await revoke_api_key(conn, args.key_id)
         print(f"revoked {key.id}")
+        if on_revoked is not None:
+            await on_revoked(key.user_id)
         return 0
     expires = parse_duration(args.expires_in) if args.expires_in else None
     scopes = parse_scopes(args.scopes) if args.scopes is not None else None

@@ -73,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             return keys_cli.run(args)
         if args.command in ("migrate", "users", "apikeys"):
             settings = Settings.from_env()
-            return db_cli.run(args, settings.database_url, settings.default_user_scopes)
+            return db_cli.run(
+                args,
+                settings.database_url,
+                settings.default_user_scopes,
+                on_revoked=lambda sub: _announce_revocation(settings, sub),
+            )
         if args.command == "listen":
             from realtime.client import listen_command
 
@@ -142,6 +147,27 @@ async def _publish(args: argparse.Namespace) -> int:
         await broker.close()
     print(f"published to {args.topic}")
     return 0
+
+
+async def _announce_revocation(settings: Settings, sub: str) -> None:
+    """Tell every running instance (through Redis) to end the WS tokens of ``sub``."""
+    if not settings.redis_url:
+        print(
+            "note: REDIS_URL is not set, so running servers were not told: WS tokens already issued to "
+            f"user {sub} stay valid until they expire (WS_TOKEN_TTL), unless revoked with POST /auth/ws/revoke",
+            file=sys.stderr,
+        )
+        return
+    from realtime.node import revocation_message
+    from realtime.redis_broker import RedisBroker
+
+    broker = RedisBroker(settings.redis_url, channel=settings.redis_channel)
+    broker.start_publisher()
+    try:
+        await broker.publish_control(revocation_message(sub=sub))
+    finally:
+        await broker.close()
+    print(f"revoked the WS tokens of user {sub} on every running server", file=sys.stderr)
 
 
 async def _publish_http(url: str, api_key: str, topic: str, message: object) -> int:

@@ -50,6 +50,11 @@ def message_text(message: object) -> str:
     return message if isinstance(message, str) else orjson.dumps(message).decode()
 
 
+def revocation_message(*, jti: str | None = None, sub: str | None = None) -> dict[str, object]:
+    """The control message that revokes WS tokens on every instance (see :meth:`Node.revoke`)."""
+    return {"type": "revoke", "jti": jti, "sub": sub, "at": time.time()}
+
+
 def gap_payload(topics: list[str]) -> bytes:
     """Encode a GAP notice: publications on these topics may have been missed."""
     return orjson.dumps({"type": "GAP", "data": {"topics": topics, "reason": "broker_reconnected"}})
@@ -300,7 +305,7 @@ class Node:
         """
         if jti is None and sub is None:
             raise ValueError("revoke needs a jti or a sub")
-        await self.broker.publish_control({"type": "revoke", "jti": jti, "sub": sub, "at": time.time()})
+        await self.broker.publish_control(revocation_message(jti=jti, sub=sub))
 
     def on_control(self, message: dict[str, object]) -> None:
         """Apply a control message from any instance (currently: ``revoke``)."""
