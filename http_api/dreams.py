@@ -61,12 +61,17 @@ async def _changing(request: web.Request) -> AsyncIterator[Any]:
 async def _announce(request: web.Request, row: dict[str, Any], *, progress: bool = False) -> dict[str, Any]:
     public = dump_dream(row)
     topics = [f"dream:update.{public['uuid']}"] + ([f"dream:job:progress.{public['uuid']}"] if progress else [])
+    # dream topics are public: a hidden dream announces only that it changed, not its content
+    announced = {k: public.get(k) for k in _HIDDEN_FIELDS} if row["hidden"] else public
     try:
         for topic in topics:
-            await request.app[NODE].publish(topic, public)
+            await request.app[NODE].publish(topic, announced)
     except (BadTopic, BrokerUnavailable):
         raise fail(503, "The realtime broker is unavailable; nothing was changed.") from None
     return public
+
+
+_HIDDEN_FIELDS = ("uuid", "hidden", "updated_at", "deleted_at")
 
 
 def _view(principal: Principal, row: dict[str, Any]) -> dict[str, Any]:

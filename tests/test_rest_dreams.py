@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -212,6 +213,18 @@ async def test_changes_are_published_live(world: World) -> None:
         await world.call("DELETE", f"/dream/{uid}", "creator")
         assert '"deleted_at":"' in (await recv(ws))["data"]["message"]
         await assert_silent(other)
+
+
+async def test_hidden_dreams_announce_no_content(world: World) -> None:
+    dream = await world.create(name="secret plans", description="do not leak", hidden=True)
+    uid = dream["uuid"]
+    async with world.client.ws_connect("/ws") as ws:
+        assert (await listen(ws, [f"dream:update.{uid}"]))["error"] == ""
+        _, env = await world.call("PUT", f"/dream/{uid}", "creator", json={"name": "still secret"})
+        assert env["data"]["dream"]["name"] == "still secret"  # the owner sees it all
+        message = orjson.loads((await recv(ws))["data"]["message"])
+        assert set(message) == {"uuid", "hidden", "updated_at", "deleted_at"} and message["hidden"] is True
+        assert "secret" not in orjson.dumps(message).decode()
 
 
 async def test_broker_down_is_503_and_nothing_changes(make_client: AppFactory, database_url: str, conn: Any) -> None:
