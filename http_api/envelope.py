@@ -16,6 +16,7 @@ from aiohttp import web
 from marshmallow import Schema, ValidationError
 
 from db import DatabaseUnavailable, NotFound
+from http_api.body import nul_field
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -98,6 +99,9 @@ async def read_body(request: web.Request, schema: Schema, *, optional: bool = Fa
         ) from None
     if not isinstance(data, dict):
         raise fail(400, "Request body must be a JSON object.", data=[{"field": "body", "message": "not an object"}])
+    where = nul_field(data)
+    if where is not None:  # PostgreSQL text and jsonb cannot store U+0000
+        raise fail(400, f"{where}: NUL characters are not allowed.", data=[{"field": where, "message": "contains NUL"}])
     return validate(schema, data)
 
 

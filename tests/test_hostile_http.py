@@ -75,3 +75,13 @@ async def test_secrets_never_reach_the_logs(make_client: AppFactory, capfd: pyte
     assert out  # something was logged
     for secret in (USER_KEY, PUBLISHER_KEY, "wrong-but-secret-0123456789", token, token.split(".")[2]):
         assert secret not in out
+
+
+async def test_nul_characters(make_client: AppFactory) -> None:
+    client = await make_client()
+    resp = await client.post(
+        "/publish", json={"topic": "dream:update.a", "message": "a\u0000b"}, headers=auth(PUBLISHER_KEY)
+    )
+    assert resp.status == 202  # a message is any JSON value and never reaches PostgreSQL
+    resp = await client.post("/auth/ws/revoke", json={"sub": "7\u0000"}, headers=auth(USER_KEY))
+    assert resp.status == 400 and (await resp.json())["fields"] == {"sub": ["contains NUL"]}

@@ -241,3 +241,44 @@ async def test_no_dream_routes_without_a_database(make_client: AppFactory) -> No
     client = await make_client()
     resp = await client.get("/api/v1/dream", headers=auth(PUBLISHER_KEY))
     assert resp.status == 404
+
+
+SQL_STRINGS = [
+    "'; DROP TABLE dreams; --",
+    "' OR '1'='1",
+    "\\x00\\",
+    "$1",
+    "%' AND 1=1 --",
+    "../../etc/passwd",
+    "\u202e\u0000",
+]
+
+
+@pytest.mark.parametrize("value", SQL_STRINGS)
+async def test_sql_meaningful_strings_are_stored_verbatim(world: World, conn: Any, value: str) -> None:
+    text = value.replace("\u0000", "")  # PostgreSQL text cannot hold NUL: that one must be a 400, not a 500
+    status, env = await world.call(
+        "POST", "/dream", "creator", json={"name": value, "description": value, "prompt": value}
+    )
+    if "\u0000" in value:
+        assert status == 400 and env["errorCode"] == "BAD_REQUEST", env
+        status, env = await world.call(
+            "POST", "/dream", "creator", json={"name": text, "description": text, "prompt": text}
+        )
+    assert status == 201, env
+    dream = env["data"]["dream"]
+    assert dream["name"] == text and dream["description"] == text
+    status, env = await world.call("GET", f"/dream/{dream['uuid']}", "creator")
+    assert status == 200 and env["data"]["dream"]["name"] == text
+    status, env = await world.call("GET", "/dream", "creator", params={"status": value, "userUUID": value})
+    assert status in (200, 400), env
+    assert await conn.fetchval("SELECT count(*) FROM dreams") >= 1  # the table is still there
+
+
+@pytest.mark.parametrize(
+    "ident", ["../../etc/passwd", "1 OR 1=1", "%2e%2e%2f", "00000000-0000-0000-0000-00000000000'", "x" * 500]
+)
+async def test_hostile_ids_are_404_or_400_never_500(world: World, ident: str) -> None:
+    for method, suffix in (("GET", ""), ("PUT", ""), ("DELETE", ""), ("PUT", "/upvote"), ("POST", "/status/processed")):
+        status, env = await world.call(method, f"/dream/{ident}{suffix}", "admin", json={})
+        assert status in (400, 404, 405), (method, suffix, status, env)
