@@ -106,7 +106,8 @@ async def _serve_socket(request: web.Request, settings: Settings) -> web.StreamR
     if transport is None:
         return ws
     conn_id = f"{_PREFIX}-{next(_ids)}"
-    bound = log.bind(conn_id=conn_id)
+    structlog.contextvars.bind_contextvars(conn_id=conn_id)  # every log line of this connection's task
+
     conn = Connection(
         conn_id,
         transport,
@@ -119,7 +120,7 @@ async def _serve_socket(request: web.Request, settings: Settings) -> web.StreamR
     session = node.new_session(conn, max_topics=settings.max_topics_per_connection, rate=rate)
     peer = WsPeer(ws, transport, conn, session)
     node.add_peer(peer)
-    bound.debug("ws_connected", peer=request.remote)
+    log.debug("ws_connected", peer=request.remote)
     try:
         code = await _read_loop(peer, settings.listen_timeout, settings.idle_timeout)
         if code is not None:
@@ -128,7 +129,7 @@ async def _serve_socket(request: web.Request, settings: Settings) -> web.StreamR
             await peer.closer
     finally:
         node.remove_peer(peer)
-        bound.debug("ws_closed", code=conn.close_code or ws.close_code, sent=conn.sent)
+        log.debug("ws_closed", code=conn.close_code or ws.close_code, sent=conn.sent)
     return ws
 
 
