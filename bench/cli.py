@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     servers = args.servers.split(",") if args.servers else None
     only = args.only.split(",") if args.only else list(SCENARIOS)
     raise_fd_limit()
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so every server and generator is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.time()
     meta: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
