@@ -14,6 +14,7 @@ from http_api import auth, health, publish, revoke
 from http_api.api_v1 import setup_api_v1
 from http_api.errors import error_middleware
 from http_api.security import setup_security
+from realtime.limits import KeyedBuckets
 
 
 def setup_routes(app: web.Application) -> None:
@@ -24,6 +25,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/.well-known/jwks.json", health.jwks)
     app.router.add_route("GET", "/auth/ws", auth.issue_ws_token)
     app.router.add_route("POST", "/auth/ws", auth.issue_ws_token)
+    app[revoke.REVOKE_BUCKETS] = KeyedBuckets(revoke.REVOKE_RATE, revoke.REVOKE_BURST)
     app.router.add_post("/auth/ws/revoke", revoke.revoke_ws_tokens)
     app.router.add_post("/publish", publish.publish)
     setup_api_v1(app)

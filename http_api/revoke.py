@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 from aiohttp import web
-from marshmallow import Schema, ValidationError, fields, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from http_api.auth import authenticate
 from http_api.body import load_json
 from http_api.errors import json_error, json_response
 from realtime.appkeys import NODE
 from realtime.errors import BrokerUnavailable
+from realtime.limits import KeyedBuckets
+from realtime.node import MAX_JTI_LENGTH, MAX_SUB_LENGTH
 
 REVOKE_SCOPE = "realtime:revoke"
+REVOKE_RATE = 1.0
+"""Revocations per second per caller (burst :data:`REVOKE_BURST`): each one is kept by
+every instance for the token lifetime, so they are not free."""
+REVOKE_BURST = 10
+REVOKE_BUCKETS = web.AppKey("revoke_buckets", KeyedBuckets)
 
 
 class RevokeRequest(Schema):
     """``{"jti": str}`` (one token) or ``{"sub": str}`` (every token of a user, issued until now)."""
 
-    jti = fields.String(load_default=None)
-    sub = fields.String(load_default=None)
+    jti = fields.String(load_default=None, validate=validate.Length(min=1, max=MAX_JTI_LENGTH))
+    sub = fields.String(load_default=None, validate=validate.Length(min=1, max=MAX_SUB_LENGTH))
 
     @validates_schema
     def one_of(self, data: dict[str, object], **kwargs: object) -> None:
@@ -42,6 +49,8 @@ async def revoke_ws_tokens(request: web.Request) -> web.Response:
             503 (the broker did not take the revocation: it did not happen).
     """
     principal = await authenticate(request)
+    if not request.app[REVOKE_BUCKETS].take(principal.user_id):
+        raise json_error(429, f"at most {REVOKE_RATE:g} revocation per second; slow down")
     body = await load_json(request, RevokeRequest())
     privileged = REVOKE_SCOPE in principal.scopes
     jti, sub = body["jti"], body["sub"]

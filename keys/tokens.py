@@ -1,7 +1,8 @@
 """WS tokens: short-lived ES256 JWTs (RFC 7519) carrying a user and scopes.
 
 Claims: ``iss``, ``aud``, ``sub`` (user id as a string), ``scope`` (space-separated, as
-in RFC 9068), ``iat``, ``nbf``, ``exp``, ``jti``. The JOSE header carries ``kid``
+in RFC 9068), ``iat`` (fractional: NumericDate may be), ``nbf``,
+``exp``, ``jti``. The JOSE header carries ``kid``
 (RFC 7638 thumbprint of the signing key) and ``alg: ES256``; no other algorithm is
 accepted, so ``alg: none`` and HS256-with-the-public-key tokens are refused.
 """
@@ -87,7 +88,8 @@ class TokenIssuer:
         Returns:
             The token with its lifetime and scope string.
         """
-        issued_at = int(time.time() if now is None else now)
+        moment = time.time() if now is None else now
+        issued_at = int(moment)
         scope = " ".join(sorted(set(scopes)))
         jti = secrets.token_urlsafe(16)
         claims = {
@@ -95,7 +97,7 @@ class TokenIssuer:
             "aud": self._audience,
             "sub": sub,
             "scope": scope,
-            "iat": issued_at,
+            "iat": moment,  # full precision: a revocation "until now" must not catch the next token
             "nbf": issued_at,
             "exp": issued_at + self._ttl,
             "jti": jti,
@@ -146,7 +148,8 @@ class TokenVerifier:
             raise InvalidToken("malformed token") from None
         if header.get("alg") != ALGORITHM:
             raise InvalidToken(f"token algorithm must be {ALGORITHM}")
-        public = self._public.get(header.get("kid"))  # type: ignore[arg-type]
+        kid = header.get("kid")
+        public = self._public.get(kid) if isinstance(kid, str) else None
         if public is None:
             raise InvalidToken("token signed by an unknown key")
         options: dict[str, object] = {

@@ -5,12 +5,13 @@ Exception tree::
 
     RealtimeError              base of this package
     ├── SettingsError          a setting that does not parse; names the variable
-    └── BrokerUnavailable      the broker cannot take a message right now
+    ├── BrokerUnavailable      the broker cannot take a message right now
+    └── BadMessage             a message that cannot be encoded for publishing
 """
 
 from __future__ import annotations
 
-from realtime.errors import BrokerUnavailable, RealtimeError, SettingsError
+from realtime.errors import BadMessage, BrokerUnavailable, RealtimeError, SettingsError
 
-__all__ = ["BrokerUnavailable", "RealtimeError", "SettingsError"]
+__all__ = ["BadMessage", "BrokerUnavailable", "RealtimeError", "SettingsError"]
 __version__ = "0.1.0"

@@ -13,3 +13,7 @@ class SettingsError(RealtimeError):
 
 class BrokerUnavailable(RealtimeError):
     """The broker cannot take a message now (e.g. Redis is down); it was not sent."""
+
+
+class BadMessage(RealtimeError):
+    """A message that cannot be published (e.g. JSON nested deeper than 255 levels)."""

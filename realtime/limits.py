@@ -36,6 +36,10 @@ class TokenBucket:
             return True
         return False
 
+    def refund(self) -> None:
+        """Give one token back (an attempt that should not count, e.g. a successful login)."""
+        self._tokens = min(self._burst, self._tokens + 1.0)
+
     def full(self) -> bool:
         """``True`` when the bucket would be full now (an idle key that can be forgotten)."""
         return self._tokens + (self._clock() - self._stamp) * self._rate >= self._burst
@@ -58,6 +62,12 @@ class KeyedBuckets:
                 self._buckets = {k: b for k, b in self._buckets.items() if not b.full()}
             bucket = self._buckets[key] = TokenBucket(self._rate, self._burst, self._clock)
         return bucket.take()
+
+    def refund(self, key: str) -> None:
+        """Give one token back to ``key``'s bucket."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.refund()
 
 
 class ConnectionLimiter:

@@ -24,6 +24,7 @@ import structlog
 from keys import Grant, InvalidToken
 from realtime.broker import Broker
 from realtime.connection import Connection, FlushScheduler, encode_text_frame
+from realtime.errors import BadMessage
 from realtime.hub import TopicIndex
 from realtime.limits import TokenBucket
 from realtime.protocol import Session, auth_revoked_payload, message_payload
@@ -31,6 +32,10 @@ from topics import Topic, TopicPolicy
 
 log = structlog.get_logger("realtime.node")
 _VERIFIED_CACHE_SIZE = 4096
+MAX_REVOCATIONS = 100_000
+"""Revocations remembered per instance (each for ``WS_TOKEN_TTL`` + 60 s)."""
+MAX_JTI_LENGTH = 64
+MAX_SUB_LENGTH = 128
 
 
 class Peer(Protocol):
@@ -46,8 +51,17 @@ class Peer(Protocol):
 
 def message_text(message: object) -> str:
     """The wire form of a published message: a string as is, any other JSON value
-    JSON-encoded (as Twitch PubSub sends ``data.message``)."""
-    return message if isinstance(message, str) else orjson.dumps(message).decode()
+    JSON-encoded (as Twitch PubSub sends ``data.message``).
+
+    Raises:
+        realtime.BadMessage: the value cannot be encoded.
+    """
+    if isinstance(message, str):
+        return message
+    try:
+        return orjson.dumps(message).decode()
+    except TypeError as exc:  # nested deeper than 255 levels, or not JSON at all
+        raise BadMessage(f"message cannot be encoded as JSON: {exc}") from None
 
 
 def revocation_message(*, jti: str | None = None, sub: str | None = None) -> dict[str, object]:
@@ -110,8 +124,9 @@ class Node:
         self._scheduler: FlushScheduler | None = None
         self._user_conns: dict[str, set[Connection]] = {}
         self._subs_of: dict[Connection, list[str]] = {}
-        self._revoked_jtis: dict[str, tuple[float, str | None]] = {}  # jti -> (forget after, owner sub)
-        self._revoked_subs: dict[str, float] = {}  # sub -> revoked at (epoch s)
+        self._revoked_jtis: dict[tuple[str, str | None], float] = {}  # (jti, owner or None) -> forget after
+        self._revoked_subs: dict[str, tuple[float, float]] = {}  # sub -> (revoked at, forget after), epoch s
+        self._next_sweep = 0.0
         self._expiries: list[tuple[float, int, Connection]] = []  # heap; one live entry per connection
         self._next_exp: dict[Connection, float] = {}
         self._seq = itertools.count()
@@ -157,6 +172,7 @@ class Node:
 
         Raises:
             topics.BadTopic: malformed or unknown topic.
+            realtime.BadMessage: the message cannot be encoded.
             realtime.BrokerUnavailable: the broker did not take it.
         """
         parsed, _ = self.policy.check(topic)
@@ -172,17 +188,19 @@ class Node:
         Raises:
             keys.InvalidToken: invalid, expired or revoked.
         """
+        if not isinstance(token, str):
+            raise InvalidToken("auth_token must be a string")
         grant = self._verified.get(token)
         if grant is None or grant.exp <= time.time():
             grant = self._verify(token)  # raises for expired tokens too
             if len(self._verified) >= _VERIFIED_CACHE_SIZE:
                 del self._verified[next(iter(self._verified))]  # oldest first
             self._verified[token] = grant
-        revoked_jti = self._revoked_jtis.get(grant.jti)
-        if revoked_jti is not None and revoked_jti[1] in (None, grant.sub):
+        revoked = self._revoked_jtis
+        if (grant.jti, None) in revoked or (grant.jti, grant.sub) in revoked:
             raise InvalidToken("token revoked")
-        revoked_at = self._revoked_subs.get(grant.sub)
-        if revoked_at is not None and grant.iat <= revoked_at:
+        by_sub = self._revoked_subs.get(grant.sub)
+        if by_sub is not None and grant.iat <= by_sub[0]:
             raise InvalidToken("token revoked")
         return grant
 
@@ -221,12 +239,12 @@ class Node:
         peer.session.close()
         self.peers.pop(peer.conn, None)
         self._next_exp.pop(peer.conn, None)
-        for sub in self._subs_of.pop(peer.conn, ()):
-            conns = self._user_conns.get(sub)
-            if conns is not None:
-                conns.discard(peer.conn)
-                if not conns:
-                    del self._user_conns[sub]
+        for sub in list(self._subs_of.get(peer.conn, ())):
+            self._release(peer.conn, sub)
+        if len(self._expiries) > 2 * len(self._next_exp) + 64:  # drop entries of closed connections
+            self._expiries = [(exp, next(self._seq), conn) for conn, exp in self._next_exp.items()]
+            heapq.heapify(self._expiries)
+            self._arm()
 
     def _admit(self, conn: Connection, sub: str) -> bool:
         conns = self._user_conns.setdefault(sub, set())
@@ -292,8 +310,24 @@ class Node:
         self._arm()
 
     def _tell_revoked(self, peer: Peer, topics: list[Topic]) -> None:
-        if topics:
-            peer.conn.send_payload(auth_revoked_payload(sorted(topics)))
+        if not topics:
+            return
+        peer.conn.send_payload(auth_revoked_payload(sorted(topics)))
+        held = {grant.sub for grant in peer.session.topics.values() if grant is not None}
+        for sub in [s for s in self._subs_of.get(peer.conn, ()) if s not in held]:
+            self._release(peer.conn, sub)  # a revoked or expired user no longer holds a slot here
+
+    def _release(self, conn: Connection, sub: str) -> None:
+        subs = self._subs_of.get(conn)
+        if subs is not None and sub in subs:
+            subs.remove(sub)
+            if not subs:
+                del self._subs_of[conn]
+        conns = self._user_conns.get(sub)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self._user_conns[sub]
 
     async def revoke(self, *, jti: str | None = None, sub: str | None = None) -> None:
         """Revoke WS tokens on every instance: by ``jti``, all of ``sub``'s tokens issued
@@ -313,15 +347,22 @@ class Node:
             log.warning("unknown_control_message", kind=str(message.get("type"))[:32])
             return
         jti, sub, at = message.get("jti"), message.get("sub"), message.get("at")
-        if not isinstance(at, int | float) or not isinstance(jti, str | None) or not isinstance(sub, str | None):
+        if (
+            not isinstance(at, int | float)
+            or not (jti is None or (isinstance(jti, str) and len(jti) <= MAX_JTI_LENGTH))
+            or not (sub is None or (isinstance(sub, str) and len(sub) <= MAX_SUB_LENGTH))
+        ):
             log.warning("invalid_control_message")
             return
         self.revocations += 1
-        self._forget_old_revocations(time.time())
+        now = time.time()
+        self._sweep_revocations(now)
+        forget_after = now + self._token_ttl + 60
         if jti is not None:
-            self._revoked_jtis[jti] = (time.time() + self._token_ttl + 60, sub)
+            self._revoked_jtis[(jti, sub)] = forget_after  # (jti, None) from an admin is never narrowed
         elif sub is not None:
-            self._revoked_subs[sub] = float(at)
+            previous = self._revoked_subs.get(sub)
+            self._revoked_subs[sub] = (max(float(at), previous[0] if previous else 0.0), forget_after)
 
         def matches(grant: Grant) -> bool:
             if jti is not None:
@@ -331,7 +372,17 @@ class Node:
         for peer in list(self.peers.values()):
             self._tell_revoked(peer, peer.session.revoke(matches))
 
-    def _forget_old_revocations(self, now: float) -> None:
-        self._revoked_jtis = {j: v for j, v in self._revoked_jtis.items() if v[0] > now}
-        horizon = now - self._token_ttl - 60
-        self._revoked_subs = {s: t for s, t in self._revoked_subs.items() if t > horizon}
+    def _sweep_revocations(self, now: float) -> None:
+        """Forget revocations older than any token they could match (once a minute), and
+        keep at most :data:`MAX_REVOCATIONS` (oldest dropped first, with a warning)."""
+        total = len(self._revoked_jtis) + len(self._revoked_subs)
+        if now < self._next_sweep and total < MAX_REVOCATIONS:
+            return
+        self._next_sweep = now + 60
+        self._revoked_jtis = {k: t for k, t in self._revoked_jtis.items() if t > now}
+        self._revoked_subs = {k: v for k, v in self._revoked_subs.items() if v[1] > now}
+        excess = len(self._revoked_jtis) + len(self._revoked_subs) - MAX_REVOCATIONS + 1
+        if excess > 0:
+            log.warning("revocations_dropped", dropped=excess, kept=MAX_REVOCATIONS)
+            for key in list(self._revoked_jtis)[:excess]:
+                del self._revoked_jtis[key]

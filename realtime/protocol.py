@@ -237,6 +237,8 @@ class Session:
             except BadTopic as exc:
                 raise Refused(ERR_BADTOPIC, str(exc)) from None
         token = data.get("auth_token")
+        if token is not None and not isinstance(token, str):
+            raise Refused(ERR_BADMESSAGE, "data.auth_token must be a string")
         grant = None
         if token is not None and token != "":
             try:
@@ -256,7 +258,7 @@ class Session:
         new = [t for t in granted if t not in self.topics]
         if len(self.topics) + len(new) > self._max_topics:
             raise Refused(ERR_BADTOPIC, f"at most {self._max_topics} topics per connection")
-        if grant is not None and grant.sub != self.sub:
+        if grant is not None and any(g is grant for g in granted.values()):
             if self._admit_sub is not None and not self._admit_sub(grant.sub):
                 raise Refused(ERR_RATELIMIT, "too many connections for this user")
             self.sub = grant.sub

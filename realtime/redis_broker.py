@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from realtime.broker import Deliver, OnControl, OnGap
@@ -95,7 +95,10 @@ class _Subscriber(asyncio.Protocol):
         reader.feed(data)
         try:
             while (reply := reader.gets()) is not False:
-                self._handle(reply)
+                try:
+                    self._handle(reply)
+                except Exception:  # one bad publication must never cost the link
+                    log.exception("publication_dropped")
         except hiredis.ProtocolError as exc:
             self._fail(RuntimeError(f"redis protocol error: {exc}"))
 
@@ -201,8 +204,11 @@ class RedisBroker:
                 self._url,
                 socket_connect_timeout=self._connect_timeout,
                 socket_timeout=self._connect_timeout,
-                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), 1),
-                health_check_interval=30,
+                # never retry a PUBLISH: one that reached Redis before its reply was lost would be
+                # sent twice, or answered 503 though delivered. A PING before a command on a
+                # connection idle for 5 s catches most dead connections first.
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=5,
             )
 
     async def publish(self, topic: str, message: str) -> None:
@@ -337,11 +343,11 @@ class RedisBroker:
             message = envelope["message"]
             if not isinstance(topic, str):
                 raise TypeError("topic must be a string")
+            if not isinstance(message, str):
+                message = orjson.dumps(message).decode()  # TypeError past 255 levels of nesting
         except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
             self._invalid(exc)
             return
-        if not isinstance(message, str):
-            message = orjson.dumps(message).decode()
         assert self._deliver is not None
         try:
             self._deliver(topic, message)

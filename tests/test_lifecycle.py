@@ -11,7 +11,9 @@ import jwt
 from keys import KeyStore
 from realtime.app import create_app
 from realtime.appkeys import NODE
+from realtime.settings import parse_api_keys
 from tests.conftest import (
+    API_KEYS_JSON,
     OTHER_KEY,
     PUBLISHER_KEY,
     USER_KEY,
@@ -23,6 +25,10 @@ from tests.conftest import (
     recv,
     wait_for,
     ws_token,
+)
+
+ADMIN_KEYS = (
+    API_KEYS_JSON[:-1] + ', {"userId": "ops", "apiKey": "admin-key-0123456789abcdef", "scopes": ["realtime:revoke"]}]'
 )
 
 
@@ -120,3 +126,46 @@ async def test_revocation_reaches_other_instances_within_a_second(
         assert await recv(ws, timeout=1.0) == {"type": "AUTH_REVOKED", "data": {"topics": ["remote-control:command.7"]}}
         assert time.monotonic() - started < 1.0
         assert (await listen(ws, ["remote-control:command.7"], token))["error"] == "ERR_BADAUTH"
+
+
+async def test_a_plain_caller_cannot_narrow_an_admin_revocation(make_client: AppFactory) -> None:
+    """An admin's revoke-by-jti holds for everyone, whoever repeats that jti later."""
+    client = await make_client(api_keys=parse_api_keys(ADMIN_KEYS))
+    token = await ws_token(client)
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    assert (
+        await client.post("/auth/ws/revoke", json={"jti": jti}, headers=auth("admin-key-0123456789abcdef"))
+    ).status == 202
+    assert (await client.post("/auth/ws/revoke", json={"jti": jti}, headers=auth(OTHER_KEY))).status == 202
+    async with client.ws_connect("/ws") as ws:
+        assert (await listen(ws, ["remote-control:command.7"], token))["error"] == "ERR_BADAUTH"
+
+
+async def test_a_token_issued_right_after_a_revocation_works(make_client: AppFactory) -> None:
+    client = await make_client()
+    resp = await client.post("/auth/ws/revoke", json={"sub": "7"}, headers=auth(USER_KEY))
+    assert resp.status == 202
+    fresh = await ws_token(client)  # same second as the revocation
+    async with client.ws_connect("/ws") as ws:
+        assert (await listen(ws, ["remote-control:command.7"], fresh))["error"] == ""
+
+
+async def test_revocations_are_bounded(make_client: AppFactory) -> None:
+    client = await make_client()
+    resp = await client.post("/auth/ws/revoke", json={"jti": "x" * 65}, headers=auth(USER_KEY))
+    assert resp.status == 400 and "jti" in (await resp.json())["fields"]
+    statuses = [
+        (await client.post("/auth/ws/revoke", json={"jti": f"j{i}"}, headers=auth(OTHER_KEY))).status for i in range(12)
+    ]
+    assert statuses[:10] == [202] * 10 and statuses[-1] == 429  # per-caller rate limit
+
+
+async def test_expiry_timer_forgets_closed_connections(make_client: AppFactory) -> None:
+    client = await make_client(connect_rate_per_ip=0)
+    token = await ws_token(client)
+    node = client.app[NODE]
+    for _ in range(100):
+        async with client.ws_connect("/ws") as ws:
+            assert (await listen(ws, ["remote-control:command.7"], token))["error"] == ""
+    await wait_for(lambda: not node.peers)
+    assert len(node._expiries) <= 2 * len(node._next_exp) + 65

@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 
 from realtime.limits import ConnectionLimiter, KeyedBuckets, TokenBucket, client_ip
-from tests.conftest import AppFactory, listen, ws_token
+from tests.conftest import USER_KEY, AppFactory, auth, listen, recv, ws_token
 
 
 def test_token_bucket() -> None:
@@ -106,3 +106,17 @@ async def test_connections_per_user(make_client: AppFactory) -> None:
         assert (await listen(c, ["dream:update.x"]))["error"] == ""  # public topics need no user slot
     async with client.ws_connect("/ws") as d:  # a and b closed: slots are free again
         assert (await listen(d, ["remote-control:command.7"], token))["error"] == ""
+
+
+async def test_revoked_users_free_their_connection_slots(make_client: AppFactory) -> None:
+    client = await make_client(max_connections_per_user=2)
+    stolen = await ws_token(client)
+    async with client.ws_connect("/ws") as a, client.ws_connect("/ws") as b, client.ws_connect("/ws") as c:
+        for ws in (a, b):
+            assert (await listen(ws, ["remote-control:command.7"], stolen))["error"] == ""
+        resp = await client.post("/auth/ws/revoke", json={"sub": "7"}, headers=auth(USER_KEY))
+        assert resp.status == 202
+        for ws in (a, b):  # the squatters stay connected but hold no grant, and no slot
+            assert (await recv(ws))["type"] == "AUTH_REVOKED"
+        fresh = await ws_token(client)
+        assert (await listen(c, ["remote-control:command.7"], fresh))["error"] == ""

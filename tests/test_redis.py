@@ -161,3 +161,19 @@ async def test_redis_restart_like_outage(redis_url: str, channel: str, redis_cli
         await broker.close()
     assert not broker.ready
     await asyncio.sleep(0)
+
+
+async def test_a_nested_envelope_does_not_cost_the_link(
+    make_client: AppFactory, redis_url: str, channel: str, redis_client: aioredis.Redis
+) -> None:
+    client = await redis_app(make_client, redis_url, channel)
+    broker = client.app[NODE].broker
+    async with client.ws_connect("/ws") as ws:
+        await listen(ws, ["dream:update.a"])
+        nested = '{"topic":"dream:update.a","message":' + "[" * 300 + "]" * 300 + "}"
+        pipe = redis_client.pipeline(transaction=False)
+        pipe.publish(channel, nested)
+        pipe.publish(channel, '{"topic":"dream:update.a","message":"after"}')
+        await pipe.execute()
+        assert await recv(ws) == {"type": "MESSAGE", "data": {"topic": "dream:update.a", "message": "after"}}
+        assert broker.reconnects == 0 and broker.invalid_envelopes == 1  # type: ignore[attr-defined]
