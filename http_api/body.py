@@ -73,3 +73,20 @@ def nul_field(value: Any, path: str = "body") -> str | None:
             if found is not None:
                 return found
     return None
+
+
+MAX_DEPTH = 64
+"""Deepest JSON nesting accepted in bodies bound for PostgreSQL (``jsonb``)."""
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """``True`` when ``value`` nests lists/objects deeper than ``limit`` levels."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False

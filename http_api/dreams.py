@@ -30,7 +30,7 @@ from http_api.schemas import (
     dump_dream,
 )
 from realtime.appkeys import NODE
-from realtime.errors import BrokerUnavailable
+from realtime.errors import BadMessage, BrokerUnavailable
 from topics import BadTopic
 
 STATUS_SCOPE = "dream:write:status"
@@ -66,6 +66,8 @@ async def _announce(request: web.Request, row: dict[str, Any], *, progress: bool
     try:
         for topic in topics:
             await request.app[NODE].publish(topic, announced)
+    except BadMessage as exc:
+        raise fail(400, f"The dream cannot be published: {exc}") from None
     except (BadTopic, BrokerUnavailable):
         raise fail(503, "The realtime broker is unavailable; nothing was changed.") from None
     return public

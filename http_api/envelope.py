@@ -12,11 +12,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 from marshmallow import Schema, ValidationError
 
 from db import DatabaseUnavailable, NotFound
-from http_api.body import nul_field
+from http_api.body import MAX_DEPTH, nul_field, too_deep
+
+log = structlog.get_logger("http_api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -99,6 +102,10 @@ async def read_body(request: web.Request, schema: Schema, *, optional: bool = Fa
         ) from None
     if not isinstance(data, dict):
         raise fail(400, "Request body must be a JSON object.", data=[{"field": "body", "message": "not an object"}])
+    if too_deep(data):
+        raise fail(
+            400, f"The body is nested deeper than {MAX_DEPTH} levels.", data=[{"field": "body", "message": "too deep"}]
+        )
     where = nul_field(data)
     if where is not None:  # PostgreSQL text and jsonb cannot store U+0000
         raise fail(400, f"{where}: NUL characters are not allowed.", data=[{"field": where, "message": "contains NUL"}])
@@ -125,6 +132,13 @@ def enveloped(handler: Handler) -> Handler:
             raise fail(404) from None
         except DatabaseUnavailable:
             raise fail(503) from None
+        except Exception as exc:
+            from http_api.availability import UNAVAILABLE  # here: that module imports this one
+
+            if isinstance(exc, UNAVAILABLE):
+                raise  # the availability middleware answers 503
+            log.exception("unhandled_error", path=request.path, method=request.method)
+            raise fail(500) from None  # a bug: a 500 envelope, never a traceback
 
     return wrapper
 

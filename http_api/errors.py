@@ -41,6 +41,11 @@ def json_error(status: int, message: str, **extra: Any) -> web.HTTPException:
     return exc
 
 
+def _with_id(exc: web.HTTPException, request_id: str) -> web.HTTPException:
+    exc.headers["X-Request-ID"] = request_id
+    return exc
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error into JSON; never send a traceback. Binds a request id to logs."""
@@ -50,11 +55,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except web.HTTPException as exc:
         if exc.content_type == "application/json" or exc.status < 400:
+            exc.headers["X-Request-ID"] = request_id
             raise
-        raise json_error(exc.status, exc.reason) from None
+        raise _with_id(json_error(exc.status, exc.reason), request_id) from None
     except Exception:
         log.exception("unhandled_error", path=request.path, method=request.method)
-        raise json_error(500, "internal server error") from None
+        raise _with_id(json_error(500, "internal server error"), request_id) from None
     finally:
         structlog.contextvars.unbind_contextvars("request_id")
     if not response.prepared:

@@ -5,7 +5,8 @@ cookie (``SESSION_COOKIE``: HttpOnly, SameSite=Lax, Secure unless ``ENVIRONMENT`
 ``development``, ``Domain`` from ``SESSION_DOMAIN``); the browser then calls ``/auth/ws``
 and ``/api/v1`` with it. Wrong email and wrong password get the same 401. Attempts are
 rate limited per account and per client IP (token buckets of ``LOGIN_ATTEMPTS_PER_*``
-attempts refilled over ``LOGIN_WINDOW`` seconds, kept in each instance's memory).
+failed attempts refilled over ``LOGIN_WINDOW`` seconds, kept in each instance's memory;
+a successful login does not count).
 """
 
 from __future__ import annotations
@@ -42,9 +43,18 @@ class LoginLimits:
         self._ip = KeyedBuckets(settings.login_attempts_per_ip / window, settings.login_attempts_per_ip)
 
     def admit(self, email: str, ip: str) -> bool:
-        """Count one attempt; ``False`` when the account or the IP is over its limit."""
+        """Reserve one attempt; ``False`` when the account or the IP is over its limit.
+
+        Reserving before the password check keeps concurrent guesses within the budget;
+        :meth:`succeeded` gives the reservation back, so only failures count.
+        """
         ip_ok = self._ip.take(ip)
         return self._account.take(email.lower()) and ip_ok
+
+    def succeeded(self, email: str, ip: str) -> None:
+        """Return the reservation of a successful login."""
+        self._account.refund(email.lower())
+        self._ip.refund(ip)
 
 
 LOGIN_LIMITS = web.AppKey("login_limits", LoginLimits)
@@ -86,6 +96,7 @@ async def login(request: web.Request) -> web.Response:
         if user is None:
             raise json_error(401, "wrong email or password")
         session_id = await create_session(conn, user.id, timedelta(seconds=settings.session_ttl))
+    request.app[LOGIN_LIMITS].succeeded(body["email"], ip)
     response = json_response(
         {
             "user": {"uuid": user.id, "name": user.name, "email": user.email, "role": user.role},

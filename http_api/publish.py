@@ -9,7 +9,7 @@ from http_api.auth import PUBLISH_SCOPE, authenticate, require_scope
 from http_api.body import load_json
 from http_api.errors import json_error, json_response
 from realtime.appkeys import NODE
-from realtime.errors import BrokerUnavailable
+from realtime.errors import BadMessage, BrokerUnavailable
 from topics import BadTopic
 
 
@@ -39,6 +39,8 @@ async def publish(request: web.Request) -> web.Response:
         topic = await request.app[NODE].publish(body["topic"], body["message"])
     except BadTopic as exc:
         raise json_error(400, str(exc), fields={"topic": [str(exc)]}) from None
+    except BadMessage as exc:
+        raise json_error(400, str(exc), fields={"message": [str(exc)]}) from None
     except BrokerUnavailable as exc:
         raise json_error(503, f"message not sent: {exc}") from None
     return json_response({"status": "accepted", "topic": topic}, status=202)

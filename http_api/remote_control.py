@@ -8,7 +8,7 @@ from http_api.auth import authenticate
 from http_api.envelope import enveloped, fail, ok, read_body
 from http_api.schemas import RemoteControlSchema
 from realtime.appkeys import NODE
-from realtime.errors import BrokerUnavailable
+from realtime.errors import BadMessage, BrokerUnavailable
 from topics import BadTopic
 
 
@@ -32,6 +32,8 @@ async def remote_control(request: web.Request) -> web.Response:
         await request.app[NODE].publish(f"remote-control:command.{principal.user_id}", body)
     except BadTopic:
         raise fail(400, "This caller's user id cannot be a topic target.") from None
+    except BadMessage as exc:
+        raise fail(400, str(exc)) from None
     except BrokerUnavailable:
         raise fail(503, "The realtime broker is unavailable; the command was not sent.") from None
     return ok(body, status=202, message="Command sent.")

@@ -11,6 +11,9 @@ from marshmallow import INCLUDE, Schema, fields, validate
 
 from db.dreams import STATUSES
 
+INT32 = 2**31
+"""PostgreSQL ``integer`` holds [-2**31, 2**31 - 1]; ``bigint`` [-2**63, 2**63 - 1]."""
+INT64 = 2**63
 MEDIA_TYPES = ("video", "image")
 #: The e-dream remote-control events.
 REMOTE_CONTROL_EVENTS = (
@@ -47,7 +50,7 @@ class DreamSchema(Schema):
     processed_media_height = fields.Integer(data_key="processedMediaHeight", allow_none=True)
     render_duration = fields.Float(allow_none=True)
     activity_level = fields.Float(data_key="activityLevel")
-    feature_rank = fields.Integer(data_key="featureRank")
+    feature_rank = fields.Integer(data_key="featureRank", validate=validate.Range(min=-INT32, max=INT32 - 1))
     upvotes = fields.Integer()
     downvotes = fields.Integer()
     nsfw = fields.Boolean()
@@ -95,7 +98,7 @@ class DreamUpdateSchema(DreamCreateSchema):
     """``PUT /api/v1/dream/{uuid}``: any subset of the fields (``featureRank``: admins only)."""
 
     name = fields.String(validate=validate.Length(min=1, max=255))
-    feature_rank = fields.Integer(data_key="featureRank")
+    feature_rank = fields.Integer(data_key="featureRank", validate=validate.Range(min=-INT32, max=INT32 - 1))
 
 
 class ProcessedSchema(Schema):
@@ -106,11 +109,17 @@ class ProcessedSchema(Schema):
     thumbnail = fields.String(allow_none=True, validate=_URL)
     filmstrip = fields.Raw(allow_none=True)
     md5 = fields.String(allow_none=True)
-    processed_video_size = fields.Integer(data_key="processedVideoSize", validate=validate.Range(min=0))
-    processed_video_frames = fields.Integer(data_key="processedVideoFrames", validate=validate.Range(min=0))
+    processed_video_size = fields.Integer(data_key="processedVideoSize", validate=validate.Range(min=0, max=INT64 - 1))
+    processed_video_frames = fields.Integer(
+        data_key="processedVideoFrames", validate=validate.Range(min=0, max=INT32 - 1)
+    )
     processed_video_fps = fields.Float(data_key="processedVideoFPS", validate=validate.Range(min=0))
-    processed_media_width = fields.Integer(data_key="processedMediaWidth", validate=validate.Range(min=0))
-    processed_media_height = fields.Integer(data_key="processedMediaHeight", validate=validate.Range(min=0))
+    processed_media_width = fields.Integer(
+        data_key="processedMediaWidth", validate=validate.Range(min=0, max=INT32 - 1)
+    )
+    processed_media_height = fields.Integer(
+        data_key="processedMediaHeight", validate=validate.Range(min=0, max=INT32 - 1)
+    )
     render_duration = fields.Float(validate=validate.Range(min=0))
 
 
@@ -129,7 +138,7 @@ class DreamListQuerySchema(Schema):
 
     status = fields.String(validate=validate.OneOf(STATUSES))
     take = fields.Integer(load_default=10, validate=validate.Range(min=1, max=500))
-    skip = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    skip = fields.Integer(load_default=0, validate=validate.Range(min=0, max=INT64 - 1))
     user_uuid = fields.UUID(data_key="userUUID")
 
 
@@ -154,4 +163,6 @@ class RemoteControlSchema(Schema):
 
     event = fields.String(required=True, validate=validate.OneOf(REMOTE_CONTROL_EVENTS))
     uuid = fields.String(validate=validate.Length(min=1, max=64))
-    frame_number = fields.Integer(data_key="frameNumber", attribute="frameNumber", validate=validate.Range(min=0))
+    frame_number = fields.Integer(
+        data_key="frameNumber", attribute="frameNumber", validate=validate.Range(min=0, max=INT64 - 1)
+    )

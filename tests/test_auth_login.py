@@ -94,6 +94,13 @@ async def test_rate_limited_per_account_and_per_ip(make_client: AppFactory, data
     assert (await login(client, email="third@example.com")).status == 429  # over the per-IP limit
 
 
+async def test_successful_logins_do_not_count(make_client: AppFactory, database_url: str, user: Any) -> None:
+    client = await make_client(database_url=database_url, login_attempts_per_account=3, login_attempts_per_ip=3)
+    assert [(await login(client)).status for _ in range(6)] == [200] * 6  # many devices, all fine
+    assert [(await login(client, password="nope")).status for _ in range(3)] == [401, 401, 401]
+    assert (await login(client)).status == 429  # three failures used the budget
+
+
 async def test_set_password_cli(
     database_url: str, user: Any, conn: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -282,3 +282,18 @@ async def test_hostile_ids_are_404_or_400_never_500(world: World, ident: str) ->
     for method, suffix in (("GET", ""), ("PUT", ""), ("DELETE", ""), ("PUT", "/upvote"), ("POST", "/status/processed")):
         status, env = await world.call(method, f"/dream/{ident}{suffix}", "admin", json={})
         assert status in (400, 404, 405), (method, suffix, status, env)
+
+
+async def test_out_of_range_numbers_are_400(world: World) -> None:
+    dream = await world.create()
+    status, env = await world.call(
+        "POST", f"/dream/{dream['uuid']}/status/processed", "admin", json={"processedVideoFrames": 3_000_000_000}
+    )
+    assert status == 400 and env["errorCode"] == "BAD_REQUEST", env
+    status, env = await world.call("PUT", f"/dream/{dream['uuid']}", "admin", json={"featureRank": 2**31})
+    assert status == 400 and env["errorCode"] == "BAD_REQUEST", env
+    nested: object = "x"
+    for _ in range(300):
+        nested = {"a": nested}
+    status, env = await world.call("POST", "/dream", "creator", json={"name": "deep", "prompt": nested})
+    assert status == 400 and env["errorCode"] == "BAD_REQUEST", env

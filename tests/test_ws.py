@@ -206,3 +206,25 @@ async def test_flush_scheduler_spaces_flushes_under_load() -> None:
     assert theirs.recv(100) == b"bc"  # merged into one write
     transport.close()
     theirs.close()
+
+
+async def test_wrong_token_types_are_bad_messages(make_client: AppFactory) -> None:
+    client = await make_client()
+    async with client.ws_connect("/ws") as ws:
+        for token in ([1], {"a": 1}, 5, True):
+            reply = await listen(ws, ["remote-control:command.7"], token)  # type: ignore[arg-type]
+            assert reply["error"] == "ERR_BADMESSAGE", (token, reply)
+    assert "ERR_SERVER" not in client.app[NODE].refusals
+
+
+async def test_deeply_nested_messages_are_400(make_client: AppFactory) -> None:
+    client = await make_client()
+    nested: object = "x"
+    for _ in range(300):
+        nested = [nested]
+    resp = await client.post(
+        "/publish", json={"topic": "dream:update.a", "message": nested}, headers=auth(PUBLISHER_KEY)
+    )
+    assert resp.status == 400 and "message" in (await resp.json())["fields"]
+    resp = await client.post("/publish", json={"topic": "dream:update.a", "message": "ok"})
+    assert resp.status == 401 and resp.headers["X-Request-ID"]  # errors carry the request id too
