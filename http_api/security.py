@@ -49,6 +49,8 @@ async def preflight_middleware(request: web.Request, handler: Handler) -> web.St
 
 
 async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if response.status == 101:
+        return  # a WebSocket upgrade: browsers ignore these there, and each would live as long as the socket
     headers = response.headers
     for name, value in SECURITY_HEADERS.items():
         headers.setdefault(name, value)

@@ -97,7 +97,7 @@ def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.
         burst=settings.connect_burst_per_ip,
     )
     app[API_KEYS] = ApiKeyAuthenticator(settings.api_keys)
-    if settings.database_url:
+    if settings.database_url and settings.database_url != "none":
         app[DATABASE] = Database(settings.database_url)
         app.cleanup_ctx.append(database_context(app[DATABASE]))
         if settings.auth_jwks_url:

@@ -19,6 +19,8 @@ from realtime.errors import SettingsError
 from realtime.settings import Settings
 
 log = structlog.get_logger("realtime")
+LISTEN_BACKLOG = 1024
+"""Pending TCP connections the kernel queues before accept() (capped by net.core.somaxconn)."""
 
 
 async def serve(settings: Settings, *, reuse_port: bool = False, migrate: bool = False) -> None:
@@ -43,7 +45,11 @@ async def serve(settings: Settings, *, reuse_port: bool = False, migrate: bool =
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace + 5)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, reuse_port=reuse_port or None)
+    # a deep accept queue: while the loop verifies a burst of LISTEN tokens, the kernel's
+    # default 128 overflowed and each dropped SYN cost a client a 1 s retry
+    site = web.TCPSite(
+        runner, settings.host, settings.port, reuse_address=True, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG
+    )
     await site.start()
     log.info("listening", host=settings.host, port=settings.port, pid=os.getpid())
     stop = asyncio.Event()
