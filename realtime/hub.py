@@ -47,7 +47,3 @@ class TopicIndex(Generic[L]):
     def __len__(self) -> int:
         """Number of topics with at least one listener."""
         return len(self._by_topic)
-
-    def listener_count(self) -> int:
-        """Total (topic, listener) pairs."""
-        return sum(len(v) for v in self._by_topic.values())
