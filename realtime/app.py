@@ -20,7 +20,7 @@ from realtime.limits import ConnectionLimiter
 from realtime.node import Node
 from realtime.redis_broker import RedisBroker
 from realtime.sentry import setup_sentry
-from realtime.server import shutdown_peers, websocket_handler
+from realtime.server import WS_CONTEXT, WsContext, shutdown_peers, websocket_handler
 from realtime.settings import Settings
 from topics import load_policy
 
@@ -96,6 +96,7 @@ def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.
         attempts_per_second=settings.connect_rate_per_ip,
         burst=settings.connect_burst_per_ip,
     )
+    app[WS_CONTEXT] = WsContext(node, settings, app[LIMITER])
     app[API_KEYS] = ApiKeyAuthenticator(settings.api_keys)
     if settings.database_url and settings.database_url != "none":
         app[DATABASE] = Database(settings.database_url)

@@ -16,6 +16,7 @@ from aiohttp import web
 from db.serving import prepare_database
 from realtime.app import create_app, load_keys
 from realtime.errors import SettingsError
+from realtime.server import RealtimeRunner
 from realtime.settings import Settings
 
 log = structlog.get_logger("realtime")
@@ -43,7 +44,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False, migrate: bool =
         settings, database_url=await prepare_database(settings.database_url, migrate=migrate)
     )
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace + 5)
+    runner = RealtimeRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace + 5)
     await runner.setup()
     # a deep accept queue: while the loop verifies a burst of LISTEN tokens, the kernel's
     # default 128 overflowed and each dropped SYN cost a client a 1 s retry
@@ -51,7 +52,8 @@ async def serve(settings: Settings, *, reuse_port: bool = False, migrate: bool =
         runner, settings.host, settings.port, reuse_address=True, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG
     )
     await site.start()
-    log.info("listening", host=settings.host, port=settings.port, pid=os.getpid())
+    loop_kind = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+    log.info("listening", host=settings.host, port=settings.port, pid=os.getpid(), loop=loop_kind)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,22 +1,37 @@
-"""The WebSocket endpoint ``GET /ws``: a thin aiohttp adapter around :mod:`realtime.protocol`.
+"""The WebSocket endpoint ``GET /ws``: our own ``asyncio.Protocol`` per connection.
 
-Only the handler task reads from the socket (aiohttp's rule); everything written goes
-through the connection's merged-write path (:mod:`realtime.connection`). Close codes
-are listed in :mod:`realtime.connection` and the README.
+Every accepted TCP connection starts as a :class:`WsProtocol`. If its first request is a
+valid WebSocket opening handshake for ``/ws`` (RFC 6455 section 4), the protocol answers
+``101`` itself and serves the connection from then on: frames in through
+:class:`realtime.websocket.FrameReader` into the sans-I/O :class:`realtime.protocol.Session`,
+frames out through the merged-write :class:`realtime.connection.Connection`. Anything else
+(every other route, a malformed or refused handshake) is handed, with the bytes read so far,
+to aiohttp's request handler (``transport.set_protocol``), which serves HTTP as usual.
+
+aiohttp's route for ``/ws`` (:func:`websocket_handler`) answers handshakes that reach it on a
+reused keep-alive connection, and the errors: 429 (limits), 400 and 426 (bad handshakes), as
+JSON with the usual headers. On success it adopts the socket into a :class:`WsProtocol` too,
+so there is one implementation of the WebSocket side.
+
+Why not aiohttp's ``WebSocketResponse``: it keeps an HTTP request, its handler task, a
+reader, a queue and parser state alive for the life of the socket (~11 KB per idle
+connection here). Close codes are listed in :mod:`realtime.connection` and the README.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
+import socket
 import time
+from typing import Any, cast
 
 import orjson
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from realtime.appkeys import LIMITER, NODE, SETTINGS
 from realtime.connection import (
     CLOSE_GOING_AWAY,
     CLOSE_IDLE_TIMEOUT,
@@ -24,10 +39,28 @@ from realtime.connection import (
     CLOSE_SLOW_CONSUMER,
     Connection,
 )
-from realtime.limits import TokenBucket, client_ip
+from realtime.limits import ConnectionLimiter, TokenBucket, client_ip
 from realtime.node import Node
 from realtime.protocol import RECONNECT, Session, State
 from realtime.settings import Settings
+from realtime.websocket import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_INVALID_DATA,
+    MAX_HEAD_BYTES,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_TEXT,
+    FrameReader,
+    HandshakeError,
+    ProtocolError,
+    close_frame,
+    parse_close,
+    parse_head,
+    pong_frame,
+    switching_protocols,
+    upgrade_key,
+)
 
 log = structlog.get_logger("realtime.ws")
 _ids = itertools.count(1)
@@ -38,129 +71,397 @@ _REASONS = {
     CLOSE_SLOW_CONSUMER: "slow consumer",
     CLOSE_GOING_AWAY: "server shutting down",
 }
+HEAD_TIMEOUT = 30.0
+"""Seconds a new connection has to send its first request head (slow-loris guard)."""
+CLOSE_TIMEOUT = 5.0
+"""Seconds to wait for the client's CLOSE after ours before dropping the socket."""
+_WS_PREFIX = b"GET /ws"
+
+_HEAD, _OPEN, _CLOSING, _CLOSED = range(4)
 
 
-class WsPeer:
-    """One WebSocket client: its socket, outgoing :class:`Connection` and :class:`Session`."""
+class WsContext:
+    """What every WebSocket connection of one app shares.
 
-    def __init__(
-        self,
-        ws: web.WebSocketResponse,
-        transport: asyncio.Transport,
-        conn: Connection,
-        session: Session,
-    ) -> None:
-        self.ws = ws
-        self.conn = conn
-        self.session = session
-        self.closer: asyncio.Task[None] | None = None
+    Attributes:
+        node: the node (topic index, broker, peers).
+        settings: the settings.
+        limiter: connections and attempts per client address.
+    """
+
+    __slots__ = ("client_ip_header", "limiter", "node", "settings")
+
+    def __init__(self, node: Node, settings: Settings, limiter: ConnectionLimiter) -> None:
+        self.node = node
+        self.settings = settings
+        self.limiter = limiter
+        self.client_ip_header = settings.client_ip_header.lower()
+
+
+WS_CONTEXT = web.AppKey("ws_context", WsContext)
+
+
+class WsProtocol(asyncio.Protocol):
+    """One client connection: first its HTTP request head, then (after ``101``) its
+    WebSocket frames. Implements :class:`realtime.node.Peer`.
+
+    Attributes:
+        conn: the outgoing side (set once the WebSocket is open).
+        session: the protocol session (set once the WebSocket is open).
+    """
+
+    __slots__ = (
+        "_adopted", "_ctx", "_done", "_head", "_http", "_ip", "_last_rx", "_opened", "_reader",
+        "_state", "_timer", "_transport", "conn", "session",
+    )  # fmt: skip
+
+    conn: Connection
+    session: Session
+
+    def __init__(self, ctx: WsContext, http: web.Server | None) -> None:
+        """Args:
+        ctx: the app's shared context.
+        http: aiohttp's protocol factory for connections that are not ours (``None``
+            when adopting a socket aiohttp already upgraded).
+        """
+        self._ctx = ctx
+        self._http = http
+        self._state = _HEAD
+        self._head = b""
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._reader: FrameReader | None = None
+        self._ip = ""
+        self._opened = 0.0
+        self._last_rx = 0.0
+        self._adopted: asyncio.BaseProtocol | None = None
+        self._done: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start reading the request head (``HEAD_TIMEOUT`` applies)."""
+        self._transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self._abort)
+
+    def data_received(self, data: bytes) -> None:
+        """Frames once open; the request head before."""
+        state = self._state
+        if state in (_OPEN, _CLOSING):
+            self._frames(data)
+        elif state == _HEAD:
+            self._head_received(data)
+
+    def eof_received(self) -> bool | None:
+        """The client half-closed: close our side too."""
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection: topics, limits, timers; then tell whoever waits."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        opened = self._reader is not None
+        self._state = _CLOSED
+        self._transport = None
+        if opened:
+            ctx = self._ctx
+            conn = self.conn
+            conn.stop(1006)
+            ctx.node.remove_peer(self)
+            ctx.limiter.release(self._ip)
+            log.debug("ws_closed", conn_id=conn.id, code=conn.close_code, sent=conn.sent)
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+        if self._adopted is not None:
+            self._adopted.connection_lost(exc)
+            self._adopted = None
+
+    # -- handshake ------------------------------------------------------------------
+
+    def _head_received(self, data: bytes) -> None:
+        buf = self._head + data if self._head else data
+        size = len(buf)
+        if buf[: min(size, 7)] != _WS_PREFIX[: min(size, 7)] or (size > 7 and buf[7:8] not in (b" ", b"?")):
+            self._handoff(buf)
+            return
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if size > MAX_HEAD_BYTES:
+                self._handoff(buf)
+            else:
+                self._head = buf
+            return
+        self._head = b""
+        head = parse_head(buf[:end])
+        if head is None or head.path != "/ws":
+            self._handoff(buf)
+            return
+        try:
+            key = upgrade_key(head.method, head.headers)
+        except HandshakeError:
+            self._handoff(buf)  # aiohttp's /ws route answers it, as JSON with the usual headers
+            return
+        ctx = self._ctx
+        transport = self._transport
+        assert transport is not None
+        peer = transport.get_extra_info("peername")
+        ip = client_ip(peer[0] if peer else None, head.headers, ctx.client_ip_header)
+        refused = ctx.limiter.admit(ip)
+        if refused is not None:
+            log.info("ws_refused", reason=refused, ip=ip)
+            transport.write(_too_many_requests(refused, head.headers.get("x-request-id", "")))
+            transport.close()
+            self._state = _CLOSED
+            return
+        transport.write(switching_protocols(key))
+        self._open(transport, ip)
+        rest = buf[end + 4 :]
+        if rest:
+            self._frames(rest)
+
+    def _handoff(self, data: bytes) -> None:
+        """Give the connection, and what it sent so far, to aiohttp."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._state = _CLOSED
+        transport, self._transport = self._transport, None
+        if transport is None or self._http is None or transport.is_closing():
+            return
+        handler = self._http()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        handler.data_received(data)
+
+    def adopt(self, transport: asyncio.Transport, ip: str, previous: asyncio.BaseProtocol) -> asyncio.Future[None]:
+        """Serve a socket aiohttp upgraded (``101`` already written); returns a future
+        done when the connection is lost. ``previous`` (aiohttp's protocol) is told
+        ``connection_lost`` then, so aiohttp forgets the connection as usual."""
+        self._adopted = previous
+        self._done = asyncio.get_running_loop().create_future()
+        transport.set_protocol(self)
+        self._open(transport, ip)
+        return self._done
+
+    def _open(self, transport: asyncio.Transport, ip: str) -> None:
+        ctx = self._ctx
+        node = ctx.node
+        settings = ctx.settings
+        if self._timer is not None:
+            self._timer.cancel()
+        conn_id = f"{_PREFIX}-{next(_ids)}"
         self._transport = transport
+        self.conn = Connection(
+            conn_id,
+            transport,
+            node.scheduler,
+            max_bytes=settings.send_queue_max_bytes,
+            max_messages=settings.send_queue_max_messages,
+            on_overflow=self._slow_consumer,
+        )
+        rate = TokenBucket(settings.listen_rate, settings.listen_burst) if settings.listen_rate > 0 else None
+        self.session = node.new_session(self.conn, max_topics=settings.max_topics_per_connection, rate=rate)
+        self._reader = FrameReader(settings.max_frame_bytes)
+        self._ip = ip
+        self._state = _OPEN
+        loop = asyncio.get_running_loop()
+        self._opened = self._last_rx = now = loop.time()
+        self._timer = loop.call_at(now + min(settings.listen_timeout, settings.idle_timeout), self._deadline)
+        node.add_peer(self)
+        log.debug("ws_connected", conn_id=conn_id, peer=ip)
 
-    def close_soon(self, code: int, reason: str) -> None:
-        """Close from outside the handler task (shutdown, slow consumer); idempotent."""
-        if self.closer is None:
-            self.closer = asyncio.get_running_loop().create_task(self.close(code, reason))
+    # -- frames ---------------------------------------------------------------------
 
-    async def close(self, code: int, reason: str, timeout: float = 5.0) -> None:
-        """Flush (unless slow consumer), send a close frame with ``code`` and wait up to
-        ``timeout`` seconds for the client's; abort the socket if it does not answer."""
+    def _frames(self, data: bytes) -> None:
+        reader = self._reader
+        assert reader is not None
+        self._last_rx = asyncio.get_running_loop().time()
+        try:
+            messages = reader.feed(data)
+        except ProtocolError as exc:
+            self._fail(exc.code, exc.reason)
+            return
+        if not messages:
+            return
+        with structlog.contextvars.bound_contextvars(conn_id=self.conn.id):
+            try:
+                self._handle(messages)
+            except Exception:
+                log.exception("ws_frame_failed")
+                self.close(CLOSE_INTERNAL_ERROR, "internal error")
+
+    def _handle(self, messages: list[tuple[int, bytes]]) -> None:
+        conn = self.conn
+        session = self.session
+        for opcode, payload in messages:
+            if self._state != _OPEN:
+                if opcode == OP_CLOSE and self._state == _CLOSING and self._transport is not None:
+                    self._transport.close()  # the client answered our CLOSE
+                    self._state = _CLOSED
+                return
+            if opcode == OP_TEXT:
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError:
+                    self._fail(CLOSE_INVALID_DATA, "text message is not UTF-8")
+                    return
+                conn.send_payload(session.receive(text))
+            elif opcode == OP_BINARY:
+                conn.send_payload(session.receive_binary())
+            elif opcode == OP_PING:
+                conn.send(pong_frame(payload))
+            elif opcode == OP_CLOSE:
+                self._closed_by_client(payload)
+                return
+
+    def _closed_by_client(self, payload: bytes) -> None:
+        try:
+            code, _ = parse_close(payload)
+        except ProtocolError as exc:
+            self._fail(exc.code, exc.reason)
+            return
+        conn = self.conn
+        conn.flush()
+        conn.stop(code)
+        self._state = _CLOSED
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(close_frame(1000 if code == 1005 else code))
+            transport.close()  # the server closes TCP first (RFC 6455 section 7.1.1)
+
+    # -- closing --------------------------------------------------------------------
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake with ``code``: flush what is queued (not for a slow
+        consumer), send CLOSE, and drop the socket if the client's CLOSE does not arrive
+        within ``CLOSE_TIMEOUT`` seconds. Idempotent; callable from anywhere."""
+        if self._state != _OPEN:
+            return
         conn = self.conn
         if code != CLOSE_SLOW_CONSUMER:
             conn.flush()
         conn.stop(code)
-        try:
-            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), timeout)
-        except (TimeoutError, ConnectionError, RuntimeError):
-            pass
-        finally:
-            if code == CLOSE_SLOW_CONSUMER or not self._transport.is_closing():
-                self._transport.abort()
+        self._state = _CLOSING
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(close_frame(code, reason))
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 section 7.1.7): CLOSE with ``code``, then drop TCP."""
+        self.close(code, reason)
+        self._state = _CLOSED
+        if self._transport is not None:
+            self._transport.close()
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """:meth:`close` (the :class:`realtime.node.Peer` interface)."""
+        self.close(code, reason)
+
+    def _deadline(self) -> None:
+        """Close after ``LISTEN_TIMEOUT`` without a LISTEN or ``IDLE_TIMEOUT`` without a frame."""
+        self._timer = None
+        if self._state != _OPEN:
+            return
+        settings = self._ctx.settings
+        if self.session.state is State.CONNECTED:
+            deadline, code = self._opened + settings.listen_timeout, CLOSE_LISTEN_TIMEOUT
+        else:
+            deadline, code = self._last_rx + settings.idle_timeout, CLOSE_IDLE_TIMEOUT
+        loop = asyncio.get_running_loop()
+        if loop.time() >= deadline:
+            self.close(code, _REASONS[code])
+        else:
+            self._timer = loop.call_at(deadline, self._deadline)
+
+    def _abort(self) -> None:
+        self._timer = None
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _slow_consumer(self, conn: Connection) -> None:
+        self._ctx.node.slow_consumers += 1
+        log.warning("slow_consumer_closed", conn_id=conn.id)
+        self.close(CLOSE_SLOW_CONSUMER, _REASONS[CLOSE_SLOW_CONSUMER])
+
+
+def _too_many_requests(message: str, request_id: str) -> bytes:
+    body = orjson.dumps({"error": "too_many_requests", "message": message})
+    rid = "".join(c for c in request_id[:64] if c.isalnum() or c in "-_.") or os.urandom(16).hex()
+    return (
+        b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json; charset=utf-8\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\nX-Request-ID: %s\r\n"
+        b"X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n\r\n" % (len(body), rid.encode())
+    ) + body
+
+
+class _FrontServer:
+    """aiohttp's protocol factory, wrapped: every connection starts as a :class:`WsProtocol`."""
+
+    def __init__(self, http: web.Server, ctx: WsContext) -> None:
+        self._http = http
+        self._ctx = ctx
+
+    def __call__(self) -> WsProtocol:
+        return WsProtocol(self._ctx, self._http)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._http, name)
+
+
+class RealtimeRunner(web.AppRunner):
+    """``web.AppRunner`` whose server serves ``/ws`` handshakes with :class:`WsProtocol`
+    and everything else with aiohttp. Use it wherever an ``AppRunner`` would be used."""
+
+    async def _make_server(self) -> web.Server:
+        http = await super()._make_server()
+        return cast(web.Server, _FrontServer(http, self.app[WS_CONTEXT]))
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    """Serve one client: admit, upgrade, then read frames until either side closes.
+    """``GET /ws`` through aiohttp: the errors, and handshakes on reused connections.
 
     Raises:
-        web.HTTPException: 429 (JSON) before the upgrade when the client's address has too
-            many connections or attempts.
+        web.HTTPException: 429 (JSON) when the client's address has too many connections
+            or attempts; 400 for a malformed handshake; 426 for a version other than 13.
     """
-    settings = request.app[SETTINGS]
-    limiter = request.app[LIMITER]
-    ip = client_ip(request.remote, request.headers, settings.client_ip_header)
-    refused = limiter.admit(ip)
+    ctx = request.app[WS_CONTEXT]
+    ip = client_ip(request.remote, request.headers, ctx.settings.client_ip_header)
+    refused = ctx.limiter.admit(ip)
     if refused is not None:
         log.info("ws_refused", reason=refused, ip=ip)
         body = orjson.dumps({"error": "too_many_requests", "message": refused}).decode()
         raise web.HTTPTooManyRequests(text=body, content_type="application/json")
-    try:
-        return await _serve_socket(request, settings)
-    finally:
-        limiter.release(ip)
-
-
-async def _serve_socket(request: web.Request, settings: Settings) -> web.StreamResponse:
-    node = request.app[NODE]
-    ws = web.WebSocketResponse(compress=False, max_msg_size=settings.max_frame_bytes, autoping=True, timeout=5.0)
-    await ws.prepare(request)
     transport = request.transport
-    if transport is None:
-        return ws
-    conn_id = f"{_PREFIX}-{next(_ids)}"
-    structlog.contextvars.bind_contextvars(conn_id=conn_id)  # every log line of this connection's task
-
-    conn = Connection(
-        conn_id,
-        transport,
-        node.scheduler,
-        max_bytes=settings.send_queue_max_bytes,
-        max_messages=settings.send_queue_max_messages,
-        on_overflow=lambda c: _slow_consumer(node, c),
-    )
-    rate = TokenBucket(settings.listen_rate, settings.listen_burst) if settings.listen_rate > 0 else None
-    session = node.new_session(conn, max_topics=settings.max_topics_per_connection, rate=rate)
-    peer = WsPeer(ws, transport, conn, session)
-    node.add_peer(peer)
-    log.debug("ws_connected", peer=request.remote)
     try:
-        code = await _read_loop(peer, settings.listen_timeout, settings.idle_timeout)
-        if code is not None:
-            await peer.close(code, _REASONS[code])
-        elif peer.closer is not None:
-            await peer.closer
-    finally:
-        node.remove_peer(peer)
-        log.debug("ws_closed", code=conn.close_code or ws.close_code, sent=conn.sent)
-    return ws
-
-
-async def _read_loop(peer: WsPeer, listen_timeout: float, idle_timeout: float) -> int | None:
-    """Read until the socket closes (returns ``None``) or a timeout (returns its code)."""
-    ws, conn, session = peer.ws, peer.conn, peer.session
-    listen_deadline = time.monotonic() + listen_timeout
-    while not conn.closed:
-        if session.state is State.CONNECTED:
-            timeout, code = listen_deadline - time.monotonic(), CLOSE_LISTEN_TIMEOUT
-        else:
-            timeout, code = idle_timeout, CLOSE_IDLE_TIMEOUT
-        try:
-            msg = await ws.receive(timeout=max(timeout, 0.001))
-        except TimeoutError:
-            return code
-        if msg.type is WSMsgType.TEXT:
-            conn.send_payload(session.receive(msg.data))
-        elif msg.type is WSMsgType.BINARY:
-            conn.send_payload(session.receive_binary())
-        else:  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp already answered the close)
-            return None
-    return None
-
-
-def _slow_consumer(node: Node, conn: Connection) -> None:
-    peer = node.peers.get(conn)
-    node.slow_consumers += 1
-    log.warning("slow_consumer_closed", conn_id=conn.id)
-    if peer is not None:
-        peer.close_soon(CLOSE_SLOW_CONSUMER, _REASONS[CLOSE_SLOW_CONSUMER])
+        key = upgrade_key(request.method, request.headers)
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client went away")
+    except HandshakeError as exc:
+        ctx.limiter.release(ip)
+        code = "bad_request" if exc.status == 400 else "upgrade_required"
+        error = web.HTTPException(
+            text=orjson.dumps({"error": code, "message": exc.message}).decode(), content_type="application/json"
+        )
+        error.set_status(exc.status)
+        if exc.status == 426:
+            error.headers["Sec-WebSocket-Version"] = "13"
+        raise error from None
+    except ConnectionResetError:
+        ctx.limiter.release(ip)
+        raise
+    transport.write(switching_protocols(key))
+    done = WsProtocol(ctx, None).adopt(transport, ip, request.protocol)
+    await done
+    return web.Response()  # never sent: the socket was ours and is closed
 
 
 async def shutdown_peers(node: Node, grace: float) -> None:
@@ -176,6 +477,6 @@ async def shutdown_peers(node: Node, grace: float) -> None:
         await asyncio.sleep(0.05)
     for peer in list(node.peers.values()):
         peer.close_soon(CLOSE_GOING_AWAY, _REASONS[CLOSE_GOING_AWAY])
-    deadline = time.monotonic() + 6.0
+    deadline = time.monotonic() + CLOSE_TIMEOUT + 1.0
     while node.peers and time.monotonic() < deadline:
         await asyncio.sleep(0.05)

@@ -15,10 +15,11 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from keys import KeyStore, generate_key
 from realtime.app import create_app
+from realtime.server import RealtimeRunner
 from realtime.settings import Settings, parse_api_keys
 from tests import procs
 
@@ -92,13 +93,20 @@ def make_settings(**overrides: Any) -> Settings:
 AppFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
+class RealtimeTestServer(TestServer):
+    """aiohttp's test server with the production runner (our WebSocket protocol in front)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return RealtimeRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 def make_client(aiohttp_client: Any, key_store: KeyStore) -> AppFactory:
     """Start the real app in-process on a loopback port: ``await make_client(**settings)``."""
 
     async def factory(**overrides: Any) -> TestClient[web.Request, web.Application]:
         client: TestClient[web.Request, web.Application] = await aiohttp_client(
-            create_app(make_settings(**overrides), key_store=key_store)
+            RealtimeTestServer(create_app(make_settings(**overrides), key_store=key_store))
         )
         return client
 
