@@ -17,7 +17,7 @@ from bench import report
 from bench.plan import ALL, full_plan, quick_plan
 from bench.procstat import loadavg, raise_fd_limit
 from bench.runner import Runner
-from bench.servers import ROOT, source_state, versions
+from bench.servers import OUR_EXTRA_ENV, ROOT, source_state, versions
 
 SCENARIOS = ("compare", "sweep", "idle", "connect")
 
@@ -30,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
     parser.add_argument("--out", type=Path, help="output directory (default docs/, --quick: bench/results/tmp)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for our server (repeatable), e.g. WRITE_INTERVAL=0.004; recorded in the JSON",
+    )
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     return parser
 
@@ -44,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     servers = args.servers.split(",") if args.servers else None
     only = args.only.split(",") if args.only else list(SCENARIOS)
+    for item in args.server_env:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            _parser().error(f"--server-env wants NAME=VALUE, got {item!r}")
+        OUR_EXTRA_ENV[name] = value
     raise_fd_limit()
     # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so every server and generator is stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -57,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": loadavg(),
         "versions": versions(),
         "source": source_state(),
+        "server_env": dict(OUR_EXTRA_ENV),
         "plan": orjson.loads(orjson.dumps(plan.__dict__, default=lambda o: o.__dict__)),
     }
     runner = Runner(plan, args.redis_url, servers)

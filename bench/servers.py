@@ -99,6 +99,10 @@ def available(name: str) -> bool:
     return name in OURS
 
 
+OUR_EXTRA_ENV: dict[str, str] = {}
+"""Settings added to our servers' environment (``--server-env``)."""
+
+
 @dataclass
 class Server:
     """One running server under test.
@@ -218,6 +222,7 @@ class Server:
             "PYTHONPATH": str(ROOT),
         }
         argv = [sys.executable, "-m", "realtime", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        env.update(OUR_EXTRA_ENV)
         if self.name != "ours-memory":
             env.update(REDIS_URL=self.redis_url, REDIS_CHANNEL=self.channel)
         if self.name == "ours-redis-2w":
