@@ -49,8 +49,8 @@ class NodeCollector(Collector):
     Metrics (all prefixed ``realtime_``): ``connections``, ``topics``, ``listens{topic_name}``,
     ``messages_published_total``, ``messages_delivered_total``, ``gaps_total``,
     ``token_revocations_total``, ``broker_up{kind}``, ``broker_reconnects_total``,
-    ``broker_invalid_envelopes_total`` and, when the node counts them,
-    ``slow_consumer_drops_total``.
+    ``broker_invalid_envelopes_total``, ``ws_handshakes_total{status}``, ``refusals_total{error}``
+    and, when the node counts them, ``slow_consumer_drops_total``.
     """
 
     def __init__(self, node: Node, probe: LatencyProbe | None = None) -> None:
@@ -84,6 +84,12 @@ class NodeCollector(Collector):
         for code, count in sorted(node.refusals.items()):
             refusals.add_metric([code], count)
         yield refusals
+        handshakes = CounterMetricFamily(
+            "realtime_ws_handshakes", "WebSocket opening handshakes by HTTP status (101: upgraded).", labels=["status"]
+        )
+        for status, count in sorted(node.handshakes.items()):
+            handshakes.add_metric([str(status)], count)
+        yield handshakes
         broker = node.broker
         up = GaugeMetricFamily("realtime_broker_up", "1 while the broker is connected.", labels=["kind"])
         up.add_metric([broker.kind], 1.0 if broker.ready else 0.0)

@@ -129,4 +129,4 @@ async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _on_shutdown(app: web.Application) -> None:
-    await shutdown_peers(app[NODE], app[SETTINGS].shutdown_grace)
+    await shutdown_peers(app[WS_CONTEXT], app[SETTINGS].shutdown_grace)

@@ -86,6 +86,8 @@ class Node:
         revocations: revocation control messages applied.
         slow_consumers: connections closed because their send queue overflowed.
         refusals: error code -> error RESPONSEs sent (ERR_BADAUTH, ERR_BADTOPIC, ...).
+        handshakes: HTTP status -> WebSocket opening handshakes answered with it (101, 400,
+            426, 429, 503), counted by the WebSocket adapter.
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class Node:
         self.revocations = 0
         self.slow_consumers = 0
         self.refusals: dict[str, int] = {}  # error code -> RESPONSEs sent with it
+        self.handshakes: dict[int, int] = {}  # HTTP status -> handshakes answered with it
         self._scheduler: FlushScheduler | None = None
         self._user_conns: dict[str, set[Connection]] = {}
         self._subs_of: dict[Connection, list[str]] = {}

@@ -29,6 +29,7 @@ import time
 from typing import Any, cast
 
 import orjson
+import sentry_sdk
 import structlog
 from aiohttp import web
 
@@ -89,13 +90,21 @@ class WsContext:
         limiter: connections and attempts per client address.
     """
 
-    __slots__ = ("client_ip_header", "limiter", "node", "settings")
+    __slots__ = ("client_ip_header", "limiter", "node", "settings", "shutting_down")
 
     def __init__(self, node: Node, settings: Settings, limiter: ConnectionLimiter) -> None:
         self.node = node
         self.settings = settings
         self.limiter = limiter
         self.client_ip_header = settings.client_ip_header.lower()
+        self.shutting_down = False
+        """Set when shutdown starts: new handshakes get 503 (no client is upgraded after the
+        RECONNECT broadcast)."""
+
+    def count(self, status: int) -> None:
+        """Count one handshake answered with ``status``."""
+        handshakes = self.node.handshakes
+        handshakes[status] = handshakes.get(status, 0) + 1
 
 
 WS_CONTEXT = web.AppKey("ws_context", WsContext)
@@ -157,8 +166,9 @@ class WsProtocol(asyncio.Protocol):
             self._head_received(data)
 
     def eof_received(self) -> bool | None:
-        """The client half-closed: close our side too."""
-        return None
+        """The client half-closed: close our side too (dropped if it never drains)."""
+        self._close_transport()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection: topics, limits, timers; then tell whoever waits."""
@@ -211,13 +221,22 @@ class WsProtocol(asyncio.Protocol):
         assert transport is not None
         peer = transport.get_extra_info("peername")
         ip = client_ip(peer[0] if peer else None, head.headers, ctx.client_ip_header)
+        request_id = head.headers.get("x-request-id", "")
+        if ctx.shutting_down:
+            ctx.count(503)
+            transport.write(_json_error(503, "unavailable", "server shutting down; reconnect", request_id))
+            self._state = _CLOSED
+            self._close_transport()
+            return
         refused = ctx.limiter.admit(ip)
         if refused is not None:
             log.info("ws_refused", reason=refused, ip=ip)
-            transport.write(_too_many_requests(refused, head.headers.get("x-request-id", "")))
-            transport.close()
+            ctx.count(429)
+            transport.write(_json_error(429, "too_many_requests", refused, request_id))
             self._state = _CLOSED
+            self._close_transport()
             return
+        ctx.count(101)
         transport.write(switching_protocols(key))
         self._open(transport, ip)
         rest = buf[end + 4 :]
@@ -238,14 +257,21 @@ class WsProtocol(asyncio.Protocol):
         handler.connection_made(transport)
         handler.data_received(data)
 
-    def adopt(self, transport: asyncio.Transport, ip: str, previous: asyncio.BaseProtocol) -> asyncio.Future[None]:
+    def adopt(
+        self, transport: asyncio.Transport, ip: str, previous: asyncio.BaseProtocol, tail: bytes = b""
+    ) -> asyncio.Future[None]:
         """Serve a socket aiohttp upgraded (``101`` already written); returns a future
         done when the connection is lost. ``previous`` (aiohttp's protocol) is told
-        ``connection_lost`` then, so aiohttp forgets the connection as usual."""
+        ``connection_lost`` then, so aiohttp forgets the connection as usual. ``tail``: bytes
+        the client sent after its handshake that aiohttp read already."""
         self._adopted = previous
         self._done = asyncio.get_running_loop().create_future()
         transport.set_protocol(self)
         self._open(transport, ip)
+        if not transport.is_reading():
+            transport.resume_reading()  # aiohttp pauses a socket whose unparsed tail grew large
+        if tail:
+            self._frames(tail)
         return self._done
 
     def _open(self, transport: asyncio.Transport, ip: str) -> None:
@@ -288,21 +314,25 @@ class WsProtocol(asyncio.Protocol):
             return
         if not messages:
             return
-        with structlog.contextvars.bound_contextvars(conn_id=self.conn.id):
-            try:
-                self._handle(messages)
-            except Exception:
-                log.exception("ws_frame_failed")
-                self.close(CLOSE_INTERNAL_ERROR, "internal error")
+        try:
+            self._handle(messages)
+        except Exception as exc:
+            log.exception("ws_frame_failed", conn_id=self.conn.id)
+            sentry_sdk.capture_exception(exc)  # a no-op unless SENTRY_DSN is set
+            self.close(CLOSE_INTERNAL_ERROR, "internal error")
 
     def _handle(self, messages: list[tuple[int, bytes]]) -> None:
         conn = self.conn
         session = self.session
         for opcode, payload in messages:
-            if self._state != _OPEN:
-                if opcode == OP_CLOSE and self._state == _CLOSING and self._transport is not None:
-                    self._transport.close()  # the client answered our CLOSE
+            state = self._state
+            if state != _OPEN:
+                if state == _CLOSING and opcode == OP_CLOSE:
                     self._state = _CLOSED
+                    self._close_transport()  # the client answered our CLOSE
+                    return
+                if state == _CLOSING:
+                    continue  # sent before it saw our CLOSE: ignored
                 return
             if opcode == OP_TEXT:
                 try:
@@ -332,7 +362,7 @@ class WsProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(close_frame(1000 if code == 1005 else code))
-            transport.close()  # the server closes TCP first (RFC 6455 section 7.1.1)
+        self._close_transport()  # the server closes TCP first (RFC 6455 section 7.1.1)
 
     # -- closing --------------------------------------------------------------------
 
@@ -348,9 +378,18 @@ class WsProtocol(asyncio.Protocol):
         conn.stop(code)
         self._state = _CLOSING
         transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        transport.write(close_frame(code, reason))
+        if transport is not None and not transport.is_closing():
+            transport.write(close_frame(code, reason))
+        self._arm_abort()
+
+    def _close_transport(self) -> None:
+        """Close TCP once the buffer drains; drop it if that takes ``CLOSE_TIMEOUT`` seconds
+        (a client that stops reading must not keep its socket and slot)."""
+        if self._transport is not None:
+            self._transport.close()
+            self._arm_abort()
+
+    def _arm_abort(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
@@ -359,8 +398,7 @@ class WsProtocol(asyncio.Protocol):
         """Fail the connection (RFC 6455 section 7.1.7): CLOSE with ``code``, then drop TCP."""
         self.close(code, reason)
         self._state = _CLOSED
-        if self._transport is not None:
-            self._transport.close()
+        self._close_transport()
 
     def close_soon(self, code: int, reason: str) -> None:
         """:meth:`close` (the :class:`realtime.node.Peer` interface)."""
@@ -393,13 +431,19 @@ class WsProtocol(asyncio.Protocol):
         self.close(CLOSE_SLOW_CONSUMER, _REASONS[CLOSE_SLOW_CONSUMER])
 
 
-def _too_many_requests(message: str, request_id: str) -> bytes:
-    body = orjson.dumps({"error": "too_many_requests", "message": message})
+_STATUS_LINES = {429: b"429 Too Many Requests", 503: b"503 Service Unavailable"}
+
+
+def _json_error(status: int, error: str, message: str, request_id: str) -> bytes:
+    """A complete ``Connection: close`` HTTP response with a JSON error body (as the HTTP
+    API's errors: ``{"error", "message"}`` and an ``X-Request-ID``)."""
+    body = orjson.dumps({"error": error, "message": message})
     rid = "".join(c for c in request_id[:64] if c.isalnum() or c in "-_.") or os.urandom(16).hex()
     return (
-        b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json; charset=utf-8\r\n"
+        b"HTTP/1.1 %s\r\nContent-Type: application/json; charset=utf-8\r\n"
         b"Content-Length: %d\r\nConnection: close\r\nX-Request-ID: %s\r\n"
-        b"X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n\r\n" % (len(body), rid.encode())
+        b"X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n\r\n"
+        % (_STATUS_LINES[status], len(body), rid.encode())
     ) + body
 
 
@@ -434,10 +478,15 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             or attempts; 400 for a malformed handshake; 426 for a version other than 13.
     """
     ctx = request.app[WS_CONTEXT]
+    if ctx.shutting_down:
+        ctx.count(503)
+        body = orjson.dumps({"error": "unavailable", "message": "server shutting down; reconnect"}).decode()
+        raise web.HTTPServiceUnavailable(text=body, content_type="application/json")
     ip = client_ip(request.remote, request.headers, ctx.settings.client_ip_header)
     refused = ctx.limiter.admit(ip)
     if refused is not None:
         log.info("ws_refused", reason=refused, ip=ip)
+        ctx.count(429)
         body = orjson.dumps({"error": "too_many_requests", "message": refused}).decode()
         raise web.HTTPTooManyRequests(text=body, content_type="application/json")
     transport = request.transport
@@ -447,6 +496,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             raise ConnectionResetError("the client went away")
     except HandshakeError as exc:
         ctx.limiter.release(ip)
+        ctx.count(exc.status)
         code = "bad_request" if exc.status == 400 else "upgrade_required"
         error = web.HTTPException(
             text=orjson.dumps({"error": code, "message": exc.message}).decode(), content_type="application/json"
@@ -458,15 +508,22 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     except ConnectionResetError:
         ctx.limiter.release(ip)
         raise
+    ctx.count(101)
     transport.write(switching_protocols(key))
-    done = WsProtocol(ctx, None).adopt(transport, ip, request.protocol)
+    # bytes the client sent right behind its handshake, already read by aiohttp (private
+    # attribute of aiohttp's RequestHandler; absent in other versions: then nothing is lost
+    # for clients that wait for the 101, as RFC 6455 requires)
+    tail = getattr(request.protocol, "_message_tail", b"")
+    done = WsProtocol(ctx, None).adopt(transport, ip, request.protocol, tail if isinstance(tail, bytes) else b"")
     await done
-    return web.Response()  # never sent: the socket was ours and is closed
+    return web.Response(status=101)  # never sent (the socket was ours and is closed); counted as 101
 
 
-async def shutdown_peers(node: Node, grace: float) -> None:
-    """Send RECONNECT to every client, wait up to ``grace`` seconds for them to leave,
-    then close the rest with 1001 (going away)."""
+async def shutdown_peers(ctx: WsContext, grace: float) -> None:
+    """Refuse new handshakes (503), send RECONNECT to every client, wait up to ``grace``
+    seconds for them to leave, then close the rest with 1001 (going away)."""
+    ctx.shutting_down = True
+    node = ctx.node
     if not node.peers:
         return
     log.info("shutdown_reconnect_sent", connections=len(node.peers), grace=grace)

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import os
 import signal
+import socket
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,7 +25,18 @@ from aiohttp import WSMsgType
 
 from realtime import server as ws_server
 from realtime.appkeys import NODE
-from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, USER_KEY, AppFactory, auth, listen, recv, ws_token
+from realtime.server import WS_CONTEXT
+from tests.conftest import (
+    API_KEYS_JSON,
+    PUBLISHER_KEY,
+    USER_KEY,
+    AppFactory,
+    auth,
+    listen,
+    recv,
+    wait_for,
+    ws_token,
+)
 from tests.procs import Server
 from tests.test_websocket import client_frame
 
@@ -335,3 +347,82 @@ async def test_real_process_on_each_event_loop(spawn: type[Server], event_loop: 
             msg = await ws.receive(timeout=10)
             assert msg.type is WSMsgType.CLOSE and msg.data == 1001
     assert await asyncio.to_thread(server.stop) == 0
+
+
+async def test_client_that_stops_reading_cannot_hold_its_socket(
+    make_client: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CLOSE (or EOF) with our output unread: the socket is dropped after CLOSE_TIMEOUT."""
+    monkeypatch.setattr(ws_server, "CLOSE_TIMEOUT", 0.3)
+    client = await make_client()
+    node = client.app[NODE]
+    for how in ("close", "eof"):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", client.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        raw = RawClient(reader, writer)
+        RawClient.opened.append(raw)
+        await raw.handshake()
+        await raw.send(client_frame(0x9, b"x" * 125) * 3000)  # ~400 KB of PONGs we never read
+        await asyncio.sleep(0.2)
+        assert len(node.peers) == 1
+        if how == "close":
+            await raw.send(client_frame(0x8, struct.pack("!H", 1000)))
+        else:
+            writer.write_eof()
+        await wait_for(lambda: not node.peers, timeout=3)
+        assert client.app[WS_CONTEXT].limiter.open_count("127.0.0.1") == 0
+
+
+async def test_close_reply_behind_a_late_frame_is_seen(
+    make_client: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ws_server, "CLOSE_TIMEOUT", 3.0)
+    client = await make_client(listen_timeout=0.2)
+    raw = await RawClient.connect(client.port)
+    await raw.handshake()
+    assert (await raw.frame())[0] == 0x8  # 4001
+    started = asyncio.get_running_loop().time()
+    await raw.send(client_frame(0x9, b"late") + client_frame(0x8, struct.pack("!H", 4001)))
+    assert await raw.closed()
+    assert asyncio.get_running_loop().time() - started < 1.0  # not the 3 s CLOSE_TIMEOUT
+
+
+async def test_frames_right_behind_a_handshake_on_a_reused_connection(make_client: AppFactory) -> None:
+    client = await make_client()
+    raw = await RawClient.connect(client.port)
+    raw.writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await raw.reader.readuntil(b"\r\n\r\n")
+    size = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    await raw.reader.readexactly(size)
+    key = base64.b64encode(os.urandom(16)).decode()
+    raw.writer.write(HANDSHAKE.format(key=key, version="13", extra="").encode() + text({"type": "PING"}))
+    assert (await raw.reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    assert await raw.json() == {"type": "PONG"}
+    raw.close()
+
+
+async def test_no_upgrade_once_shutdown_started(make_client: AppFactory) -> None:
+    client = await make_client()
+    client.app[WS_CONTEXT].shutting_down = True
+    raw = await RawClient.connect(client.port)
+    head = await raw.handshake()
+    assert head.startswith(b"HTTP/1.1 503")
+    assert orjson.loads(await raw.reader.read())["error"] == "unavailable"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect("/ws")
+    assert info.value.status == 503
+
+
+async def test_handshakes_are_counted_in_metrics(make_client: AppFactory) -> None:
+    client = await make_client(max_connections_per_ip=1, metrics_enabled=True)
+    first = await RawClient.connect(client.port)
+    await first.handshake()
+    second = await RawClient.connect(client.port)
+    assert (await second.handshake()).startswith(b"HTTP/1.1 429")
+    text_metrics = await (await client.get("/metrics")).text()
+    assert 'realtime_ws_handshakes_total{status="101"} 1.0' in text_metrics
+    assert 'realtime_ws_handshakes_total{status="429"} 1.0' in text_metrics
+    first.close()
