@@ -170,8 +170,8 @@ async def test_slow_consumer_is_closed_and_others_get_everything(make_client: Ap
         readers = [asyncio.create_task(reader(fast1, 1)), asyncio.create_task(reader(fast2, 2))]
         for i in range(1000):
             node.deliver("dream:update.a", orjson.dumps({"i": i, "p": payload}).decode())
-            if i % 10 == 0:
-                await asyncio.sleep(0)
+            if i % 10 == 0:  # 80 KB every 5 ms: easy for a reading client, > 1 MiB for the slow one
+                await asyncio.sleep(0.005)
         await asyncio.wait_for(asyncio.gather(*readers), 15)
         assert received[1] == list(range(1000)) and received[2] == list(range(1000))
         await wait_for(lambda: len(node.index.get("dream:update.a") or ()) == 2)
