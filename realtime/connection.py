@@ -57,7 +57,7 @@ class FlushScheduler:
     After a quiet spell the first frame goes out on the next event-loop pass (no added
     latency). Under a stream of publications, flushes are spaced ``interval`` apart, so
     each socket write carries every frame queued meanwhile: at 1,000 publications/s and
-    4 ms, about four per write instead of one. ``interval=0`` flushes every pass.
+    6 ms, about six per write instead of one. ``interval=0`` flushes every pass.
     """
 
     __slots__ = ("_dirty", "_interval", "_last", "_loop", "_scheduled")
