@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import random
 import signal
 import socket
 import struct
@@ -426,3 +427,19 @@ async def test_handshakes_are_counted_in_metrics(make_client: AppFactory) -> Non
     assert 'realtime_ws_handshakes_total{status="101"} 1.0' in text_metrics
     assert 'realtime_ws_handshakes_total{status="429"} 1.0' in text_metrics
     first.close()
+
+
+async def test_random_bytes_after_the_handshake_never_hurt_the_server(make_client: AppFactory) -> None:
+    """Garbage, truncated and oversized frames: each connection ends or stays; the server lives."""
+    rng = random.Random(5)
+    client = await make_client(max_frame_bytes=1024)
+    blobs = [rng.randbytes(rng.randint(1, 3000)) for _ in range(30)]
+    blobs += [client_frame(1, rng.randbytes(rng.randint(0, 2000)))[: rng.randint(1, 2100)] for _ in range(30)]
+    for blob in blobs:
+        raw = await RawClient.connect(client.port)
+        await raw.handshake()
+        await raw.send(blob)
+        raw.close()
+    await wait_for(lambda: not client.app[NODE].peers, timeout=10)
+    assert client.app[WS_CONTEXT].limiter.open_count("127.0.0.1") == 0
+    assert (await client.get("/health")).status == 200
