@@ -20,6 +20,7 @@ _CODES = {
     405: "method_not_allowed",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    426: "upgrade_required",
     429: "too_many_requests",
     500: "internal",
     503: "unavailable",

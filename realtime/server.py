@@ -33,6 +33,7 @@ import sentry_sdk
 import structlog
 from aiohttp import web
 
+from http_api.errors import json_error
 from realtime.connection import (
     CLOSE_GOING_AWAY,
     CLOSE_IDLE_TIMEOUT,
@@ -480,15 +481,13 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     ctx = request.app[WS_CONTEXT]
     if ctx.shutting_down:
         ctx.count(503)
-        body = orjson.dumps({"error": "unavailable", "message": "server shutting down; reconnect"}).decode()
-        raise web.HTTPServiceUnavailable(text=body, content_type="application/json")
+        raise json_error(503, "server shutting down; reconnect")
     ip = client_ip(request.remote, request.headers, ctx.settings.client_ip_header)
     refused = ctx.limiter.admit(ip)
     if refused is not None:
         log.info("ws_refused", reason=refused, ip=ip)
         ctx.count(429)
-        body = orjson.dumps({"error": "too_many_requests", "message": refused}).decode()
-        raise web.HTTPTooManyRequests(text=body, content_type="application/json")
+        raise json_error(429, refused)
     transport = request.transport
     try:
         key = upgrade_key(request.method, request.headers)
@@ -497,11 +496,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     except HandshakeError as exc:
         ctx.limiter.release(ip)
         ctx.count(exc.status)
-        code = "bad_request" if exc.status == 400 else "upgrade_required"
-        error = web.HTTPException(
-            text=orjson.dumps({"error": code, "message": exc.message}).decode(), content_type="application/json"
-        )
-        error.set_status(exc.status)
+        error = json_error(exc.status, exc.message)
         if exc.status == 426:
             error.headers["Sec-WebSocket-Version"] = "13"
         raise error from None
