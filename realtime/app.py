@@ -55,7 +55,7 @@ def load_keys(settings: Settings) -> KeyStore:
 def make_broker(settings: Settings) -> Broker:
     """A :class:`RedisBroker` when ``REDIS_URL`` is set, else a :class:`MemoryBroker`."""
     if settings.redis_url:
-        return RedisBroker(settings.redis_url, channel=settings.redis_channel)
+        return RedisBroker(settings.redis_url, channel=settings.redis_channel, batch_interval=settings.write_interval)
     return MemoryBroker()
 
 

@@ -21,6 +21,9 @@ OnGap = Callable[[], None]
 """Called when the broker link came back after a loss: publications may have been missed."""
 OnControl = Callable[[dict[str, object]], None]
 """Called with each control message (e.g. a token revocation) published by any instance."""
+OnBatch = Callable[[], bool]
+"""Called after a burst of ``deliver`` calls read together: write them out now. Returns
+``True`` if anything was written (the broker may then pace its next read)."""
 
 
 class Broker(Protocol):
@@ -36,7 +39,9 @@ class Broker(Protocol):
         """``True`` while the broker is connected and receiving."""
         ...
 
-    async def start(self, deliver: Deliver, on_gap: OnGap, on_control: OnControl) -> None:
+    async def start(
+        self, deliver: Deliver, on_gap: OnGap, on_control: OnControl, on_batch: OnBatch | None = None
+    ) -> None:
         """Start receiving; returns once the first subscription attempt was made."""
         ...
 
@@ -78,8 +83,11 @@ class MemoryBroker:
         """Always ``True`` once started."""
         return self._deliver is not None
 
-    async def start(self, deliver: Deliver, on_gap: OnGap, on_control: OnControl) -> None:
-        """Remember the callbacks; a memory broker has no gaps."""
+    async def start(
+        self, deliver: Deliver, on_gap: OnGap, on_control: OnControl, on_batch: OnBatch | None = None
+    ) -> None:
+        """Remember the callbacks; a memory broker has no gaps (nor batches: each
+        publication is fanned out in its own call and flushed by the scheduler)."""
         self._deliver = deliver
         self._on_control = on_control
 

@@ -58,36 +58,50 @@ class FlushScheduler:
     latency). Under a stream of publications, flushes are spaced ``interval`` apart, so
     each socket write carries every frame queued meanwhile: at 1,000 publications/s and
     6 ms, about six per write instead of one. ``interval=0`` flushes every pass.
+
+    A broker that paces its own reads (:class:`realtime.redis_broker.RedisBroker` reads
+    at most once per ``interval`` while publications keep coming) calls :meth:`flush`
+    at the end of each read batch instead of waiting for the scheduled pass.
     """
 
-    __slots__ = ("_dirty", "_interval", "_last", "_loop", "_scheduled")
+    __slots__ = ("_dirty", "_handle", "_interval", "_last", "_loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float = 0.0) -> None:
         """Args:
         loop: the running loop.
-        interval: shortest time between two flushes, seconds.
+        interval: shortest time between two scheduled flushes, seconds.
         """
         self._loop = loop
         self._interval = interval
         self._last = -1e9
         self._dirty: list[Connection] = []
-        self._scheduled = False
+        self._handle: asyncio.Handle | None = None
+
+    @property
+    def pending(self) -> bool:
+        """``True`` when some connection has frames waiting for a flush."""
+        return bool(self._dirty)
 
     def mark(self, conn: Connection) -> None:
         """Queue ``conn`` for the next flush."""
         self._dirty.append(conn)
-        if not self._scheduled:
-            self._scheduled = True
+        if self._handle is None:
             wait = self._last + self._interval - self._loop.time()
             if wait > 0:
-                self._loop.call_later(wait, self.flush)
+                self._handle = self._loop.call_later(wait, self._due)
             else:
-                self._loop.call_soon(self.flush)
+                self._handle = self._loop.call_soon(self._due)
+
+    def _due(self) -> None:
+        self._handle = None
+        self.flush()
 
     def flush(self) -> None:
-        """Write every dirty connection's pending frames now."""
+        """Write every dirty connection's pending frames now (and cancel the scheduled pass)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
         dirty, self._dirty = self._dirty, []
-        self._scheduled = False
         self._last = self._loop.time()
         for conn in dirty:
             conn.flush()

@@ -145,7 +145,7 @@ class Node:
 
     async def start(self) -> None:
         """Start the broker."""
-        await self.broker.start(self.deliver, self.on_gap, self.on_control)
+        await self.broker.start(self.deliver, self.on_gap, self.on_control, self.end_batch)
 
     async def close(self) -> None:
         """Stop the broker and the expiry timer."""
@@ -162,6 +162,15 @@ class Node:
         for conn in listeners:
             conn.send(frame)
         self.delivered += len(listeners)
+
+    def end_batch(self) -> bool:
+        """Write out what a burst of :meth:`deliver` calls queued, now rather than on the
+        scheduled pass; returns ``True`` if anything was written."""
+        scheduler = self.scheduler
+        if not scheduler.pending:
+            return False
+        scheduler.flush()
+        return True
 
     async def publish(self, topic: str, message: object) -> Topic:
         """Validate and publish one message to every instance.

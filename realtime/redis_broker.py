@@ -10,7 +10,13 @@ Invalid envelopes are counted, logged (at most once a second) and dropped.
 
 The subscriber is our own small RESP client (an :class:`asyncio.Protocol` fed through
 ``hiredis.Reader``): a burst of publications read in one ``data_received`` is fanned out
-in one event-loop pass, so writes to each client merge. A supervisor task owns the
+in one event-loop pass, so writes to each client merge. With ``batch_interval`` set (the
+server passes ``WRITE_INTERVAL``), a read that fanned something out is flushed to the
+clients at once and the link then stops reading for ``batch_interval`` seconds: under a
+stream of publications the process wakes up, reads and writes once per interval instead
+of once per publication, at the same latency as pacing the writes alone (a publication
+waits at most one interval either way). A read of 64 KiB or more (the socket was not
+drained) never pauses, so the pause cannot cap throughput. A supervisor task owns the
 link: it reconnects with capped, jittered exponential backoff forever, resubscribes,
 PINGs every ``health_interval`` seconds and drops a link that stays silent for three
 intervals. Publishing goes through redis-py's ``redis.asyncio`` client.
@@ -39,7 +45,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from realtime.broker import Deliver, OnControl, OnGap
+from realtime.broker import Deliver, OnBatch, OnControl, OnGap
 from realtime.errors import BrokerUnavailable
 
 log = structlog.get_logger("realtime.broker")
@@ -60,6 +66,10 @@ def _encode_command(*parts: bytes | str) -> bytes:
     return b"".join(out)
 
 
+_DRAINED_BELOW = 65536
+"""A read shorter than this emptied the socket (both asyncio and uvloop read up to 256 KB)."""
+
+
 def _retrieve(fut: asyncio.Future[None]) -> None:
     """Mark a future's exception as seen (the supervisor reads it when it cares)."""
     if not fut.cancelled():
@@ -70,12 +80,21 @@ class _Subscriber(asyncio.Protocol):
     """One RESP2 connection subscribed to the data and control channels. Not reused."""
 
     def __init__(
-        self, channel: bytes, control: bytes, on_data: Callable[[bytes], None], on_control: Callable[[bytes], None]
+        self,
+        channel: bytes,
+        control: bytes,
+        on_data: Callable[[bytes], None],
+        on_control: Callable[[bytes], None],
+        on_batch: Callable[[], bool] | None = None,
+        batch_interval: float = 0.0,
     ) -> None:
         self._channel = channel
         self._control = control
         self._on_data = on_data
         self._on_control = on_control
+        self._on_batch = on_batch
+        self._batch_interval = batch_interval
+        self._resume: asyncio.TimerHandle | None = None
         self._confirmations = 0
         self._reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
@@ -101,6 +120,19 @@ class _Subscriber(asyncio.Protocol):
                     log.exception("publication_dropped")
         except hiredis.ProtocolError as exc:
             self._fail(RuntimeError(f"redis protocol error: {exc}"))
+            return
+        # a short read drained the socket: write the batch now and pace the next read. A long
+        # one did not: keep reading, and the flush scheduler paces the writes.
+        if self._batch_interval > 0 and len(data) < _DRAINED_BELOW and self._on_batch is not None:
+            transport = self.transport
+            if self._on_batch() and transport is not None and not transport.is_closing():
+                transport.pause_reading()
+                self._resume = asyncio.get_running_loop().call_later(self._batch_interval, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._resume = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def _handle(self, reply: Any) -> None:
         if isinstance(reply, list) and len(reply) == 3:
@@ -128,6 +160,8 @@ class _Subscriber(asyncio.Protocol):
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
         error = exc or ConnectionError("redis closed the connection")
         for fut in (self.subscribed, self.lost):
             if not fut.done():
@@ -152,6 +186,7 @@ class RedisBroker:
         connect_timeout: float = 2.0,
         health_interval: float = 5.0,
         backoff_cap: float = 1.0,
+        batch_interval: float = 0.0,
     ) -> None:
         """Args:
         url: ``redis://``, ``rediss://`` (TLS, e.g. Upstash) or ``unix://`` URL.
@@ -159,6 +194,8 @@ class RedisBroker:
         connect_timeout: per connection attempt, seconds.
         health_interval: PING period on the subscriber link, seconds.
         backoff_cap: longest wait between reconnect attempts, seconds.
+        batch_interval: after a read that fanned out (``on_batch`` returned ``True``),
+            stop reading for this long, seconds (0: never pause). See the module docstring.
         """
         self._url = url
         self._params = parse_url(url)
@@ -166,6 +203,8 @@ class RedisBroker:
         self._connect_timeout = connect_timeout
         self._health_interval = health_interval
         self._backoff_cap = backoff_cap
+        self._batch_interval = batch_interval
+        self._on_batch: OnBatch | None = None
         self._deliver: Deliver | None = None
         self._on_gap: OnGap | None = None
         self._on_control: OnControl | None = None
@@ -185,10 +224,13 @@ class RedisBroker:
         """``True`` while subscribed."""
         return self._ready
 
-    async def start(self, deliver: Deliver, on_gap: OnGap, on_control: OnControl) -> None:
+    async def start(
+        self, deliver: Deliver, on_gap: OnGap, on_control: OnControl, on_batch: OnBatch | None = None
+    ) -> None:
         """Start the supervisor; waits up to ``connect_timeout`` for the first subscription
         (the server starts anyway, not ready, if Redis is down)."""
         self._deliver, self._on_gap, self._on_control = deliver, on_gap, on_control
+        self._on_batch = on_batch
         self.start_publisher()
         first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._supervise(first), name="redis-subscriber")
@@ -257,7 +299,9 @@ class RedisBroker:
         params = self._params
 
         def factory() -> _Subscriber:
-            return _Subscriber(channel, control, self._on_envelope, self._on_control_data)
+            return _Subscriber(
+                channel, control, self._on_envelope, self._on_control_data, self._on_batch, self._batch_interval
+            )
 
         if params.get("connection_class") is UnixDomainSocketConnection:
             connect = loop.create_unix_connection(factory, params["path"])

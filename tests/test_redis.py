@@ -177,3 +177,71 @@ async def test_a_nested_envelope_does_not_cost_the_link(
         await pipe.execute()
         assert await recv(ws) == {"type": "MESSAGE", "data": {"topic": "dream:update.a", "message": "after"}}
         assert broker.reconnects == 0 and broker.invalid_envelopes == 1  # type: ignore[attr-defined]
+
+
+async def _paced_broker(
+    redis_url: str, channel: str, interval: float, wrote: bool = True
+) -> tuple[RedisBroker, list[str], list[int]]:
+    """A broker with ``batch_interval``; returns it, the messages and the batch sizes."""
+    got: list[str] = []
+    batches: list[int] = []
+    seen = 0
+
+    def on_batch() -> bool:
+        nonlocal seen
+        batches.append(len(got) - seen)
+        seen = len(got)
+        return wrote
+
+    broker = RedisBroker(redis_url, channel=channel, batch_interval=interval)
+    await broker.start(lambda t, m: got.append(m), lambda: None, lambda c: None, on_batch)
+    return broker, got, batches
+
+
+async def test_reads_are_paced_while_publications_stream(
+    redis_url: str, channel: str, redis_client: aioredis.Redis
+) -> None:
+    """After a read that fanned out, the link waits ``batch_interval`` before reading
+    again: a stream is read in a few batches, in order, none lost."""
+    broker, got, batches = await _paced_broker(redis_url, channel, 0.1)
+    try:
+        for n in range(40):
+            await redis_client.publish(channel, orjson.dumps({"topic": "t.a", "message": str(n)}))
+            await asyncio.sleep(0.005)
+        await wait_for(lambda: len(got) == 40, timeout=3)
+        assert got == [str(n) for n in range(40)]
+        # 40 publications over >= 0.2 s, read at most once per 0.1 s (plus the first read)
+        assert 2 <= len(batches) <= 10, batches  # unpaced: one read per publication
+    finally:
+        await broker.close()
+
+
+async def test_reads_are_not_paced_when_nothing_was_written(
+    redis_url: str, channel: str, redis_client: aioredis.Redis
+) -> None:
+    """Publications for topics nobody here listens to never pause the link."""
+    broker, got, batches = await _paced_broker(redis_url, channel, 5.0, wrote=False)
+    try:
+        for n in range(10):
+            await redis_client.publish(channel, orjson.dumps({"topic": "t.a", "message": str(n)}))
+            await asyncio.sleep(0.01)
+        await wait_for(lambda: len(got) == 10, timeout=1.0)  # paced, it would take >= 5 s
+        assert len(batches) >= 5, batches
+    finally:
+        await broker.close()
+
+
+async def test_a_burst_larger_than_one_read_is_not_throttled(
+    redis_url: str, channel: str, redis_client: aioredis.Redis
+) -> None:
+    """Reads of 64 KiB or more never pause, so pacing cannot cap throughput."""
+    broker, got, _ = await _paced_broker(redis_url, channel, 0.5)
+    try:
+        pipe = redis_client.pipeline(transaction=False)
+        for n in range(4000):
+            pipe.publish(channel, orjson.dumps({"topic": "t.a", "message": f"{n:04d}" + "x" * 1000}))
+        await pipe.execute()  # ~4 MB: 16+ full reads of 256 KB; paced, it would take >= 8 s
+        await wait_for(lambda: len(got) == 4000, timeout=5)
+        assert [m[:4] for m in got] == [f"{n:04d}" for n in range(4000)]
+    finally:
+        await broker.close()

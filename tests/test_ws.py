@@ -208,6 +208,34 @@ async def test_flush_scheduler_spaces_flushes_under_load() -> None:
     theirs.close()
 
 
+async def test_flush_now_writes_at_once_and_restarts_the_interval() -> None:
+    """``FlushScheduler.flush`` (a broker's end of batch) writes now, replaces the
+    scheduled pass, and the next scheduled flush is an interval later."""
+    import socket as socket_module
+
+    from realtime.connection import Connection, FlushScheduler
+
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket_module.socketpair()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+    scheduler = FlushScheduler(loop, interval=0.05)
+    conn = Connection("t", transport, scheduler, max_bytes=1 << 20, max_messages=1000, on_overflow=lambda c: None)
+    theirs.setblocking(False)
+    conn.send(b"a")
+    assert scheduler.pending
+    scheduler.flush()
+    assert not scheduler.pending and theirs.recv(100) == b"a"
+    await asyncio.sleep(0.01)  # the cancelled pass did nothing
+    conn.send(b"b")
+    await asyncio.sleep(0.01)
+    with pytest.raises(BlockingIOError):
+        theirs.recv(100)  # paced from the flush made now
+    await asyncio.sleep(0.06)
+    assert theirs.recv(100) == b"b"
+    transport.close()
+    theirs.close()
+
+
 async def test_wrong_token_types_are_bad_messages(make_client: AppFactory) -> None:
     client = await make_client()
     async with client.ws_connect("/ws") as ws:
