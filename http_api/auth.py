@@ -112,6 +112,9 @@ class WsTokenRequest(Schema):
     scope = fields.String(load_default=None, allow_none=True)
 
 
+_WS_TOKEN_REQUEST = WsTokenRequest()  # reused: building a schema deep-copies its fields
+
+
 async def issue_ws_token(request: web.Request) -> web.Response:
     """``GET|POST /auth/ws``: issue a WS token to the authenticated caller.
 
@@ -128,7 +131,7 @@ async def issue_ws_token(request: web.Request) -> web.Response:
     principal = await authenticate(request)
     requested = request.query.get("scope")
     if request.method == "POST" and requested is None:
-        requested = (await load_json(request, WsTokenRequest(), optional=True)).get("scope")
+        requested = (await load_json(request, _WS_TOKEN_REQUEST, optional=True)).get("scope")
     try:
         wanted = principal.scopes if requested is None else parse_scopes(requested)
     except BadScope as exc:

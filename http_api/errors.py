@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import random
 from typing import Any
 
 import orjson
@@ -47,10 +47,16 @@ def _with_id(exc: web.HTTPException, request_id: str) -> web.HTTPException:
     return exc
 
 
+def new_request_id() -> str:
+    """A random 32-hex-digit request id (128 bits, like a UUID's hex; not a secret, so
+    drawn from ``random``, ~10x cheaper than ``uuid4`` which reads ``os.urandom``)."""
+    return f"{random.getrandbits(128):032x}"
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error into JSON; never send a traceback. Binds a request id to logs."""
-    request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
+    request_id = request.headers.get("X-Request-ID", "")[:64] or new_request_id()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
         response = await handler(request)

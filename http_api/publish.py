@@ -20,6 +20,9 @@ class PublishRequest(Schema):
     message = fields.Raw(required=True, allow_none=True)
 
 
+_PUBLISH = PublishRequest()  # a schema instance is reusable; building one deep-copies its fields
+
+
 async def publish(request: web.Request) -> web.Response:
     """Publish ``message`` on ``topic`` to every instance.
 
@@ -34,7 +37,7 @@ async def publish(request: web.Request) -> web.Response:
     """
     principal = await authenticate(request)
     require_scope(principal, PUBLISH_SCOPE)
-    body = await load_json(request, PublishRequest(), allow_nul=True)  # messages never touch the database
+    body = await load_json(request, _PUBLISH, allow_nul=True)  # messages never touch the database
     try:
         topic = await request.app[NODE].publish(body["topic"], body["message"])
     except BadTopic as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jwt
 import pytest
 
@@ -139,3 +141,21 @@ async def test_unknown_route_and_method_are_json(make_client: AppFactory) -> Non
     resp = await client.delete("/publish")
     assert resp.status == 405 and (await resp.json())["error"] == "method_not_allowed"
     assert resp.headers.get("X-Request-ID") is None or resp.headers["X-Request-ID"]
+
+
+async def test_request_ids_are_fresh_32_hex_digits_unless_the_caller_sent_one(make_client: AppFactory) -> None:
+    client = await make_client()
+    ids = set()
+    for _ in range(20):
+        resp = await client.post(
+            "/publish", json={"topic": "dream:update.a", "message": "m"}, headers=auth(PUBLISHER_KEY)
+        )
+        assert resp.status == 202
+        ids.add(resp.headers["X-Request-ID"])
+    assert len(ids) == 20 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    resp = await client.post(
+        "/publish",
+        json={"topic": "dream:update.a", "message": "m"},
+        headers={**auth(PUBLISHER_KEY), "X-Request-ID": "caller-chosen"},
+    )
+    assert resp.headers["X-Request-ID"] == "caller-chosen"
