@@ -50,6 +50,7 @@ def full_plan() -> Plan:
             Case("heavy: 50 listeners x 1000 msg/s", 50, 1, 1000, 200, 4),
         ],
         sweep_configs=[
+            ("ours-memory", 1000, 1),  # the target shape: memory broker, N = 1,000, via POST /publish
             ("ours-redis", 1000, 1),
             ("ours-redis", 5000, 1),
             ("ours-redis", 10000, 1),

@@ -124,8 +124,13 @@ class _Subscriber(asyncio.Protocol):
         # a short read drained the socket: write the batch now and pace the next read. A long
         # one did not: keep reading, and the flush scheduler paces the writes.
         if self._batch_interval > 0 and len(data) < _DRAINED_BELOW and self._on_batch is not None:
+            try:
+                wrote = self._on_batch()
+            except Exception:  # a failed flush must never cost the link
+                log.exception("batch_flush_failed")
+                return
             transport = self.transport
-            if self._on_batch() and transport is not None and not transport.is_closing():
+            if wrote and transport is not None and not transport.is_closing():
                 transport.pause_reading()
                 self._resume = asyncio.get_running_loop().call_later(self._batch_interval, self._resume_reading)
 
