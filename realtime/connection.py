@@ -23,6 +23,10 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
+import structlog
+
+log = structlog.get_logger("realtime.connection")
+
 CLOSE_GOING_AWAY: Final = 1001
 """Server shutting down (RFC 6455); reconnect elsewhere."""
 CLOSE_MESSAGE_TOO_BIG: Final = 1009
@@ -104,7 +108,10 @@ class FlushScheduler:
         dirty, self._dirty = self._dirty, []
         self._last = self._loop.time()
         for conn in dirty:
-            conn.flush()
+            try:
+                conn.flush()
+            except Exception:  # one broken transport must not strand the others' frames
+                log.exception("flush_failed", conn_id=conn.id)
 
 
 class Connection:

@@ -125,6 +125,7 @@ class Node:
         self.refusals: dict[str, int] = {}  # error code -> RESPONSEs sent with it
         self.handshakes: dict[int, int] = {}  # HTTP status -> handshakes answered with it
         self._scheduler: FlushScheduler | None = None
+        self._batch_delivered = False  # set by deliver(), read and cleared by end_batch()
         self._user_conns: dict[str, set[Connection]] = {}
         self._subs_of: dict[Connection, list[str]] = {}
         self._revoked_jtis: dict[tuple[str, str | None], float] = {}  # (jti, owner or None) -> forget after
@@ -162,15 +163,16 @@ class Node:
         for conn in listeners:
             conn.send(frame)
         self.delivered += len(listeners)
+        self._batch_delivered = True
 
     def end_batch(self) -> bool:
         """Write out what a burst of :meth:`deliver` calls queued, now rather than on the
-        scheduled pass; returns ``True`` if anything was written."""
+        scheduled pass; returns ``True`` if the burst delivered any publication here."""
+        delivered, self._batch_delivered = self._batch_delivered, False
         scheduler = self.scheduler
-        if not scheduler.pending:
-            return False
-        scheduler.flush()
-        return True
+        if scheduler.pending:
+            scheduler.flush()
+        return delivered
 
     async def publish(self, topic: str, message: object) -> Topic:
         """Validate and publish one message to every instance.

@@ -15,8 +15,13 @@ server passes ``WRITE_INTERVAL``), a read that fanned something out is flushed t
 clients at once and the link then stops reading for ``batch_interval`` seconds: under a
 stream of publications the process wakes up, reads and writes once per interval instead
 of once per publication, at the same latency as pacing the writes alone (a publication
-waits at most one interval either way). A read of 64 KiB or more (the socket was not
-drained) never pauses, so the pause cannot cap throughput. A supervisor task owns the
+waits at most one interval, plus the fan-out of the batch before it, either way). The
+rest counts from the start of the read, so a batch that took longer than the interval is
+followed by an immediate read. A read of 64 KiB or more (the socket was not drained)
+never pauses, so the pause cannot cap throughput; a read that wrote no publication
+(other topics, a PONG, a control message) never pauses either. Over TLS the pause only
+holds back delivery to us (the TLS layer keeps reading the socket), so it saves less
+there. A supervisor task owns the
 link: it reconnects with capped, jittered exponential backoff forever, resubscribes,
 PINGs every ``health_interval`` seconds and drops a link that stays silent for three
 intervals. Publishing goes through redis-py's ``redis.asyncio`` client.
@@ -109,7 +114,7 @@ class _Subscriber(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self.last_seen = time.monotonic()
+        self.last_seen = started = time.monotonic()
         reader = self._reader
         reader.feed(data)
         try:
@@ -129,10 +134,13 @@ class _Subscriber(asyncio.Protocol):
             except Exception:  # a failed flush must never cost the link
                 log.exception("batch_flush_failed")
                 return
+            # the interval counts from the start of this read: a batch that took longer to fan
+            # out than the interval is followed by an immediate read, never by an idle rest
+            rest = started + self._batch_interval - time.monotonic()
             transport = self.transport
-            if wrote and transport is not None and not transport.is_closing():
+            if wrote and rest > 0 and transport is not None and not transport.is_closing():
                 transport.pause_reading()
-                self._resume = asyncio.get_running_loop().call_later(self._batch_interval, self._resume_reading)
+                self._resume = asyncio.get_running_loop().call_later(rest, self._resume_reading)
 
     def _resume_reading(self) -> None:
         self._resume = None

@@ -33,7 +33,7 @@ import sentry_sdk
 import structlog
 from aiohttp import web
 
-from http_api.errors import json_error
+from http_api.errors import json_error, request_id_from
 from realtime.connection import (
     CLOSE_GOING_AWAY,
     CLOSE_IDLE_TIMEOUT,
@@ -439,7 +439,7 @@ def _json_error(status: int, error: str, message: str, request_id: str) -> bytes
     """A complete ``Connection: close`` HTTP response with a JSON error body (as the HTTP
     API's errors: ``{"error", "message"}`` and an ``X-Request-ID``)."""
     body = orjson.dumps({"error": error, "message": message})
-    rid = "".join(c for c in request_id[:64] if c.isalnum() or c in "-_.") or os.urandom(16).hex()
+    rid = request_id_from(request_id)
     return (
         b"HTTP/1.1 %s\r\nContent-Type: application/json; charset=utf-8\r\n"
         b"Content-Length: %d\r\nConnection: close\r\nX-Request-ID: %s\r\n"

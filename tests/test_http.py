@@ -159,3 +159,7 @@ async def test_request_ids_are_fresh_32_hex_digits_unless_the_caller_sent_one(ma
         headers={**auth(PUBLISHER_KEY), "X-Request-ID": "caller-chosen"},
     )
     assert resp.headers["X-Request-ID"] == "caller-chosen"
+    resp = await client.get("/health", headers={"X-Request-ID": "a b<script>" + "x" * 100})
+    assert resp.headers["X-Request-ID"] == "abscript" + "x" * 53  # cut to 64, then unsafe characters dropped
+    resp = await client.get("/health", headers={"X-Request-ID": "<>"})
+    assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["X-Request-ID"])

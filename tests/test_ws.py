@@ -236,6 +236,36 @@ async def test_flush_now_writes_at_once_and_restarts_the_interval() -> None:
     theirs.close()
 
 
+async def test_end_batch_flushes_and_says_whether_the_batch_delivered() -> None:
+    """``Node.end_batch`` (called by the Redis link after each read) writes queued frames
+    at once, and reports a delivery only when a publication of the batch reached a
+    listener here: replies alone, or other topics, must not pace the link."""
+    import socket as socket_module
+
+    from realtime.broker import MemoryBroker
+    from realtime.connection import Connection
+    from realtime.node import Node
+    from topics import load_policy
+
+    loop = asyncio.get_running_loop()
+    node = Node(broker=MemoryBroker(), policy=load_policy(None), verify=lambda t: None, write_interval=0.05)  # type: ignore[arg-type,return-value]
+    ours, theirs = socket_module.socketpair()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+    conn = Connection("t", transport, node.scheduler, max_bytes=1 << 20, max_messages=1000, on_overflow=lambda c: None)
+    theirs.setblocking(False)
+    node.index.add("dream:update.a", conn)
+    node.deliver("dream:update.b", "nobody listens")
+    assert node.end_batch() is False
+    conn.send(b"reply")  # e.g. a PONG: pending, but not a delivery
+    assert node.end_batch() is False and theirs.recv(100) == b"reply"  # flushed all the same
+    node.deliver("dream:update.a", "m")
+    assert node.end_batch() is True
+    assert b"dream:update.a" in theirs.recv(1000)  # written now, not on the scheduled pass
+    assert node.end_batch() is False  # the flag is per batch
+    transport.close()
+    theirs.close()
+
+
 async def test_wrong_token_types_are_bad_messages(make_client: AppFactory) -> None:
     client = await make_client()
     async with client.ws_connect("/ws") as ws:
