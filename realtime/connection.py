@@ -61,7 +61,7 @@ class FlushScheduler:
     After a quiet spell the first frame goes out on the next event-loop pass (no added
     latency). Under a stream of publications, flushes are spaced ``interval`` apart, so
     each socket write carries every frame queued meanwhile: at 1,000 publications/s and
-    6 ms, about six per write instead of one. ``interval=0`` flushes every pass.
+    4 ms, about four per write instead of one. ``interval=0`` flushes every pass.
 
     A broker that paces its own reads (:class:`realtime.redis_broker.RedisBroker` reads
     at most once per ``interval`` while publications keep coming) calls :meth:`flush`
