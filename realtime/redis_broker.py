@@ -17,8 +17,9 @@ stream of publications the process wakes up, reads and writes once per interval 
 of once per publication, at the same latency as pacing the writes alone (a publication
 waits at most one interval, plus the fan-out of the batch before it, either way). The
 rest counts from the start of the read, so a batch that took longer than the interval is
-followed by an immediate read. A read of 64 KiB or more (the socket was not drained)
-never pauses, so the pause cannot cap throughput; a read that wrote no publication
+followed by an immediate read. A link receiving 32 KiB or more per interval never
+pauses (so a rest's arrivals always fit in the socket buffer and the pause cannot cap
+throughput or back data up into Redis); a read that wrote no publication
 (other topics, a PONG, a control message) never pauses either. Over TLS the pause only
 holds back delivery to us (the TLS layer keeps reading the socket), so it saves less
 there. A supervisor task owns the
@@ -71,8 +72,11 @@ def _encode_command(*parts: bytes | str) -> bytes:
     return b"".join(out)
 
 
-_DRAINED_BELOW = 65536
-"""A read shorter than this emptied the socket (both asyncio and uvloop read up to 256 KB)."""
+_PACE_BELOW = 32768
+"""The link rests only while it receives less than this many bytes per ``batch_interval``
+(in the current and the previous interval): what arrives during one rest then fits easily
+in the socket's receive buffer, so resting never backs data up into Redis's output buffer
+(where the pub/sub limit would cut the link). 32 KiB per 4 ms is 8 MB/s."""
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:
@@ -100,6 +104,9 @@ class _Subscriber(asyncio.Protocol):
         self._on_batch = on_batch
         self._batch_interval = batch_interval
         self._resume: asyncio.TimerHandle | None = None
+        self._window_start = -1e9  # the current interval's start (monotonic s) and bytes received
+        self._window_bytes = 0
+        self._previous_bytes = 0  # bytes received in the interval before it
         self._confirmations = 0
         self._reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
@@ -126,9 +133,15 @@ class _Subscriber(asyncio.Protocol):
         except hiredis.ProtocolError as exc:
             self._fail(RuntimeError(f"redis protocol error: {exc}"))
             return
-        # a short read drained the socket: write the batch now and pace the next read. A long
-        # one did not: keep reading, and the flush scheduler paces the writes.
-        if self._batch_interval > 0 and len(data) < _DRAINED_BELOW and self._on_batch is not None:
+        # a quiet link (< 32 KiB per interval): write the batch now and pace the next read. A
+        # busy one keeps reading, and the flush scheduler paces the writes.
+        interval = self._batch_interval
+        if started - self._window_start >= interval:
+            recent = started - self._window_start < 2 * interval
+            self._previous_bytes = self._window_bytes if recent else 0
+            self._window_start, self._window_bytes = started, 0
+        self._window_bytes += len(data)
+        if interval > 0 and max(self._window_bytes, self._previous_bytes) < _PACE_BELOW and self._on_batch:
             try:
                 wrote = self._on_batch()
             except Exception:  # a failed flush must never cost the link

@@ -231,10 +231,53 @@ async def test_reads_are_not_paced_when_nothing_was_written(
         await broker.close()
 
 
+def _push(channel: bytes, data: bytes) -> bytes:
+    """One RESP2 pub/sub ``message`` push, as Redis sends it."""
+    parts = [b"message", channel, data]
+    return b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+async def test_the_link_rests_only_while_quiet() -> None:
+    """The subscriber over a real socket whose other end plays Redis: a small read that
+    delivered pauses reading for the interval, then reading resumes; once 32 KiB or more
+    arrive within an interval, the link keeps reading (a rest could back data up into
+    Redis's output buffer, which cuts slow subscribers)."""
+    import socket as socket_module
+
+    from realtime.redis_broker import _Subscriber
+
+    loop = asyncio.get_running_loop()
+    got: list[bytes] = []
+    ours, redis_end = socket_module.socketpair()
+    transport, _ = await loop.connect_accepted_socket(
+        lambda: _Subscriber(b"c", b"c:control", got.append, lambda d: None, lambda: True, 0.3), ours
+    )
+    try:
+        redis_end.sendall(_push(b"c", b"first"))
+        await wait_for(lambda: got == [b"first"], timeout=2)
+        assert not transport.is_reading()  # resting: the next publications wait in the socket
+        redis_end.sendall(_push(b"c", b"second"))
+        await asyncio.sleep(0.1)
+        assert got == [b"first"]
+        await wait_for(lambda: got == [b"first", b"second"], timeout=2)  # read after the rest
+        await asyncio.sleep(0.35)
+        assert transport.is_reading()
+        got.clear()
+        redis_end.sendall(b"".join(_push(b"c", b"%03d" % n + b"x" * 1000) for n in range(40)))  # 40 KB
+        await wait_for(lambda: len(got) == 40, timeout=2)
+        assert transport.is_reading()  # busy: no rest
+        redis_end.sendall(_push(b"c", b"small"))
+        await wait_for(lambda: got[-1:] == [b"small"], timeout=2)
+        assert transport.is_reading()  # still busy within this interval and the next
+    finally:
+        transport.close()
+        redis_end.close()
+
+
 async def test_a_burst_larger_than_one_read_is_not_throttled(
     redis_url: str, channel: str, redis_client: aioredis.Redis
 ) -> None:
-    """Reads of 64 KiB or more never pause, so pacing cannot cap throughput."""
+    """A burst of 4 MB is read at full speed, whatever the interval."""
     broker, got, _ = await _paced_broker(redis_url, channel, 0.5)
     try:
         pipe = redis_client.pipeline(transaction=False)
