@@ -227,7 +227,7 @@ def plot(data: Run, path: Path) -> bool:
         ax.grid(alpha=0.3)
     ax1.legend(fontsize=8)
     fig.suptitle(
-        "realtime fan-out through Redis, 2-core loopback: median of reps, bars = min-max;\n"
+        "realtime fan-out (Redis, and the memory broker via POST /publish), 2-core loopback: median of reps, bars = min-max;\n"
         "circled: no rate passed (no loss and p99 < 100 ms), lowest rate shown",
         fontsize=10,
     )
