@@ -181,18 +181,24 @@ async def test_slow_consumer_is_closed_and_others_get_everything(make_client: Ap
     slow.close()
 
 
+async def socket_connection(scheduler: Any) -> tuple[Any, asyncio.BaseTransport, socket.socket]:
+    """A :class:`Connection` writing to one end of a real socket pair; returns it, its
+    transport and the other end (non-blocking) to read what it wrote."""
+    from realtime.connection import Connection
+
+    ours, theirs = socket.socketpair()
+    transport, _ = await asyncio.get_running_loop().connect_accepted_socket(asyncio.Protocol, ours)
+    conn = Connection("t", transport, scheduler, max_bytes=1 << 20, max_messages=1000, on_overflow=lambda c: None)  # type: ignore[arg-type]
+    theirs.setblocking(False)
+    return conn, transport, theirs
+
+
 async def test_flush_scheduler_spaces_flushes_under_load() -> None:
     """First flush on the next pass; later ones at most once per interval."""
-    import socket as socket_module
+    from realtime.connection import FlushScheduler
 
-    from realtime.connection import Connection, FlushScheduler
-
-    loop = asyncio.get_running_loop()
-    ours, theirs = socket_module.socketpair()
-    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
-    scheduler = FlushScheduler(loop, interval=0.05)
-    conn = Connection("t", transport, scheduler, max_bytes=1 << 20, max_messages=1000, on_overflow=lambda c: None)
-    theirs.setblocking(False)
+    scheduler = FlushScheduler(asyncio.get_running_loop(), interval=0.05)
+    conn, transport, theirs = await socket_connection(scheduler)
     conn.send(b"a")
     await asyncio.sleep(0)
     await asyncio.sleep(0)
@@ -211,16 +217,10 @@ async def test_flush_scheduler_spaces_flushes_under_load() -> None:
 async def test_flush_now_writes_at_once_and_restarts_the_interval() -> None:
     """``FlushScheduler.flush`` (a broker's end of batch) writes now, replaces the
     scheduled pass, and the next scheduled flush is an interval later."""
-    import socket as socket_module
+    from realtime.connection import FlushScheduler
 
-    from realtime.connection import Connection, FlushScheduler
-
-    loop = asyncio.get_running_loop()
-    ours, theirs = socket_module.socketpair()
-    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
-    scheduler = FlushScheduler(loop, interval=0.05)
-    conn = Connection("t", transport, scheduler, max_bytes=1 << 20, max_messages=1000, on_overflow=lambda c: None)
-    theirs.setblocking(False)
+    scheduler = FlushScheduler(asyncio.get_running_loop(), interval=0.05)
+    conn, transport, theirs = await socket_connection(scheduler)
     conn.send(b"a")
     assert scheduler.pending
     scheduler.flush()
@@ -240,19 +240,12 @@ async def test_end_batch_flushes_and_says_whether_the_batch_delivered() -> None:
     """``Node.end_batch`` (called by the Redis link after each read) writes queued frames
     at once, and reports a delivery only when a publication of the batch reached a
     listener here: replies alone, or other topics, must not pace the link."""
-    import socket as socket_module
-
     from realtime.broker import MemoryBroker
-    from realtime.connection import Connection
     from realtime.node import Node
     from topics import load_policy
 
-    loop = asyncio.get_running_loop()
     node = Node(broker=MemoryBroker(), policy=load_policy(None), verify=lambda t: None, write_interval=0.05)  # type: ignore[arg-type,return-value]
-    ours, theirs = socket_module.socketpair()
-    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
-    conn = Connection("t", transport, node.scheduler, max_bytes=1 << 20, max_messages=1000, on_overflow=lambda c: None)
-    theirs.setblocking(False)
+    conn, transport, theirs = await socket_connection(node.scheduler)
     node.index.add("dream:update.a", conn)
     node.deliver("dream:update.b", "nobody listens")
     assert node.end_batch() is False
