@@ -23,7 +23,8 @@ OnControl = Callable[[dict[str, object]], None]
 """Called with each control message (e.g. a token revocation) published by any instance."""
 OnBatch = Callable[[], bool]
 """Called after a burst of ``deliver`` calls read together: write them out now. Returns
-``True`` if anything was written (the broker may then pace its next read)."""
+``True`` if the burst delivered a publication to a local listener (the broker may then
+pace its next read)."""
 
 
 class Broker(Protocol):

@@ -94,7 +94,7 @@ class _Subscriber(asyncio.Protocol):
         control: bytes,
         on_data: Callable[[bytes], None],
         on_control: Callable[[bytes], None],
-        on_batch: Callable[[], bool] | None = None,
+        on_batch: OnBatch | None = None,
         batch_interval: float = 0.0,
     ) -> None:
         self._channel = channel
