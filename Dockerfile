@@ -17,7 +17,8 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # .dockerignore keeps tests, benchmarks, keys, .env and caches out of the context.
 COPY . .
-RUN pip wheel --wheel-dir /wheels .
+# the uvloop extra: EVENT_LOOP=auto then serves on uvloop, the loop docs/benchmarks.md measures
+RUN pip wheel --wheel-dir /wheels ".[uvloop]"
 
 # --- runtime: the installed wheels and nothing else -------------------------------------------
 FROM python:${PYTHON_VERSION}-slim
@@ -35,7 +36,7 @@ RUN groupadd --system --gid 10001 realtime \
     && install -d -o realtime -g realtime -m 0700 /var/lib/realtime/keys
 
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-index --find-links /wheels realtime-pubsub
+    pip install --no-index --find-links /wheels "realtime-pubsub[uvloop]"
 
 # Signing keys: every instance behind one load balancer must share them. Either set the secret
 # WS_SIGNING_KEYS (PEMs; KEYS_DIR is then ignored), or mount one volume shared by all instances

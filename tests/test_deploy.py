@@ -164,6 +164,9 @@ def test_dockerfile_multi_stage_non_root_and_runtime_only() -> None:
     assert not instruction(final, "COPY")
     installs = [cmd for cmd in instruction(final, "RUN") if "pip install" in cmd]
     assert len(installs) == 1 and "from=builder" in installs[0] and "--no-index" in installs[0]
+    # production runs on uvloop (EVENT_LOOP=auto picks it): the extra is built and installed
+    assert any('pip wheel --wheel-dir /wheels ".[uvloop]"' in cmd for cmd in instruction(builder, "RUN"))
+    assert '"realtime-pubsub[uvloop]"' in installs[0]
     (user,) = instruction(final, "USER")
     assert user.split(":")[0] not in ("root", "0")
 
