@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections.abc import Callable
 from typing import Final
 
 import structlog
+
+from realtime.timer import PreciseTimer
 
 log = structlog.get_logger("realtime.connection")
 
@@ -61,14 +64,16 @@ class FlushScheduler:
     After a quiet spell the first frame goes out on the next event-loop pass (no added
     latency). Under a stream of publications, flushes are spaced ``interval`` apart, so
     each socket write carries every frame queued meanwhile: at 1,000 publications/s and
-    4 ms, about four per write instead of one. ``interval=0`` flushes every pass.
+    4 ms, about four per write instead of one. ``interval=0`` flushes every pass. The
+    spacing is kept by a :class:`realtime.timer.PreciseTimer` (the loops' millisecond
+    timers would fire up to a millisecond early or late).
 
     A broker that paces its own reads (:class:`realtime.redis_broker.RedisBroker` reads
     at most once per ``interval`` while publications keep coming) calls :meth:`flush`
     at the end of each read batch instead of waiting for the scheduled pass.
     """
 
-    __slots__ = ("_dirty", "_handle", "_interval", "_last", "_loop")
+    __slots__ = ("_dirty", "_handle", "_interval", "_last", "_loop", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float = 0.0) -> None:
         """Args:
@@ -77,9 +82,10 @@ class FlushScheduler:
         """
         self._loop = loop
         self._interval = interval
-        self._last = -1e9
+        self._last = -1e9  # time.monotonic() of the last flush
         self._dirty: list[Connection] = []
-        self._handle: asyncio.Handle | None = None
+        self._handle: asyncio.Handle | None = None  # the next-pass flush, when one is due now
+        self._timer = PreciseTimer(loop)  # the paced flush, when one is due later
 
     @property
     def pending(self) -> bool:
@@ -89,29 +95,36 @@ class FlushScheduler:
     def mark(self, conn: Connection) -> None:
         """Queue ``conn`` for the next flush."""
         self._dirty.append(conn)
-        if self._handle is None:
-            wait = self._last + self._interval - self._loop.time()
-            if wait > 0:
-                self._handle = self._loop.call_later(wait, self._due)
-            else:
-                self._handle = self._loop.call_soon(self._due)
+        if self._handle is None and not self._timer.armed:
+            self._handle = self._loop.call_soon(self._due)
 
     def _due(self) -> None:
+        # decided on the next pass, not in mark(): a broker that flushes at the end of its
+        # read batch (end_batch) has usually done so by now, and arming costs a syscall
         self._handle = None
-        self.flush()
+        due = self._last + self._interval
+        if due > time.monotonic():
+            self._timer.call_at(due, self.flush)
+        else:
+            self.flush()
 
     def flush(self) -> None:
         """Write every dirty connection's pending frames now (and cancel the scheduled pass)."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self._timer.cancel()
         dirty, self._dirty = self._dirty, []
-        self._last = self._loop.time()
+        self._last = time.monotonic()
         for conn in dirty:
             try:
                 conn.flush()
             except Exception:  # one broken transport must not strand the others' frames
                 log.exception("flush_failed", conn_id=conn.id)
+
+    def close(self) -> None:
+        """Release the pacing timer (pending frames stay flushable with :meth:`flush`)."""
+        self._timer.close()
 
 
 class Connection:

@@ -149,10 +149,12 @@ class Node:
         await self.broker.start(self.deliver, self.on_gap, self.on_control, self.end_batch)
 
     async def close(self) -> None:
-        """Stop the broker and the expiry timer."""
+        """Stop the broker, the expiry timer and the flush scheduler's pacing timer."""
         if self._timer is not None:
             self._timer.cancel()
         await self.broker.close()
+        if self._scheduler is not None:
+            self._scheduler.close()
 
     def deliver(self, topic: str, message: str) -> None:
         """Fan one publication out to this instance's listeners of ``topic``."""

@@ -53,6 +53,7 @@ from redis.exceptions import RedisError
 
 from realtime.broker import Deliver, OnBatch, OnControl, OnGap
 from realtime.errors import BrokerUnavailable
+from realtime.timer import PreciseTimer
 
 log = structlog.get_logger("realtime.broker")
 
@@ -103,7 +104,7 @@ class _Subscriber(asyncio.Protocol):
         self._on_control = on_control
         self._on_batch = on_batch
         self._batch_interval = batch_interval
-        self._resume: asyncio.TimerHandle | None = None
+        self._resume = PreciseTimer(asyncio.get_running_loop())  # ends a rest (resume reading)
         self._window_start = -1e9  # the current interval's start (monotonic s) and bytes received
         self._window_bytes = 0
         self._previous_bytes = 0  # bytes received in the interval before it
@@ -149,14 +150,13 @@ class _Subscriber(asyncio.Protocol):
                 return
             # the interval counts from the start of this read: a batch that took longer to fan
             # out than the interval is followed by an immediate read, never by an idle rest
-            rest = started + self._batch_interval - time.monotonic()
+            until = started + interval
             transport = self.transport
-            if wrote and rest > 0 and transport is not None and not transport.is_closing():
+            if wrote and until > time.monotonic() and transport is not None and not transport.is_closing():
                 transport.pause_reading()
-                self._resume = asyncio.get_running_loop().call_later(rest, self._resume_reading)
+                self._resume.call_at(until, self._resume_reading)
 
     def _resume_reading(self) -> None:
-        self._resume = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
@@ -186,8 +186,7 @@ class _Subscriber(asyncio.Protocol):
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._resume is not None:
-            self._resume.cancel()
+        self._resume.close()
         error = exc or ConnectionError("redis closed the connection")
         for fut in (self.subscribed, self.lost):
             if not fut.done():
