@@ -9,6 +9,13 @@ benchmark stamp) is used for every server, so generator cost is comparable.
 Client frames are masked with an all-zero key: RFC 6455 requires the mask bit, and a
 zero key is a valid key that makes masking a no-op (a load generator's shortcut, not
 something a real client should do).
+
+Latency is stamped with the kernel's receive time where it can be (Linux
+``SO_TIMESTAMPNS`` on the sampled connections, read with ``recvmsg`` by
+:class:`StampingTransport`): one generator process stands in for many client devices and
+parses their frames one after another, so a stamp taken while parsing would add the
+other clients' parsing time to each delivery, more for servers that deliver in bursts.
+The kernel stamp is when the bytes reached the client's socket, the same for every server.
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ import asyncio
 import base64
 import os
 import re
+import socket
 import struct
+import sys
 import time
+from collections.abc import Callable
 from typing import Final, cast
 
 STAMP: Final = re.compile(rb"~(\d+)~(\d+)~")
@@ -27,6 +37,11 @@ STAMP: Final = re.compile(rb"~(\d+)~(\d+)~")
 _ZERO_MASK: Final = b"\x00\x00\x00\x00"
 _U16: Final = struct.Struct("!H")
 _U64: Final = struct.Struct("!Q")
+_SO_TIMESTAMPNS: Final = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS is the same
+_TIMESPEC: Final = struct.Struct("@ll")
+_CMSG_SPACE: Final = socket.CMSG_SPACE(_TIMESPEC.size)
+KERNEL_STAMPS: Final = sys.platform.startswith("linux")
+"""Whether sampled connections take the kernel's receive time (else: the parse time)."""
 
 
 class WsError(Exception):
@@ -58,12 +73,16 @@ class Stats:
         reordered: messages that arrived before an earlier-numbered one.
         latencies: publish-to-deliver latencies in ns, only when sampled.
         last_ns: monotonic ns of the last stamped message.
+        rx_ns: the kernel's receive time (monotonic ns) of the bytes being parsed, 0 if unknown.
     """
 
-    __slots__ = ("_above", "_next", "duplicated", "last_ns", "latencies", "received", "reordered", "sampled")
+    __slots__ = (
+        "_above", "_next", "duplicated", "last_ns", "latencies", "received", "reordered", "rx_ns", "sampled",
+    )  # fmt: skip
 
     def __init__(self, sampled: bool) -> None:
         self.sampled = sampled
+        self.rx_ns = 0
         self.reset()
 
     def reset(self) -> None:
@@ -83,7 +102,7 @@ class Stats:
         match = STAMP.search(data)
         if match is None:
             return
-        now = time.monotonic_ns()
+        now = self.rx_ns or time.monotonic_ns()
         seq = int(match[1])
         self.received += 1
         if seq == self._next:
@@ -252,15 +271,115 @@ class WsClient(asyncio.Protocol):
             del buf[:pos]
 
 
+class StampingTransport:
+    """A minimal transport over a non-blocking socket that reads with ``recvmsg`` and sets
+    ``stats.rx_ns`` to each read's kernel receive time (``SO_TIMESTAMPNS``, CLOCK_REALTIME,
+    turned into monotonic ns) while the protocol parses it.
+
+    With several segments in one read, TCP reports the last one's time: a frame that waited
+    in the socket is stamped late, never early. Only for the sampled connections (a Python
+    ``recvmsg`` costs the generator more than uvloop's reads).
+    """
+
+    def __init__(self, sock: socket.socket, protocol: asyncio.Protocol, stats: Stats) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sock = sock
+        self._protocol = protocol
+        self._stats = stats
+        self._closing = False
+        self._sending: asyncio.Future[None] | None = None
+        self._loop.add_reader(sock.fileno(), self._readable)
+        protocol.connection_made(cast(asyncio.Transport, self))
+
+    def _readable(self) -> None:
+        try:
+            data, ancillary, _, _ = self._sock.recvmsg(262144, _CMSG_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if not data:
+            self._lost(None)
+            return
+        stats = self._stats
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
+                sec, nsec = _TIMESPEC.unpack_from(payload)
+                stats.rx_ns = sec * 1_000_000_000 + nsec - (time.time_ns() - time.monotonic_ns())
+        try:
+            self._protocol.data_received(data)
+        finally:
+            stats.rx_ns = 0
+
+    def write(self, data: bytes) -> None:
+        """Send ``data``; what the socket does not take now is sent in order by a task."""
+        if self._closing:
+            return
+        if self._sending is not None and not self._sending.done():
+            previous = self._sending
+            self._sending = asyncio.ensure_future(self._send_after(previous, data))
+            return
+        try:
+            sent = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if sent < len(data):
+            self._sending = asyncio.ensure_future(self._loop.sock_sendall(self._sock, data[sent:]))
+
+    async def _send_after(self, previous: asyncio.Future[None], data: bytes) -> None:
+        await previous
+        await self._loop.sock_sendall(self._sock, data)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def abort(self) -> None:
+        self._lost(None)
+
+    close = abort
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self._sock if name == "socket" else default
+
+    def _lost(self, exc: Exception | None) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._loop.call_soon(self._protocol.connection_lost, exc)
+
+
 async def connect(host: str, port: int, path: str, dialect: Dialect) -> WsClient:
     """Open one connection and wait until its dialect says it is ready (listening).
+
+    Sampled connections (``dialect.stats.sampled``) read through a
+    :class:`StampingTransport` on Linux.
 
     Raises:
         WsError: the handshake or the subscription was refused.
         OSError: the TCP connection failed.
     """
     loop = asyncio.get_running_loop()
-    _, client = await loop.create_connection(lambda: WsClient(f"{host}:{port}", path, dialect), host, port)
+    factory: Callable[[], WsClient] = lambda: WsClient(f"{host}:{port}", path, dialect)  # noqa: E731
+    if KERNEL_STAMPS and dialect.stats.sampled:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            await loop.sock_connect(sock, (host, port))
+        except BaseException:
+            sock.close()
+            raise
+        client = factory()
+        StampingTransport(sock, client, dialect.stats)
+    else:
+        _, client = await loop.create_connection(factory, host, port)
     try:
         await dialect.ready
     except BaseException:
