@@ -48,6 +48,8 @@ def full_plan() -> Plan:
         compare_cases=[
             Case("light: 500 listeners x 20 msg/s", 500, 1, 20, 200, 5),
             Case("heavy: 50 listeners x 1000 msg/s", 50, 1, 1000, 200, 4),
+            # remote control: each publication reaches one device, so cost is per publication
+            Case("sparse: 1000 listeners over 1000 topics x 100 msg/s", 1000, 1000, 100, 200, 8),
         ],
         sweep_configs=[
             ("ours-memory", 1000, 1),  # the target shape: memory broker, N = 1,000, via POST /publish

@@ -12,11 +12,13 @@ The subscriber is our own small RESP client (an :class:`asyncio.Protocol` fed th
 ``hiredis.Reader``): a burst of publications read in one ``data_received`` is fanned out
 in one event-loop pass, so writes to each client merge. With ``batch_interval`` set (the
 server passes ``WRITE_INTERVAL``), a read that fanned something out is flushed to the
-clients at once and the link then stops reading for ``batch_interval`` seconds: under a
-stream of publications the process wakes up, reads and writes once per interval instead
-of once per publication, at the same latency as pacing the writes alone (a publication
-waits at most one interval, plus the fan-out of the batch before it, either way). The
-rest counts from the start of the read, so a batch that took longer than the interval is
+clients at once and, if the previous such read began less than 1.25 intervals before (a
+stream), the link then stops reading until ``batch_interval`` seconds after this read
+began: under a stream of publications the process wakes up, reads and writes once per
+interval instead of once per publication, at the same latency as pacing the writes alone
+(a publication waits at most one interval, plus the fan-out of the batch before it,
+either way). An isolated publication is not followed by a rest, which would only cost a
+second wake-up (a timer) with nothing to read at its end. The rest counts from the start of the read, so a batch that took longer than the interval is
 followed by an immediate read. A link receiving 32 KiB or more per interval never
 pauses (so a rest's arrivals always fit in the socket buffer and the pause cannot cap
 throughput or back data up into Redis); a read that wrote no publication
@@ -79,6 +81,12 @@ _PACE_BELOW = 32768
 in the socket's receive buffer, so resting never backs data up into Redis's output buffer
 (where the pub/sub limit would cut the link). 32 KiB per 4 ms is 8 MB/s."""
 
+_STREAM_GAP = 1.25
+"""A delivering read rests only if the previous one began less than this many
+``batch_interval`` before it: under a stream, paced reads come one interval (plus the
+timer's ~0.2 ms) apart; publications further apart than an interval find nothing waiting
+at the end of a rest, whose timer would only add a wake-up."""
+
 
 def _retrieve(fut: asyncio.Future[None]) -> None:
     """Mark a future's exception as seen (the supervisor reads it when it cares)."""
@@ -108,6 +116,7 @@ class _Subscriber(asyncio.Protocol):
         self._window_start = -1e9  # the current interval's start (monotonic s) and bytes received
         self._window_bytes = 0
         self._previous_bytes = 0  # bytes received in the interval before it
+        self._last_delivery = -1e9  # start of the last read that delivered here (monotonic s)
         self._confirmations = 0
         self._reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
@@ -148,11 +157,18 @@ class _Subscriber(asyncio.Protocol):
             except Exception:  # a failed flush must never cost the link
                 log.exception("batch_flush_failed")
                 return
+            if not wrote:
+                return
+            # rest only inside a stream (the previous delivering read began within _STREAM_GAP
+            # intervals): after an isolated publication nothing would be waiting when the rest
+            # ends, and its timer would cost a second wake-up per publication
+            in_stream = started - self._last_delivery < _STREAM_GAP * interval
+            self._last_delivery = started
             # the interval counts from the start of this read: a batch that took longer to fan
             # out than the interval is followed by an immediate read, never by an idle rest
             until = started + interval
             transport = self.transport
-            if wrote and until > time.monotonic() and transport is not None and not transport.is_closing():
+            if in_stream and until > time.monotonic() and transport is not None and not transport.is_closing():
                 transport.pause_reading()
                 self._resume.call_at(until, self._resume_reading)
 

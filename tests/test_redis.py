@@ -238,10 +238,11 @@ def _push(channel: bytes, data: bytes) -> bytes:
 
 
 async def test_the_link_rests_only_while_quiet() -> None:
-    """The subscriber over a real socket whose other end plays Redis: a small read that
-    delivered pauses reading for the interval, then reading resumes; once 32 KiB or more
-    arrive within an interval, the link keeps reading (a rest could back data up into
-    Redis's output buffer, which cuts slow subscribers)."""
+    """The subscriber over a real socket whose other end plays Redis: an isolated
+    publication is not followed by a rest; inside a stream, a small read that delivered
+    pauses reading for the interval, then reading resumes; once 32 KiB or more arrive
+    within an interval, the link keeps reading (a rest could back data up into Redis's
+    output buffer, which cuts slow subscribers)."""
     import socket as socket_module
 
     from realtime.redis_broker import _Subscriber
@@ -255,11 +256,14 @@ async def test_the_link_rests_only_while_quiet() -> None:
     try:
         redis_end.sendall(_push(b"c", b"first"))
         await wait_for(lambda: got == [b"first"], timeout=2)
-        assert not transport.is_reading()  # resting: the next publications wait in the socket
+        assert transport.is_reading()  # isolated: a rest would only add a timer wake-up
         redis_end.sendall(_push(b"c", b"second"))
+        await wait_for(lambda: got == [b"first", b"second"], timeout=2)
+        assert not transport.is_reading()  # a stream: resting, the next publications wait in the socket
+        redis_end.sendall(_push(b"c", b"third"))
         await asyncio.sleep(0.1)
-        assert got == [b"first"]
-        await wait_for(lambda: got == [b"first", b"second"], timeout=2)  # read after the rest
+        assert got == [b"first", b"second"]
+        await wait_for(lambda: got == [b"first", b"second", b"third"], timeout=2)  # read after the rest
         await asyncio.sleep(0.35)
         assert transport.is_reading()
         got.clear()
