@@ -28,8 +28,8 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
-from typing import Final, cast
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, cast
 
 STAMP: Final = re.compile(rb"~(\d+)~(\d+)~")
 """The benchmark stamp in a payload: ``~<seq in its topic>~<send time, monotonic ns>~``."""
@@ -309,6 +309,8 @@ class StampingTransport:
                 stats.rx_ns = sec * 1_000_000_000 + nsec - (time.time_ns() - time.monotonic_ns())
         try:
             self._protocol.data_received(data)
+        except Exception as exc:  # noqa: BLE001 - as asyncio's transports do: close, report
+            self._lost(exc)
         finally:
             stats.rx_ns = 0
 
@@ -317,8 +319,7 @@ class StampingTransport:
         if self._closing:
             return
         if self._sending is not None and not self._sending.done():
-            previous = self._sending
-            self._sending = asyncio.ensure_future(self._send_after(previous, data))
+            self._track(self._send_after(self._sending, data))
             return
         try:
             sent = self._sock.send(data)
@@ -328,7 +329,15 @@ class StampingTransport:
             self._lost(exc)
             return
         if sent < len(data):
-            self._sending = asyncio.ensure_future(self._loop.sock_sendall(self._sock, data[sent:]))
+            self._track(self._loop.sock_sendall(self._sock, data[sent:]))
+
+    def _track(self, send: Coroutine[Any, Any, None]) -> None:
+        self._sending = task = asyncio.ensure_future(send)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._lost(exc if isinstance(exc, Exception) else None)
 
     async def _send_after(self, previous: asyncio.Future[None], data: bytes) -> None:
         await previous
@@ -340,7 +349,7 @@ class StampingTransport:
     def abort(self) -> None:
         self._lost(None)
 
-    close = abort
+    close = abort  # no closing handshake to wait for: queued writes are dropped either way
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return self._sock if name == "socket" else default
@@ -349,6 +358,8 @@ class StampingTransport:
         if self._closing:
             return
         self._closing = True
+        if self._sending is not None:
+            self._sending.cancel()  # before the close: its writer must not outlive the fd
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
         self._loop.call_soon(self._protocol.connection_lost, exc)
@@ -373,11 +384,11 @@ async def connect(host: str, port: int, path: str, dialect: Dialect) -> WsClient
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
             await loop.sock_connect(sock, (host, port))
+            client = factory()
+            StampingTransport(sock, client, dialect.stats)
         except BaseException:
             sock.close()
             raise
-        client = factory()
-        StampingTransport(sock, client, dialect.stats)
     else:
         _, client = await loop.create_connection(factory, host, port)
     try:

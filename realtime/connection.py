@@ -73,7 +73,7 @@ class FlushScheduler:
     at the end of each read batch instead of waiting for the scheduled pass.
     """
 
-    __slots__ = ("_dirty", "_handle", "_interval", "_last", "_loop", "_timer")
+    __slots__ = ("_closed", "_dirty", "_handle", "_interval", "_last", "_loop", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float = 0.0) -> None:
         """Args:
@@ -86,6 +86,7 @@ class FlushScheduler:
         self._dirty: list[Connection] = []
         self._handle: asyncio.Handle | None = None  # the next-pass flush, when one is due now
         self._timer = PreciseTimer(loop)  # the paced flush, when one is due later
+        self._closed = False  # after close(): flush on the next pass, never arm the timer
 
     @property
     def pending(self) -> bool:
@@ -103,7 +104,7 @@ class FlushScheduler:
         # read batch (end_batch) has usually done so by now, and arming costs a syscall
         self._handle = None
         due = self._last + self._interval
-        if due > time.monotonic():
+        if not self._closed and due > time.monotonic():
             self._timer.call_at(due, self.flush)
         else:
             self.flush()
@@ -123,8 +124,11 @@ class FlushScheduler:
                 log.exception("flush_failed", conn_id=conn.id)
 
     def close(self) -> None:
-        """Release the pacing timer (pending frames stay flushable with :meth:`flush`)."""
-        self._timer.close()
+        """Release the pacing timer; later frames are flushed on the next pass, unpaced."""
+        self._closed = True
+        self._timer.close()  # cancels a paced flush: what it would have written goes next pass
+        if self._dirty and self._handle is None:
+            self._handle = self._loop.call_soon(self._due)
 
 
 class Connection:

@@ -152,9 +152,11 @@ class Node:
         """Stop the broker, the expiry timer and the flush scheduler's pacing timer."""
         if self._timer is not None:
             self._timer.cancel()
-        await self.broker.close()
-        if self._scheduler is not None:
-            self._scheduler.close()
+        try:
+            await self.broker.close()
+        finally:
+            if self._scheduler is not None:
+                self._scheduler.close()
 
     def deliver(self, topic: str, message: str) -> None:
         """Fan one publication out to this instance's listeners of ``topic``."""

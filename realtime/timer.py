@@ -17,8 +17,10 @@ Where there is no timerfd (not Linux, no libc), it falls back to ``loop.call_at`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
+import math
 import os
 import sys
 import time
@@ -89,18 +91,20 @@ class PreciseTimer:
     def call_at(self, when: float, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the loop at ``when`` (seconds, :func:`time.monotonic`),
         replacing any pending one. A time already past runs it on the next pass."""
-        self._callback = callback
+        self._callback = None  # armed only once the expiry is set (a failure leaves it unarmed)
         if self.precise and (self._fd >= 0 or self._open()):
             assert _TIMERFD is not None
-            ns = max(int(when * 1e9), 1)  # an all-zero expiry would disarm the timer
+            ns = max(math.ceil(when * 1e9), 1)  # never early; an all-zero expiry would disarm
             value = self._spec.it_value
             value.tv_sec, value.tv_nsec = divmod(ns, 1_000_000_000)
             if _TIMERFD[1](self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None) == 0:
+                self._callback = callback
                 return
             self._degrade(OSError(ctypes.get_errno(), "timerfd_settime failed"))
         if self._fallback is not None:
             self._fallback.cancel()
         self._fallback = self._loop.call_later(when - time.monotonic(), self._fire)
+        self._callback = callback
 
     def cancel(self) -> None:
         """Drop the pending callback, if any (the timerfd is disarmed)."""
@@ -125,7 +129,8 @@ class PreciseTimer:
 
     def __del__(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            with contextlib.suppress(Exception):  # also at interpreter shutdown
+                os.close(self._fd)
 
     def _open(self) -> bool:
         assert _TIMERFD is not None
@@ -153,7 +158,7 @@ class PreciseTimer:
     def _expired(self) -> None:
         try:
             os.read(self._fd, 8)  # the expiration count; clears readiness
-        except BlockingIOError:  # re-armed or disarmed since epoll saw it
+        except OSError:  # EAGAIN: re-armed or disarmed since epoll saw it; EBADF: closed meanwhile
             return
         self._fire()
 

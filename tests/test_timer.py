@@ -134,7 +134,13 @@ def test_node_close_releases_the_schedulers_timer(run: Callable[..., None]) -> N
         node.scheduler.mark(conn)
         await asyncio.sleep(0.01)
         assert node.scheduler.pending and not flushed
+        assert open_fds() == before + 1  # the pacing timer's timerfd
         await node.close()
         assert open_fds() == before
+        await asyncio.sleep(0.01)
+        assert len(flushed) == 1  # the cancelled paced flush's frames went out on the next pass
+        node.scheduler.mark(conn)  # a straggler after close: flushed on the next pass, no new fd
+        await asyncio.sleep(0.01)
+        assert len(flushed) == 2 and open_fds() == before
 
     run(main)
