@@ -20,10 +20,11 @@ interval instead of once per publication, at the same latency as pacing the writ
 either way). An isolated publication is not followed by a rest, which would only cost a
 second wake-up (a timer) with nothing to read at its end (a loop stalled for more than a
 quarter interval also skips one rest). The rest counts from the start of the read, so a
-batch that took longer than the interval is followed by an immediate read. A link receiving 32 KiB or more per interval never
-pauses (so a rest's arrivals always fit in the socket buffer and the pause cannot cap
-throughput or back data up into Redis); a read that wrote no publication
-(other topics, a PONG, a control message) never pauses either. Over TLS the pause only
+batch that took longer than the interval is followed by an immediate read. A link
+receiving 32 KiB or more per interval never pauses (so a rest's arrivals always fit in
+the socket buffer and the pause cannot cap throughput or back data up into Redis); a
+read that wrote no publication (other topics, a PONG, a control message) never pauses
+either. Over TLS the pause only
 holds back delivery to us (the TLS layer keeps reading the socket), so it saves less
 there. A supervisor task owns the
 link: it reconnects with capped, jittered exponential backoff forever, resubscribes,
