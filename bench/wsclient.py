@@ -351,9 +351,6 @@ class StampingTransport:
 
     close = abort  # no closing handshake to wait for: queued writes are dropped either way
 
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return self._sock if name == "socket" else default
-
     def _lost(self, exc: Exception | None) -> None:
         if self._closing:
             return
