@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import os
 import platform
 import signal
@@ -14,6 +16,7 @@ from typing import Any
 import orjson
 
 from bench import report
+from bench.calibrate import write_floor
 from bench.plan import ALL, full_plan, quick_plan
 from bench.procstat import loadavg, raise_fd_limit
 from bench.runner import Runner
@@ -74,11 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     runner = Runner(plan, args.redis_url, servers)
     meta["servers"], meta["skipped_servers"] = runner.servers, runner.skipped
+    floor = functools.partial(write_floor, interval=_write_interval(), duration=0.5 if args.quick else 3.0)
+    meta["write_floor"] = {"before": floor()}
     try:
         for name in only:
             getattr(runner, name)()
     finally:
         runner.close()
+    meta["write_floor"]["after"] = floor()
     meta["loadavg_after"] = loadavg()
     meta["duration_s"] = round(time.time() - started, 1)
     data: dict[str, Any] = {"meta": meta, **runner.results}
@@ -89,6 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         report.plot(data, out / "benchmarks.png")
     print(report.markdown(data))
     return 1 if data.get("errors") else 0
+
+
+def _write_interval() -> float:
+    """Our server's ``WRITE_INTERVAL`` in this run (``--server-env``, else its default), seconds."""
+    from realtime.settings import Settings
+
+    if "WRITE_INTERVAL" in OUR_EXTRA_ENV:
+        return float(OUR_EXTRA_ENV["WRITE_INTERVAL"])
+    return float(next(f.default for f in dataclasses.fields(Settings) if f.name == "write_interval"))  # type: ignore[arg-type]
 
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"

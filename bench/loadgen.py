@@ -5,9 +5,11 @@ with small dict commands; every reply is a dict:
 
 - ``{"op": "connect", "host", "port", "path", "dialect": "pubsub"|"sio", "token",
   "tokens" (optional: connection ``i`` uses ``tokens[i % len]``),
-  "conns": [[index, [topic, ...]], ...], "sample": [index, ...], "concurrency": int}``
-  opens (and LISTENs) every connection -> ``{"ok", "failed", "errors", "elapsed_s",
-  "handshake_ns": bytes}`` (``array('q')`` of per-connection setup times).
+  "conns": [[index, [topic, ...]], ...], "sample": [index, ...], "concurrency": int,
+  "deflate": bool (optional: offer permessage-deflate)}`` opens (and LISTENs) every
+  connection -> ``{"ok", "failed", "errors", "elapsed_s", "handshake_ns": bytes,
+  "deflated"}`` (``array('q')`` of per-connection setup times; connections that
+  negotiated permessage-deflate).
 - ``{"op": "reset"}`` zeroes the counters -> ``{}``.
 - ``{"op": "drain", "expected": {topic: count}, "timeout": s}`` waits until every
   expected message arrived or ``timeout`` -> ``{"received", "expected", "lost",
@@ -46,19 +48,24 @@ class Generator:
         dialect_cls = DIALECTS[cmd["dialect"]]
 
         tokens: list[str] = cmd.get("tokens") or [cmd.get("token", "")]
+        deflate = bool(cmd.get("deflate", False))
+        deflated = 0
 
         async def one(index: int, topics: list[str]) -> None:
+            nonlocal deflated
             async with sem:
                 dialect = dialect_cls(topics, tokens[index % len(tokens)], Stats(index in sample))
                 start = time.monotonic_ns()
                 try:
                     client = await asyncio.wait_for(
-                        connect(cmd["host"], cmd["port"], cmd["path"], dialect), cmd.get("timeout", 20)
+                        connect(cmd["host"], cmd["port"], cmd["path"], dialect, deflate=deflate),
+                        cmd.get("timeout", 20),
                     )
                 except (OSError, TimeoutError, Exception) as exc:  # noqa: BLE001 - reported, not raised
                     errors.append(f"{type(exc).__name__}: {exc}"[:300])
                     return
                 handshakes.append(time.monotonic_ns() - start)
+                deflated += client.deflated
                 self.clients.append((client, topics))
 
         start = time.monotonic()
@@ -69,6 +76,7 @@ class Generator:
             "errors": errors[:3],
             "elapsed_s": time.monotonic() - start,
             "handshake_ns": handshakes.tobytes(),
+            "deflated": deflated,
         }
 
     def reset(self) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class Plan:
     idle_connections: int
     connect_servers: list[str]
     connect_connections: int
+    idle_compression: tuple[bool, ...] = (False, True)  # clients offer permessage-deflate: off, on
     notes: list[str] = field(default_factory=list)
 
 

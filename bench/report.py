@@ -70,10 +70,14 @@ def summarize(data: Run) -> Run:
     idle = [
         {
             "server": s,
+            "compression": compression,
             "connections": runs[0]["connections"],
+            "deflated": min(r.get("deflated", 0) for r in runs),
             "kb_per_connection": _stat(r["kb_per_connection"] for r in runs),
         }
-        for (s,), runs in _group(data["idle"], lambda r: (r["server"],)).items()
+        for (s, compression), runs in _group(
+            data["idle"], lambda r: (r["server"], bool(r.get("compression", False)))
+        ).items()
     ]
     connect = [
         {
@@ -96,6 +100,22 @@ def _m(stat: dict[str, float] | None, digits: int = 1) -> str:
     return f"{stat['median']:,.{digits}f} ({stat['min']:,.{digits}f}-{stat['max']:,.{digits}f})"
 
 
+def _floor_lines(floor: Run | None) -> list[str]:
+    """The machine's write floor (:mod:`bench.calibrate`), taken before and after the run."""
+    if not floor:
+        return []
+    first = next(iter(floor.values()))
+    taken = ", ".join(
+        f"{when} {f['us_per_frame']} us per frame ({f['us_per_write']} us per write)" for when, f in floor.items()
+    )
+    return [
+        "",
+        f"Write floor of this machine (a bare uvloop writer, {first['sockets']} loopback sockets, "
+        f"{first['frames_per_write']} frames of 200 B per write every {first['interval_ms']:g} ms, "
+        f"nothing else): {taken}.",
+    ]
+
+
 def markdown(data: Run) -> str:
     """The summary as Markdown tables (median, with min-max in parentheses)."""
     s = data["summary"]
@@ -111,6 +131,7 @@ def markdown(data: Run) -> str:
             f"| {r['cpu_ratio_vs_ours_redis'] or '-'} | {_m(r['p50_ms'], 2)} | {_m(r['p99_ms'], 2)} "
             f"| {_m(r['max_ms'], 1)} | {r['lost']}/{r['duplicated']} | {'yes' if r['client_limited'] else 'no'} |"
         )
+    lines += _floor_lines(data["meta"].get("write_floor"))
     lines += [
         "",
         "### Listener sweep: every offered rate tried; passed = no loss, p99 < 100 ms",
@@ -148,10 +169,16 @@ def markdown(data: Run) -> str:
         "",
         "### Idle memory per LISTENing connection (RSS growth)",
         "",
-        "| server | connections | KB/conn |",
-        "|---|---|---|",
+        "Compression on: the clients offer permessage-deflate; negotiated: connections that took it.",
+        "",
+        "| server | compression | connections | negotiated | KB/conn |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {r['server']} | {r['connections']:,} | {_m(r['kb_per_connection'], 2)} |" for r in s["idle"]]
+    lines += [
+        f"| {r['server']} | {'on' if r['compression'] else 'off'} | {r['connections']:,} "
+        f"| {r['deflated']:,} | {_m(r['kb_per_connection'], 2)} |"
+        for r in s["idle"]
+    ]
     lines += [
         "",
         "### Connection setup (TCP + upgrade + LISTEN with a token)",

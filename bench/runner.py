@@ -37,8 +37,8 @@ class Runner:
         """Stop the generator and publisher processes."""
         self.fleet.stop()
 
-    def _with_server(self, name: str, body: Callable[[Server], None]) -> None:
-        server = Server(name, self.redis_url)
+    def _with_server(self, name: str, body: Callable[[Server], None], *, compression: bool = False) -> None:
+        server = Server(name, self.redis_url, compression=compression)
         try:
             server.start()
             body(server)
@@ -104,16 +104,21 @@ class Runner:
                     break
 
     def idle(self) -> None:
-        """Idle RSS per connection on each server, interleaved reps."""
+        """Idle RSS per connection on each server, compression off and on, interleaved reps."""
         for rep in range(self.plan.reps):
-            for name in [s for s in self.plan.idle_servers if s in self.servers]:
-                self._with_server(name, functools.partial(self._idle_one, rep=rep))
+            for compression in self.plan.idle_compression:
+                for name in [s for s in self.plan.idle_servers if s in self.servers]:
+                    body = functools.partial(self._idle_one, rep=rep, compression=compression)
+                    self._with_server(name, body, compression=compression)
 
-    def _idle_one(self, server: Server, *, rep: int) -> None:
-        result = idle_memory(server, self.fleet, self.plan.idle_connections)
+    def _idle_one(self, server: Server, *, rep: int, compression: bool) -> None:
+        result = idle_memory(server, self.fleet, self.plan.idle_connections, compression=compression)
         result.update(server=server.name, rep=rep)
         self.results["idle"].append(result)
-        _log(f"idle {server.name}: {result['kb_per_connection']} KB/conn over {result['connections']}")
+        _log(
+            f"idle {server.name} compression {'on' if compression else 'off'}: {result['kb_per_connection']} "
+            f"KB/conn over {result['connections']} ({result['deflated']} negotiated permessage-deflate)"
+        )
 
     def connect(self) -> None:
         """Connection setup rate (TCP + upgrade + LISTEN with a token), interleaved reps."""

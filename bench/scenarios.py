@@ -89,16 +89,20 @@ def open_listeners(
     *,
     concurrency: int = 100,
     tokens: list[str] | None = None,
+    deflate: bool = False,
 ) -> dict[str, Any]:
     """Open ``listeners`` connections, connection ``i`` LISTENing to ``topics[i % len]``.
 
     Connections are dealt round-robin to the generators; about
     :data:`SAMPLED_CONNECTIONS` of them, evenly spaced, record latencies.
 
+    ``deflate``: the clients offer permessage-deflate.
+
     Returns:
         ``{"ok", "failed", "errors", "elapsed_s", "conn_per_s", "handshake_ms": {p50, p99, max},
-        "listen_overflows"}`` (SYNs the kernel dropped because the accept queue was full: each
-        costs the client a 1 s SYN retransmission).
+        "listen_overflows", "deflated"}`` (SYNs the kernel dropped because the accept queue was
+        full: each costs the client a 1 s SYN retransmission; connections that negotiated
+        permessage-deflate).
     """
     stride = max(1, listeners // SAMPLED_CONNECTIONS)
     n = len(fleet.gens)
@@ -114,6 +118,7 @@ def open_listeners(
             "conns": [[i, [topics[i % len(topics)]]] for i in range(w, listeners, n)],
             "sample": list(range(0, listeners, stride)),
             "concurrency": concurrency,
+            "deflate": deflate,
         }
         for w in range(n)
     ]
@@ -134,6 +139,7 @@ def open_listeners(
         "conn_per_s": round(ok / elapsed, 1) if elapsed else 0.0,
         "handshake_ms": {"p50": percentile(ms, 50), "p99": percentile(ms, 99), "max": ms[-1] if ms else 0.0},
         "listen_overflows": overflows,
+        "deflated": sum(r.get("deflated", 0) for r in replies),
     }
 
 
@@ -247,22 +253,29 @@ def overloaded(run: dict[str, Any], p99_limit_ms: float = 500.0) -> bool:
     )
 
 
-def idle_memory(server: Server, fleet: Fleet, connections: int, settle_s: float = 2.0) -> dict[str, Any]:
+def idle_memory(
+    server: Server, fleet: Fleet, connections: int, settle_s: float = 2.0, *, compression: bool = False
+) -> dict[str, Any]:
     """RSS growth of the server tree per idle, LISTENing connection.
 
     The baseline is taken after one warm-up connection (so lazily built state is in
-    it); RSS is read again ``settle_s`` after the last connection is up.
+    it); RSS is read again ``settle_s`` after the last connection is up. With
+    ``compression`` the clients offer permessage-deflate (the server must have been
+    started with :attr:`Server.compression` to enable it where that is a setting);
+    ``deflated`` counts the connections that negotiated it.
     """
     topics = [f"channel:update.{i}" for i in range(1000)]
-    open_listeners(server, fleet, 1, topics)
+    open_listeners(server, fleet, 1, topics, deflate=compression)
     time.sleep(settle_s)
     base = rss_bytes(server.pids())
-    setup = open_listeners(server, fleet, connections, topics)
+    setup = open_listeners(server, fleet, connections, topics, deflate=compression)
     time.sleep(settle_s)
     grown = rss_bytes(server.pids())
     return {
         "connections": setup["ok"],
         "failed": setup["failed"],
+        "compression": compression,
+        "deflated": setup["deflated"],
         "rss_before_mb": round(base / 2**20, 1),
         "rss_after_mb": round(grown / 2**20, 1),
         "kb_per_connection": round((grown - base) / 1024 / max(1, setup["ok"]), 2),

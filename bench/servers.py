@@ -115,6 +115,9 @@ class Server:
         publish_mode: ``http`` (memory broker) or ``redis``.
         channel: the run's Redis channel.
         token: a WS token (ours) for LISTEN.
+        compression: enable permessage-deflate where it is a server setting (Node
+            Socket.IO: ``perMessageDeflate``, off by default). python-socketio (aiohttp)
+            accepts it whenever a client offers it; ours never negotiates it.
     """
 
     name: str
@@ -122,6 +125,7 @@ class Server:
     port: int = field(default_factory=free_port)
     channel: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex}")
     token: str = ""
+    compression: bool = False
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="realtime-bench-")))
 
@@ -203,6 +207,8 @@ class Server:
             ], base
         if self.name == "node-socketio":
             env = {**base, "PORT": str(self.port), "REDIS_URL": self.redis_url, "CHANNEL": self.channel}
+            if self.compression:
+                env["PERMESSAGE_DEFLATE"] = "1"
             return ["node", str(NODE_DIR / "server.js")], env
         keys = [{"userId": USER_ID, "apiKey": API_KEY, "scopes": ["user:read:remote-control", "realtime:publish"]}]
         env = {

@@ -28,6 +28,7 @@ import socket
 import struct
 import sys
 import time
+import zlib
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, cast
 
@@ -37,6 +38,9 @@ STAMP: Final = re.compile(rb"~(\d+)~(\d+)~")
 _ZERO_MASK: Final = b"\x00\x00\x00\x00"
 _U16: Final = struct.Struct("!H")
 _U64: Final = struct.Struct("!Q")
+_DEFLATE_OFFER: Final = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+_ACCEPTED_DEFLATE: Final = re.compile(rb"(?im)^sec-websocket-extensions:[^\r\n]*permessage-deflate")
+_DEFLATE_TAIL: Final = b"\x00\x00\xff\xff"  # removed by the sender from each message (RFC 7692 7.2.1)
 _SO_TIMESTAMPNS: Final = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS is the same
 _TIMESPEC: Final = struct.Struct("@ll")
 _CMSG_SPACE: Final = socket.CMSG_SPACE(_TIMESPEC.size)
@@ -189,7 +193,15 @@ class SocketIODialect(Dialect):
 class WsClient(asyncio.Protocol):
     """One client WebSocket connection driven by a :class:`Dialect`."""
 
-    def __init__(self, host: str, path: str, dialect: Dialect) -> None:
+    def __init__(self, host: str, path: str, dialect: Dialect, *, deflate: bool = False) -> None:
+        """Args:
+        host: the ``Host`` header (``host:port``).
+        path: the WebSocket path.
+        dialect: the application protocol.
+        deflate: offer permessage-deflate (RFC 7692); :attr:`deflated` says whether the
+            server took it. Compressed messages are inflated before the dialect sees them;
+            this client never compresses what it sends (allowed: RSV1 is per message).
+        """
         self.host = host
         self.path = path
         self.dialect = dialect
@@ -197,15 +209,20 @@ class WsClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._open = False
+        self._offer_deflate = deflate
+        self._inflater: Any = None  # a raw-deflate decompressobj once negotiated
+        self.deflated = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         key = base64.b64encode(os.urandom(16)).decode()
+        extensions = _DEFLATE_OFFER if self._offer_deflate else ""
         self.transport.write(
             (
                 f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"{extensions}\r\n"
             ).encode()
         )
 
@@ -235,6 +252,9 @@ class WsClient(asyncio.Protocol):
                 self.dialect.fail(bytes(buf[: end + 4]).decode(errors="replace"))
                 self.close()
                 return
+            if self._offer_deflate and _ACCEPTED_DEFLATE.search(bytes(buf[:end])):
+                self.deflated = True
+                self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             del buf[: end + 4]
             self._open = True
             self.dialect.opened()
@@ -261,7 +281,10 @@ class WsClient(asyncio.Protocol):
                 break
             opcode = b0 & 0x0F
             if opcode == 0x1:
-                text(bytes(buf[start:end]))
+                if b0 & 0x40 and self._inflater is not None:  # RSV1: a compressed message (RFC 7692 7.2.2)
+                    text(self._inflater.decompress(bytes(buf[start:end]) + _DEFLATE_TAIL))
+                else:
+                    text(bytes(buf[start:end]))
             elif opcode == 0x9 and self.transport is not None:
                 self.transport.write(client_frame(bytes(buf[start:end]), 0xA))
             elif opcode == 0x8:
@@ -362,18 +385,19 @@ class StampingTransport:
         self._loop.call_soon(self._protocol.connection_lost, exc)
 
 
-async def connect(host: str, port: int, path: str, dialect: Dialect) -> WsClient:
+async def connect(host: str, port: int, path: str, dialect: Dialect, *, deflate: bool = False) -> WsClient:
     """Open one connection and wait until its dialect says it is ready (listening).
 
     Sampled connections (``dialect.stats.sampled``) read through a
-    :class:`StampingTransport` on Linux.
+    :class:`StampingTransport` on Linux. ``deflate``: offer permessage-deflate (see
+    :class:`WsClient`).
 
     Raises:
         WsError: the handshake or the subscription was refused.
         OSError: the TCP connection failed.
     """
     loop = asyncio.get_running_loop()
-    factory: Callable[[], WsClient] = lambda: WsClient(f"{host}:{port}", path, dialect)  # noqa: E731
+    factory: Callable[[], WsClient] = lambda: WsClient(f"{host}:{port}", path, dialect, deflate=deflate)  # noqa: E731
     if KERNEL_STAMPS and dialect.stats.sampled:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:

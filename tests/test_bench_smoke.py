@@ -42,6 +42,9 @@ def test_quick_benchmark_on_our_server(redis_url: str, tmp_path: Path) -> None:
         assert {"p50", "p99", "max", "samples"} <= run["latency_ms"].keys()
         assert run["latency_ms"]["samples"] > 0
         assert {"user_s", "system_s", "pct"} <= run["server_cpu"].keys()
-    assert data["idle"][0]["connections"] == 200 and data["idle"][0]["kb_per_connection"] > 0
+    assert [r["compression"] for r in data["idle"]] == [False, True]  # clients offer permessage-deflate
+    for row in data["idle"]:
+        assert row["connections"] == 200 and row["kb_per_connection"] > 0
+        assert row["deflated"] == 0  # ours never negotiates it
     assert data["connect"][0]["ok"] == 100 and data["connect"][0]["failed"] == 0
     assert {"compare", "sweep", "sweep_best", "idle", "connect"} <= data["summary"].keys()

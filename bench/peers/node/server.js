@@ -1,7 +1,8 @@
 // Benchmark peer: Node.js Socket.IO 4 + @socket.io/redis-adapter, rooms as topics.
 // Relays the benchmark's Redis channel (envelope {"topic","message"}) to the topic's room,
 // the way a backend publishing through Redis reaches Socket.IO clients.
-// Env: PORT, REDIS_URL, CHANNEL (unique per run).
+// Env: PORT, REDIS_URL, CHANNEL (unique per run), PERMESSAGE_DEFLATE=1 (enable
+// permessage-deflate, with ws's defaults: messages of 1 KiB and more are compressed).
 "use strict";
 const { Server } = require("socket.io");
 const { createAdapter } = require("@socket.io/redis-adapter");
@@ -17,7 +18,7 @@ async function main() {
   const io = new Server({
     adapter: createAdapter(pub, sub, { key: channel + "-sio" }),
     transports: ["websocket"],
-    perMessageDeflate: false, // the default in Socket.IO 4
+    perMessageDeflate: process.env.PERMESSAGE_DEFLATE === "1", // false is the default in Socket.IO 4
   });
   io.on("connection", (socket) => {
     socket.on("listen", (topics, ack) => {

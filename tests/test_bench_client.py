@@ -1,0 +1,81 @@
+"""The benchmark's WebSocket client against real servers over loopback: permessage-deflate
+offered, taken or declined, and compressed messages inflated before the dialect sees them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestServer
+
+from bench.wsclient import Dialect, Stats, connect
+
+
+class _Echo(Dialect):
+    """Says hello on open and collects every text message; ready on the first."""
+
+    def __init__(self) -> None:
+        super().__init__([], "", Stats(sampled=False))
+        self.texts: list[bytes] = []
+
+    def opened(self) -> None:
+        assert self.client is not None
+        self.client.send_text(b"hello")
+
+    def text(self, data: bytes) -> None:
+        self.texts.append(data)
+        if len(self.texts) == 2 and not self.ready.done():
+            self.ready.set_result(None)
+
+
+async def _server(compress: bool) -> TestServer:
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=compress)
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                await ws.send_str(f"got {msg.data} " + "x" * 2000)  # compressible, > 1 KiB
+                await ws.send_str("second")
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def test_compressed_messages_are_inflated_when_the_server_takes_deflate() -> None:
+    server = await _server(compress=True)
+    try:
+        dialect = _Echo()
+        client = await asyncio.wait_for(connect("127.0.0.1", server.port, "/ws", dialect, deflate=True), 5)
+        assert client.deflated
+        assert dialect.texts == [b"got hello " + b"x" * 2000, b"second"]
+        client.close()
+    finally:
+        await server.close()
+
+
+async def test_a_server_that_declines_deflate_sends_plain_frames() -> None:
+    server = await _server(compress=False)
+    try:
+        dialect = _Echo()
+        client = await asyncio.wait_for(connect("127.0.0.1", server.port, "/ws", dialect, deflate=True), 5)
+        assert not client.deflated
+        assert dialect.texts[1] == b"second"
+        client.close()
+    finally:
+        await server.close()
+
+
+async def test_deflate_is_not_offered_unless_asked() -> None:
+    server = await _server(compress=True)
+    try:
+        dialect = _Echo()
+        client = await asyncio.wait_for(connect("127.0.0.1", server.port, "/ws", dialect), 5)
+        assert not client.deflated
+        assert dialect.texts[0].startswith(b"got hello ")
+        client.close()
+    finally:
+        await server.close()
