@@ -12,24 +12,25 @@ The subscriber is our own small RESP client (an :class:`asyncio.Protocol` fed th
 ``hiredis.Reader``): a burst of publications read in one ``data_received`` is fanned out
 in one event-loop pass, so writes to each client merge. With ``batch_interval`` set (the
 server passes ``WRITE_INTERVAL``), a read that fanned something out is flushed to the
-clients at once and, if the previous such read began less than 1.25 intervals before (a
-stream), the link then stops reading until ``batch_interval`` seconds after this read
-began: under a stream of publications the process wakes up, reads and writes once per
-interval instead of once per publication, at the same latency as pacing the writes alone
-(a publication waits at most one interval, plus the fan-out of the batch before it,
-either way). An isolated publication is not followed by a rest, which would only cost a
-second wake-up (a timer) with nothing to read at its end (a loop stalled for more than a
-quarter interval also skips one rest). The rest counts from the start of the read, so a
-batch that took longer than the interval is followed by an immediate read. A link
-receiving 32 KiB or more per interval never pauses (so a rest's arrivals always fit in
-the socket buffer and the pause cannot cap throughput or back data up into Redis); a
-read that wrote no publication (other topics, a PONG, a control message) never pauses
-either. Over TLS the pause only
-holds back delivery to us (the TLS layer keeps reading the socket), so it saves less
-there. A supervisor task owns the
-link: it reconnects with capped, jittered exponential backoff forever, resubscribes,
-PINGs every ``health_interval`` seconds and drops a link that stays silent for three
-intervals. Publishing goes through redis-py's ``redis.asyncio`` client.
+clients at once and, where a rest will gather two or more publications, the link then
+stops reading until ``batch_interval`` seconds after this read began: under a stream of
+publications the process wakes up, reads and writes once per interval instead of once per
+publication, at the same latency as pacing the writes alone (a publication waits at most
+one interval, plus the fan-out of the batch before it, either way). A rest is taken when
+the read carried two or more publications, or, not just after a rest, when the previous
+delivering read began less than half an interval before; so an isolated publication, a
+stream slower than two publications per interval, or a rest that gathered only one, is not
+followed by a rest, which would only cost a second wake-up (a timer) per publication (a
+loop stalled for more than a quarter interval also skips one rest). The rest counts from
+the start of the read, so a batch that took longer than the interval is followed by an
+immediate read. A link receiving 32 KiB or more per interval never pauses (so a rest's
+arrivals always fit in the socket buffer and the pause cannot cap throughput or back data
+up into Redis); a read that wrote no publication (other topics, a PONG, a control message)
+never pauses either. Over TLS the pause only holds back delivery to us (the TLS layer
+keeps reading the socket), so it saves less there. A supervisor task owns the link: it
+reconnects with capped, jittered exponential backoff forever, resubscribes, PINGs every
+``health_interval`` seconds and drops a link that stays silent for three intervals.
+Publishing goes through redis-py's ``redis.asyncio`` client.
 
 Redis pub/sub is at-most-once: a publication made while this instance is unsubscribed
 is lost for its listeners. After every reconnect the broker calls ``on_gap`` so the
@@ -86,8 +87,8 @@ in the socket's receive buffer, so resting never backs data up into Redis's outp
 _STREAM_GAP = 1.25
 """A delivering read rests only if the previous one began less than this many
 ``batch_interval`` before it: under a stream, paced reads come one interval (plus the
-timer's ~0.2 ms) apart; publications further apart than an interval find nothing waiting
-at the end of a rest, whose timer would only add a wake-up."""
+timer's ~0.2 ms) apart; a longer gap means the loop stalled, and the backlog is read at
+once."""
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:
@@ -119,6 +120,8 @@ class _Subscriber(asyncio.Protocol):
         self._window_bytes = 0
         self._previous_bytes = 0  # bytes received in the interval before it
         self._last_delivery = -1e9  # start of the last read that delivered here (monotonic s)
+        self._rested = False  # the last delivering read was followed by a rest
+        self._count = 0  # publications on the data channel since the last delivering read
         self._confirmations = 0
         self._reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
@@ -161,18 +164,27 @@ class _Subscriber(asyncio.Protocol):
                 return
             if not wrote:
                 return
-            # rest only inside a stream (the previous delivering read began within _STREAM_GAP
-            # intervals): after an isolated publication nothing would be waiting when the rest
-            # ends, and its timer would cost a second wake-up per publication
-            in_stream = started - self._last_delivery < _STREAM_GAP * interval
+            # rest only where a rest gathers two or more publications (one wake-up, one read and
+            # one write per listener for all of them): this read carried two or more, or, not
+            # just after a rest, the previous delivering read began less than half an interval
+            # before (a stream of two or more per interval). A rest that gathered a single
+            # publication is not repeated, and an isolated publication is not followed by one:
+            # its timer would only cost a second wake-up per publication. A stalled loop (the
+            # previous delivering read _STREAM_GAP intervals back or more) skips a rest.
+            gap = started - self._last_delivery
+            count, self._count = self._count, 0
+            pays = count >= 2 or (not self._rested and gap < interval / 2)
+            rest = pays and gap < _STREAM_GAP * interval
             self._last_delivery = started
+            self._rested = False
             # the interval counts from the start of this read: a batch that took longer to fan
             # out than the interval is followed by an immediate read, never by an idle rest
             until = started + interval
             transport = self.transport
-            if in_stream and until > time.monotonic() and transport is not None and not transport.is_closing():
+            if rest and until > time.monotonic() and transport is not None and not transport.is_closing():
                 transport.pause_reading()
                 self._resume.call_at(until, self._resume_reading)
+                self._rested = True
 
     def _resume_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -183,6 +195,7 @@ class _Subscriber(asyncio.Protocol):
             kind = reply[0]
             if kind == b"message":
                 if reply[1] == self._channel:
+                    self._count += 1
                     self._on_data(reply[2])
                 elif reply[1] == self._control:
                     self._on_control(reply[2])

@@ -239,8 +239,10 @@ def _push(channel: bytes, data: bytes) -> bytes:
 
 async def test_the_link_rests_only_while_quiet() -> None:
     """The subscriber over a real socket whose other end plays Redis: an isolated
-    publication is not followed by a rest; inside a stream, a small read that delivered
-    pauses reading for the interval, then reading resumes; once 32 KiB or more arrive
+    publication is not followed by a rest; inside a stream (the previous delivering read
+    less than half an interval back, or two publications in one read), a small read that
+    delivered pauses reading for the interval, then reading resumes; a rest is repeated
+    only if it gathered two or more publications; once 32 KiB or more arrive
     within an interval, the link keeps reading (a rest could back data up into Redis's
     output buffer, which cuts slow subscribers)."""
     import socket as socket_module
@@ -264,6 +266,19 @@ async def test_the_link_rests_only_while_quiet() -> None:
         await asyncio.sleep(0.1)
         assert got == [b"first", b"second"]
         await wait_for(lambda: got == [b"first", b"second", b"third"], timeout=2)  # read after the rest
+        assert transport.is_reading()  # that rest gathered one publication: not repeated
+        await asyncio.sleep(0.2)
+        redis_end.sendall(_push(b"c", b"fourth"))  # 0.2 s after: under 1.25 intervals, over half
+        await wait_for(lambda: got[-1:] == [b"fourth"], timeout=2)
+        assert transport.is_reading()  # not a stream of two per interval (gap > interval / 2)
+        redis_end.sendall(_push(b"c", b"fifth") + _push(b"c", b"sixth"))  # two in one read
+        await wait_for(lambda: got[-1:] == [b"sixth"], timeout=2)
+        assert not transport.is_reading()  # the rest gathers what arrives meanwhile
+        redis_end.sendall(_push(b"c", b"seventh") + _push(b"c", b"eighth"))
+        await asyncio.sleep(0.05)
+        assert got[-1:] == [b"sixth"]
+        await wait_for(lambda: got[-1:] == [b"eighth"], timeout=2)
+        assert not transport.is_reading()  # that rest gathered two: rest again
         await asyncio.sleep(0.35)
         assert transport.is_reading()
         got.clear()
