@@ -64,7 +64,7 @@ class FlushScheduler:
     After a quiet spell the first frame goes out on the next event-loop pass (no added
     latency). Under a stream of publications, flushes are spaced ``interval`` apart, so
     each socket write carries every frame queued meanwhile: at 1,000 publications/s and
-    4 ms, about four per write instead of one. ``interval=0`` flushes every pass. The
+    8 ms (the server's default), about eight per write instead of one. ``interval=0`` flushes every pass. The
     spacing is kept by a :class:`realtime.timer.PreciseTimer` (the loops' millisecond
     timers would fire up to a millisecond early or late).
 

@@ -82,7 +82,7 @@ _PACE_BELOW = 32768
 """The link rests only while it receives less than this many bytes per ``batch_interval``
 (in the current and the previous interval): what arrives during one rest then fits easily
 in the socket's receive buffer, so resting never backs data up into Redis's output buffer
-(where the pub/sub limit would cut the link). 32 KiB per 4 ms is 8 MB/s."""
+(where the pub/sub limit would cut the link). 32 KiB per 8 ms is 4 MB/s."""
 
 _STREAM_GAP = 1.25
 """A delivering read rests only if the previous one began less than this many

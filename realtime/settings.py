@@ -97,7 +97,7 @@ class Settings:
     max_body_bytes: int = 65536
     send_queue_max_bytes: int = 1048576
     send_queue_max_messages: int = 1000
-    write_interval: float = 0.004
+    write_interval: float = 0.008
     shutdown_grace: float = 10.0
     event_loop: str = "auto"
     log_format: str = "auto"
