@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import multiprocessing
 import resource
-import socket
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -93,9 +92,6 @@ async def _read(pipe: Connection, port: int, sockets: int) -> None:
     transports = []
     for _ in range(sockets):
         transport, _ = await loop.create_connection(Discard, "127.0.0.1", port)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transports.append(transport)
     pipe.send("connected")
     await loop.run_in_executor(None, pipe.recv)  # "stop"
@@ -109,7 +105,7 @@ def _reader_main(pipe: Connection, port: int, sockets: int) -> None:
 
 
 def write_floor(
-    *, sockets: int = 50, rate: float = 1000.0, interval: float = 0.004, duration: float = 3.0
+    *, sockets: int = 50, rate: float = 1000.0, interval: float = 0.008, duration: float = 3.0
 ) -> dict[str, Any]:
     """Measure the bare merged-write cost (see the module docstring).
 
@@ -122,10 +118,13 @@ def write_floor(
 
     Returns:
         ``{"sockets", "frames_per_write", "interval_ms", "writes", "user_s", "system_s",
-        "us_per_write", "us_per_frame"}``; CPU of the writer process only.
+        "us_per_write", "us_per_frame", "buffered", "measured_at"}``; CPU of the writer
+        process only. ``buffered`` (bytes left in the writer's transports at the end) is 0
+        unless the reader fell behind, which would make the floor read low.
 
     Raises:
         TimeoutError: a process did not answer within 60 seconds.
+        EOFError: a process died.
     """
     frames = max(1, round(rate * interval))
     period = frames / rate
@@ -134,21 +133,26 @@ def write_floor(
     r_mine, r_theirs = ctx.Pipe()
     writer = ctx.Process(target=_writer_main, args=(w_theirs,), daemon=True)
     writer.start()
+    w_theirs.close()  # the child holds it: a dead child then reads as EOF here, not a timeout
     reader = None
     try:
         port = _recv(w_mine)
         reader = ctx.Process(target=_reader_main, args=(r_theirs, port, sockets), daemon=True)
         reader.start()
+        r_theirs.close()
         _recv(r_mine)
         w_mine.send({"sockets": sockets, "interval": period, "duration": duration, "frames": frames})
         result: dict[str, Any] = _recv(w_mine, 60 + duration)
         r_mine.send("stop")
     finally:
+        for pipe in (w_mine, r_mine):
+            pipe.close()
         for proc in (writer, reader):
             if proc is not None:
                 proc.join(timeout=5)
                 if proc.is_alive():
                     proc.terminate()
+                    proc.join(timeout=5)
     cpu = result["user_s"] + result["system_s"]
     writes = max(1, result["writes"])
     return {
@@ -160,11 +164,13 @@ def write_floor(
         "system_s": round(result["system_s"], 3),
         "us_per_write": round(cpu / writes * 1e6, 2),
         "us_per_frame": round(cpu / writes / frames * 1e6, 2),
+        "buffered": result["buffered"],
         "measured_at": time.strftime("%H:%M:%S"),
     }
 
 
 def _recv(pipe: Connection, timeout: float = 60.0) -> Any:
+    """The next message on ``pipe``; raises TimeoutError, or EOFError if the child died."""
     if not pipe.poll(timeout):
         raise TimeoutError("a calibration process did not answer")
     return pipe.recv()

@@ -77,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     runner = Runner(plan, args.redis_url, servers)
     meta["servers"], meta["skipped_servers"] = runner.servers, runner.skipped
-    floor = functools.partial(write_floor, interval=_write_interval(), duration=0.5 if args.quick else 3.0)
-    meta["write_floor"] = {"before": floor()}
+    floor = functools.partial(_floor, interval=_write_interval(), duration=0.5 if args.quick else 3.0)
+    meta["write_floor"] = {}
     try:
+        meta["write_floor"]["before"] = floor()
         for name in only:
             getattr(runner, name)()
     finally:
@@ -95,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         report.plot(data, out / "benchmarks.png")
     print(report.markdown(data))
     return 1 if data.get("errors") else 0
+
+
+def _floor(**kwargs: Any) -> dict[str, Any]:
+    """:func:`bench.calibrate.write_floor`, or ``{"error"}``: a failed calibration must not
+    cost the run its results."""
+    try:
+        return write_floor(**kwargs)
+    except (OSError, EOFError, TimeoutError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 def _write_interval() -> float:

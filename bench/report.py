@@ -102,17 +102,20 @@ def _m(stat: dict[str, float] | None, digits: int = 1) -> str:
 
 def _floor_lines(floor: Run | None) -> list[str]:
     """The machine's write floor (:mod:`bench.calibrate`), taken before and after the run."""
-    if not floor:
+    taken = {when: f for when, f in (floor or {}).items() if "error" not in f}
+    if not taken:
         return []
-    first = next(iter(floor.values()))
-    taken = ", ".join(
-        f"{when} {f['us_per_frame']} us per frame ({f['us_per_write']} us per write)" for when, f in floor.items()
+    first = next(iter(taken.values()))
+    text = ", ".join(
+        f"{when} {f['us_per_frame']} us per frame ({f['us_per_write']} us per write"
+        + (f"; the reader fell behind by {f['buffered']:,} bytes, so it reads low)" if f.get("buffered") else ")")
+        for when, f in taken.items()
     )
     return [
         "",
         f"Write floor of this machine (a bare uvloop writer, {first['sockets']} loopback sockets, "
         f"{first['frames_per_write']} frames of 200 B per write every {first['interval_ms']:g} ms, "
-        f"nothing else): {taken}.",
+        f"nothing else): {text}.",
     ]
 
 

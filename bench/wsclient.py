@@ -281,8 +281,8 @@ class WsClient(asyncio.Protocol):
                 break
             opcode = b0 & 0x0F
             if opcode == 0x1:
-                if b0 & 0x40 and self._inflater is not None:  # RSV1: a compressed message (RFC 7692 7.2.2)
-                    text(self._inflater.decompress(bytes(buf[start:end]) + _DEFLATE_TAIL))
+                if b0 & 0x40:  # RSV1: a compressed message (RFC 7692 7.2.2)
+                    text(self._inflate(bytes(buf[start:end])))
                 else:
                     text(bytes(buf[start:end]))
             elif opcode == 0x9 and self.transport is not None:
@@ -292,6 +292,15 @@ class WsClient(asyncio.Protocol):
             pos = end
         if pos:
             del buf[:pos]
+
+    def _inflate(self, data: bytes) -> bytes:
+        inflater = self._inflater
+        if inflater is None:
+            raise WsError("compressed frame without permessage-deflate")
+        out: bytes = inflater.decompress(data + _DEFLATE_TAIL)
+        if inflater.eof:  # the server ended its deflate stream (allowed): the next one starts anew
+            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        return out
 
 
 class StampingTransport:

@@ -17,18 +17,18 @@ stops reading until ``batch_interval`` seconds after this read began: under a st
 publications the process wakes up, reads and writes once per interval instead of once per
 publication, at the same latency as pacing the writes alone (a publication waits at most
 one interval, plus the fan-out of the batch before it, either way). A rest is taken when
-the read carried two or more publications, or, not just after a rest, when the previous
-delivering read began less than half an interval before; so an isolated publication, a
-stream slower than two publications per interval, or a rest that gathered only one, is not
-followed by a rest, which would only cost a second wake-up (a timer) per publication (a
-loop stalled for more than a quarter interval also skips one rest). The rest counts from
-the start of the read, so a batch that took longer than the interval is followed by an
-immediate read. A link receiving 32 KiB or more per interval never pauses (so a rest's
-arrivals always fit in the socket buffer and the pause cannot cap throughput or back data
-up into Redis); a read that wrote no publication (other topics, a PONG, a control message)
-never pauses either. Over TLS the pause only holds back delivery to us (the TLS layer
-keeps reading the socket), so it saves less there. A supervisor task owns the link: it
-reconnects with capped, jittered exponential backoff forever, resubscribes, PINGs every
+two or more publications arrived since the previous delivering read, or when that read
+began less than half an interval before; so an isolated publication, a stream slower than
+two publications per interval, or a rest that gathered only one, is not followed by a
+rest, which would only cost a second wake-up (a timer) per publication (a loop stalled for
+more than a quarter interval also skips one rest). The rest counts from the start of the
+read, so a batch that took longer than the interval is followed by an immediate read. A
+link receiving 32 KiB or more per interval never pauses (so a rest's arrivals always fit
+in the socket buffer and the pause cannot cap throughput or back data up into Redis); a
+read that wrote no publication (other topics, a PONG, a control message) never pauses
+either. Over TLS the pause only holds back delivery to us (the TLS layer keeps reading the
+socket), so it saves less there. A supervisor task owns the link: it reconnects with
+capped, jittered exponential backoff forever, resubscribes, PINGs every
 ``health_interval`` seconds and drops a link that stays silent for three intervals.
 Publishing goes through redis-py's ``redis.asyncio`` client.
 
@@ -120,8 +120,7 @@ class _Subscriber(asyncio.Protocol):
         self._window_bytes = 0
         self._previous_bytes = 0  # bytes received in the interval before it
         self._last_delivery = -1e9  # start of the last read that delivered here (monotonic s)
-        self._rested = False  # the last delivering read was followed by a rest
-        self._count = 0  # publications on the data channel since the last delivering read
+        self._count = 0  # publications on the data channel since the last paced delivering read
         self._confirmations = 0
         self._reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
@@ -165,18 +164,18 @@ class _Subscriber(asyncio.Protocol):
             if not wrote:
                 return
             # rest only where a rest gathers two or more publications (one wake-up, one read and
-            # one write per listener for all of them): this read carried two or more, or, not
-            # just after a rest, the previous delivering read began less than half an interval
-            # before (a stream of two or more per interval). A rest that gathered a single
-            # publication is not repeated, and an isolated publication is not followed by one:
-            # its timer would only cost a second wake-up per publication. A stalled loop (the
-            # previous delivering read _STREAM_GAP intervals back or more) skips a rest.
+            # one write per listener for all of them): two or more arrived since the previous
+            # delivering read (this read's, or reads that delivered nothing here), or that read
+            # began less than half an interval before (a stream of two or more per interval).
+            # A rest that gathered a single publication is not repeated (the read after a rest
+            # is an interval after the one before it), and an isolated publication is not
+            # followed by one: its timer would only cost a second wake-up per publication. A
+            # stalled loop (the previous delivering read _STREAM_GAP intervals back or more)
+            # skips a rest.
             gap = started - self._last_delivery
             count, self._count = self._count, 0
-            pays = count >= 2 or (not self._rested and gap < interval / 2)
-            rest = pays and gap < _STREAM_GAP * interval
+            rest = (count >= 2 or gap < interval / 2) and gap < _STREAM_GAP * interval
             self._last_delivery = started
-            self._rested = False
             # the interval counts from the start of this read: a batch that took longer to fan
             # out than the interval is followed by an immediate read, never by an idle rest
             until = started + interval
@@ -184,7 +183,6 @@ class _Subscriber(asyncio.Protocol):
             if rest and until > time.monotonic() and transport is not None and not transport.is_closing():
                 transport.pause_reading()
                 self._resume.call_at(until, self._resume_reading)
-                self._rested = True
 
     def _resume_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

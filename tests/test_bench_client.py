@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
-from bench.wsclient import Dialect, Stats, connect
+from bench.wsclient import Dialect, Stats, WsError, connect
 
 
 class _Echo(Dialect):
@@ -79,3 +80,31 @@ async def test_deflate_is_not_offered_unless_asked() -> None:
         client.close()
     finally:
         await server.close()
+
+
+async def test_a_compressed_frame_without_negotiation_fails_the_connection() -> None:
+    """RSV1 set though permessage-deflate was not negotiated (RFC 7692 6: the client must
+    fail the connection): the dialect never becomes ready."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        writer.write(bytes((0xC1, 5)) + b"hello")  # FIN + RSV1 + text
+        await writer.drain()
+        await reader.read()  # until the client goes away
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    errors: list[object] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context.get("exception")))
+    try:
+        dialect = _Echo()
+        with pytest.raises(WsError):  # the connection is closed, so LISTEN never completes
+            await asyncio.wait_for(connect("127.0.0.1", port, "/ws", dialect, deflate=True), 2)
+        assert dialect.texts == []
+    finally:
+        loop.set_exception_handler(None)
+        server.close()
+        await server.wait_closed()

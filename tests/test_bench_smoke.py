@@ -48,3 +48,6 @@ def test_quick_benchmark_on_our_server(redis_url: str, tmp_path: Path) -> None:
         assert row["deflated"] == 0  # ours never negotiates it
     assert data["connect"][0]["ok"] == 100 and data["connect"][0]["failed"] == 0
     assert {"compare", "sweep", "sweep_best", "idle", "connect"} <= data["summary"].keys()
+    for when in ("before", "after"):  # the machine's write floor, taken around the scenarios
+        floor = data["meta"]["write_floor"][when]
+        assert floor["writes"] > 0 and floor["us_per_frame"] > 0, floor

@@ -253,7 +253,7 @@ async def test_the_link_rests_only_while_quiet() -> None:
     got: list[bytes] = []
     ours, redis_end = socket_module.socketpair()
     transport, _ = await loop.connect_accepted_socket(
-        lambda: _Subscriber(b"c", b"c:control", got.append, lambda d: None, lambda: True, 0.3), ours
+        lambda: _Subscriber(b"c", b"c:control", got.append, lambda d: None, lambda: True, 0.6), ours
     )
     try:
         redis_end.sendall(_push(b"c", b"first"))
@@ -267,19 +267,20 @@ async def test_the_link_rests_only_while_quiet() -> None:
         assert got == [b"first", b"second"]
         await wait_for(lambda: got == [b"first", b"second", b"third"], timeout=2)  # read after the rest
         assert transport.is_reading()  # that rest gathered one publication: not repeated
-        await asyncio.sleep(0.2)
-        redis_end.sendall(_push(b"c", b"fourth"))  # 0.2 s after: under 1.25 intervals, over half
+        await asyncio.sleep(0.4)
+        redis_end.sendall(_push(b"c", b"fourth"))  # 0.4 s after: under 1.25 intervals, over half
         await wait_for(lambda: got[-1:] == [b"fourth"], timeout=2)
         assert transport.is_reading()  # not a stream of two per interval (gap > interval / 2)
-        redis_end.sendall(_push(b"c", b"fifth") + _push(b"c", b"sixth"))  # two in one read
+        await asyncio.sleep(0.4)
+        redis_end.sendall(_push(b"c", b"fifth") + _push(b"c", b"sixth"))  # two at once, 0.4 s after
         await wait_for(lambda: got[-1:] == [b"sixth"], timeout=2)
-        assert not transport.is_reading()  # the rest gathers what arrives meanwhile
+        assert not transport.is_reading()  # two arrived: the rest gathers what comes meanwhile
         redis_end.sendall(_push(b"c", b"seventh") + _push(b"c", b"eighth"))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
         assert got[-1:] == [b"sixth"]
         await wait_for(lambda: got[-1:] == [b"eighth"], timeout=2)
         assert not transport.is_reading()  # that rest gathered two: rest again
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(0.7)
         assert transport.is_reading()
         got.clear()
         redis_end.sendall(b"".join(_push(b"c", b"%03d" % n + b"x" * 1000) for n in range(40)))  # 40 KB
