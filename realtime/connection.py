@@ -57,6 +57,22 @@ def encode_text_frame(payload: bytes) -> bytes:
     return _pack10(_OP_TEXT, 127, size) + payload
 
 
+STRETCH_DUTY: Final = 2.0
+"""Under a stream, flushes are spaced at least this many times the last flush's duration, so
+writing takes at most half of the loop's time (up to :data:`STRETCH_MAX`)."""
+STRETCH_MAX: Final = 3.0
+"""The spacing stretched by :data:`STRETCH_DUTY` never exceeds this many ``interval``."""
+
+
+def flush_spacing(interval: float, took: float) -> float:
+    """The time between two paced flushes (or reads), seconds: ``interval``, stretched to
+    ``STRETCH_DUTY * took`` when one flush took ``took`` seconds (wide fan-out: e.g. 1,000
+    socket writes), capped at ``STRETCH_MAX * interval``. Each write then carries more frames,
+    and the loop keeps time for reading publications and serving requests instead of
+    spending all of it writing; the added latency is bounded by the cap."""
+    return max(interval, min(STRETCH_MAX * interval, STRETCH_DUTY * took))
+
+
 class FlushScheduler:
     """Flushes every dirty connection in one pass (merged writes), at most once per
     ``interval`` seconds.
@@ -64,7 +80,9 @@ class FlushScheduler:
     After a quiet spell the first frame goes out on the next event-loop pass (no added
     latency). Under a stream of publications, flushes are spaced ``interval`` apart, so
     each socket write carries every frame queued meanwhile: at 1,000 publications/s and
-    8 ms (the server's default), about eight per write instead of one. ``interval=0`` flushes every pass. The
+    8 ms (the server's default), about eight per write instead of one; a flush that took
+    long (wide fan-out) stretches the spacing (:func:`flush_spacing`). ``interval=0``
+    flushes every pass. The
     spacing is kept by a :class:`realtime.timer.PreciseTimer` (the loops' millisecond
     timers would fire up to a millisecond early or late).
 
@@ -73,7 +91,7 @@ class FlushScheduler:
     at the end of each read batch instead of waiting for the scheduled pass.
     """
 
-    __slots__ = ("_closed", "_dirty", "_handle", "_interval", "_last", "_loop", "_timer")
+    __slots__ = ("_closed", "_dirty", "_handle", "_interval", "_last", "_loop", "_spacing", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float = 0.0) -> None:
         """Args:
@@ -82,7 +100,8 @@ class FlushScheduler:
         """
         self._loop = loop
         self._interval = interval
-        self._last = -1e9  # time.monotonic() of the last flush
+        self._spacing = interval  # flush_spacing() after the last flush
+        self._last = -1e9  # time.monotonic() of the last flush's start
         self._dirty: list[Connection] = []
         self._handle: asyncio.Handle | None = None  # the next-pass flush, when one is due now
         self._timer = PreciseTimer(loop)  # the paced flush, when one is due later
@@ -103,7 +122,7 @@ class FlushScheduler:
         # decided on the next pass, not in mark(): a broker that flushes at the end of its
         # read batch (end_batch) has usually done so by now, and arming costs a syscall
         self._handle = None
-        due = self._last + self._interval
+        due = self._last + self._spacing
         if not self._closed and due > time.monotonic():
             self._timer.call_at(due, self.flush)
         else:
@@ -116,12 +135,14 @@ class FlushScheduler:
             self._handle = None
         self._timer.cancel()
         dirty, self._dirty = self._dirty, []
-        self._last = time.monotonic()
+        self._last = start = time.monotonic()
         for conn in dirty:
             try:
                 conn.flush()
             except Exception:  # one broken transport must not strand the others' frames
                 log.exception("flush_failed", conn_id=conn.id)
+        if self._interval:
+            self._spacing = flush_spacing(self._interval, time.monotonic() - start)
 
     def close(self) -> None:
         """Release the pacing timer; later frames are flushed on the next pass, unpaced."""

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import os
 import socket
+import time
 from typing import Any
 
 import orjson
@@ -212,6 +213,37 @@ async def test_flush_scheduler_spaces_flushes_under_load() -> None:
     assert theirs.recv(100) == b"bc"  # merged into one write
     transport.close()
     theirs.close()
+
+
+def test_flush_spacing_stretches_for_long_flushes_up_to_a_cap() -> None:
+    """Pure: the interval, or twice the last flush's duration, at most three intervals."""
+    from realtime.connection import flush_spacing
+
+    assert flush_spacing(0.008, 0.001) == 0.008  # 50 writes: the interval
+    assert flush_spacing(0.008, 0.009) == 0.018  # 1,000 writes: writing takes half the time
+    assert flush_spacing(0.008, 0.05) == pytest.approx(0.024)  # 5,000 writes: capped
+    assert flush_spacing(0.0, 0.05) == 0.0  # interval 0: every pass
+
+
+async def test_a_long_flush_stretches_the_spacing_of_the_next() -> None:
+    """A flush that took 80 ms (wide fan-out) spaces the next one 150 ms after it began
+    (twice 80 ms, capped at three 50 ms intervals), not 50 ms."""
+    from realtime.connection import FlushScheduler
+
+    scheduler = FlushScheduler(asyncio.get_running_loop(), interval=0.05)
+    flushed: list[float] = []
+    slow = type("Conn", (), {"id": "slow", "flush": lambda self: time.sleep(0.08)})()
+    conn = type("Conn", (), {"id": "c", "flush": lambda self: flushed.append(time.monotonic())})()
+    scheduler.mark(slow)
+    start = time.monotonic()
+    scheduler.flush()
+    await asyncio.sleep(0.01)
+    scheduler.mark(conn)  # 90 ms after the slow flush began: unstretched, it would go now
+    await asyncio.sleep(0.03)
+    assert not flushed
+    await asyncio.sleep(0.1)
+    assert len(flushed) == 1 and flushed[0] - start >= 0.15
+    scheduler.close()
 
 
 async def test_flush_now_writes_at_once_and_restarts_the_interval() -> None:
