@@ -77,8 +77,8 @@ class FlushScheduler:
     """Flushes every dirty connection in one pass (merged writes), at most once per
     ``interval`` seconds.
 
-    After a quiet spell the first frame goes out on the next event-loop pass (no added
-    latency). Under a stream of publications, flushes are spaced ``interval`` apart, so
+    After a quiet spell (one spacing, normally ``interval``) the first frame goes out on the
+    next event-loop pass (no added latency). Under a stream of publications, flushes are spaced ``interval`` apart, so
     each socket write carries every frame queued meanwhile: at 1,000 publications/s and
     8 ms (the server's default), about eight per write instead of one; a flush that took
     long (wide fan-out) stretches the spacing (:func:`flush_spacing`). ``interval=0``

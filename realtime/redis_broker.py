@@ -24,15 +24,16 @@ rest, which would only cost a second wake-up (a timer) per publication (a loop s
 more than a quarter interval also skips one rest). The rest counts from the start of the
 read, so a batch that took longer than the interval is followed by an immediate read; a
 batch whose fan-out took long (a wide fan-out) stretches the rest to twice that time, at
-most three intervals (:func:`realtime.connection.flush_spacing`), so writing takes at most
-half of the loop's time. A link receiving 32 KiB or more per interval never pauses (so a
-rest's arrivals always fit in the socket buffer and the pause cannot cap throughput or
-back data up into Redis); a read that wrote no publication (other topics, a PONG, a
-control message) never pauses either. Over TLS the pause only holds back delivery to us
-(the TLS layer keeps reading the socket), so it saves less there. A supervisor task owns
-the link: it reconnects with capped, jittered exponential backoff forever, resubscribes,
-PINGs every ``health_interval`` seconds and drops a link that stays silent for three
-intervals. Publishing goes through redis-py's ``redis.asyncio`` client.
+most three intervals (:func:`realtime.connection.flush_spacing`), so below that cap
+writing takes at most half of the loop's time, and a publication waits up to three
+intervals. A link receiving 32 KiB or more per interval never pauses (so a rest's arrivals
+always fit in the socket buffer and the pause cannot cap throughput or back data up into
+Redis); a read that wrote no publication (other topics, a PONG, a control message) never
+pauses either. Over TLS the pause only holds back delivery to us (the TLS layer keeps
+reading the socket), so it saves less there. A supervisor task owns the link: it
+reconnects with capped, jittered exponential backoff forever, resubscribes, PINGs every
+``health_interval`` seconds and drops a link that stays silent for three intervals.
+Publishing goes through redis-py's ``redis.asyncio`` client.
 
 Redis pub/sub is at-most-once: a publication made while this instance is unsubscribed
 is lost for its listeners. After every reconnect the broker calls ``on_gap`` so the
