@@ -58,18 +58,21 @@ def encode_text_frame(payload: bytes) -> bytes:
 
 
 STRETCH_DUTY: Final = 2.0
-"""Under a stream, flushes are spaced at least this many times the last flush's duration, so
-writing takes at most half of the loop's time (up to :data:`STRETCH_MAX`)."""
+"""Under a stream that merges (two or more frames per write on average), flushes are spaced
+at least this many times the last flush's duration, so writing takes at most half of the
+loop's time (below :data:`STRETCH_MAX`)."""
 STRETCH_MAX: Final = 3.0
 """The spacing stretched by :data:`STRETCH_DUTY` never exceeds this many ``interval``."""
 
 
 def flush_spacing(interval: float, took: float) -> float:
-    """The time between two paced flushes (or reads), seconds: ``interval``, stretched to
+    """The time between two paced flushes, seconds: ``interval``, stretched to
     ``STRETCH_DUTY * took`` when one flush took ``took`` seconds (wide fan-out: e.g. 1,000
     socket writes), capped at ``STRETCH_MAX * interval``. Each write then carries more frames,
     and the loop keeps time for reading publications and serving requests instead of
-    spending all of it writing; the added latency is bounded by the cap."""
+    spending all of it writing; the added latency is bounded by the cap. Applied only after
+    a flush whose writes merged two or more frames on average: where each connection gets
+    one frame per flush (many topics), waiting longer would add latency and merge little."""
     return max(interval, min(STRETCH_MAX * interval, STRETCH_DUTY * took))
 
 
@@ -81,8 +84,8 @@ class FlushScheduler:
     next event-loop pass (no added latency). Under a stream of publications, flushes are spaced ``interval`` apart, so
     each socket write carries every frame queued meanwhile: at 1,000 publications/s and
     8 ms (the server's default), about eight per write instead of one; a flush that took
-    long (wide fan-out) stretches the spacing (:func:`flush_spacing`). ``interval=0``
-    flushes every pass. The
+    long (wide fan-out) and merged two or more frames per write stretches the spacing
+    (:func:`flush_spacing`). ``interval=0`` flushes every pass. The
     spacing is kept by a :class:`realtime.timer.PreciseTimer` (the loops' millisecond
     timers would fire up to a millisecond early or late).
 
@@ -136,13 +139,15 @@ class FlushScheduler:
         self._timer.cancel()
         dirty, self._dirty = self._dirty, []
         self._last = start = time.monotonic()
+        frames = 0
         for conn in dirty:
             try:
-                conn.flush()
+                frames += conn.flush()
             except Exception:  # one broken transport must not strand the others' frames
                 log.exception("flush_failed", conn_id=conn.id)
         if self._interval:
-            self._spacing = flush_spacing(self._interval, time.monotonic() - start)
+            merged = frames >= 2 * len(dirty)
+            self._spacing = flush_spacing(self._interval, time.monotonic() - start) if merged else self._interval
 
     def close(self) -> None:
         """Release the pacing timer; later frames are flushed on the next pass, unpaced."""
@@ -217,11 +222,12 @@ class Connection:
         """Queue one JSON payload as a text frame (for replies; not the fan-out path)."""
         self.send(encode_text_frame(payload))
 
-    def flush(self) -> None:
-        """Write the pending frames in one ``transport.write``."""
+    def flush(self) -> int:
+        """Write the pending frames in one ``transport.write``; returns how many (0 when
+        there were none, or the transport is closing and they were dropped)."""
         pending = self._pending
         if not pending:
-            return
+            return 0
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         count = len(pending)
         pending.clear()
@@ -229,12 +235,13 @@ class Connection:
         transport = self._transport
         if transport.is_closing():
             self.closed = True
-            return
+            return 0
         transport.write(data)
         self.sent += count
         buffered = transport.get_write_buffer_size()
         self._buffered = buffered
         self._backlog = 0 if buffered == 0 else self._backlog + count
+        return count
 
     def stop(self, code: int) -> None:
         """Stop queueing (first caller's code wins); pending frames are still flushable."""

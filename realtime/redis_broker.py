@@ -22,16 +22,13 @@ began less than half an interval before; so an isolated publication, a stream sl
 two publications per interval, or a rest that gathered only one, is not followed by a
 rest, which would only cost a second wake-up (a timer) per publication (a loop stalled for
 more than a quarter interval also skips one rest). The rest counts from the start of the
-read, so a batch that took longer than the interval is followed by an immediate read; a
-batch whose fan-out took long (a wide fan-out) stretches the rest to twice that time, at
-most three intervals (:func:`realtime.connection.flush_spacing`), so below that cap
-writing takes at most half of the loop's time, and a publication waits up to three
-intervals. A link receiving 32 KiB or more per interval never pauses (so a rest's arrivals
-always fit in the socket buffer and the pause cannot cap throughput or back data up into
-Redis); a read that wrote no publication (other topics, a PONG, a control message) never
-pauses either. Over TLS the pause only holds back delivery to us (the TLS layer keeps
-reading the socket), so it saves less there. A supervisor task owns the link: it
-reconnects with capped, jittered exponential backoff forever, resubscribes, PINGs every
+read, so a batch that took longer than the interval is followed by an immediate read. A
+link receiving 32 KiB or more per interval never pauses (so a rest's arrivals always fit
+in the socket buffer and the pause cannot cap throughput or back data up into Redis); a
+read that wrote no publication (other topics, a PONG, a control message) never pauses
+either. Over TLS the pause only holds back delivery to us (the TLS layer keeps reading the
+socket), so it saves less there. A supervisor task owns the link: it reconnects with
+capped, jittered exponential backoff forever, resubscribes, PINGs every
 ``health_interval`` seconds and drops a link that stays silent for three intervals.
 Publishing goes through redis-py's ``redis.asyncio`` client.
 
@@ -60,7 +57,6 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from realtime.broker import Deliver, OnBatch, OnControl, OnGap
-from realtime.connection import flush_spacing
 from realtime.errors import BrokerUnavailable
 from realtime.timer import PreciseTimer
 
@@ -125,7 +121,6 @@ class _Subscriber(asyncio.Protocol):
         self._previous_bytes = 0  # bytes received in the interval before it
         self._last_delivery = -1e9  # start of the last read that delivered here (monotonic s)
         self._count = 0  # publications on the data channel since the last paced delivering read
-        self._spacing = batch_interval  # the last rest's length (stretched by a long fan-out)
         self._confirmations = 0
         self._reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
@@ -179,17 +174,13 @@ class _Subscriber(asyncio.Protocol):
             # skips a rest.
             gap = started - self._last_delivery
             count, self._count = self._count, 0
-            rest = (count >= 2 or gap < interval / 2) and gap < _STREAM_GAP * self._spacing
+            rest = (count >= 2 or gap < interval / 2) and gap < _STREAM_GAP * interval
             self._last_delivery = started
             # the interval counts from the start of this read: a batch that took longer to fan
-            # out than the interval is followed by an immediate read, never by an idle rest,
-            # unless it took so long (wide fan-out) that the rest is stretched to keep writing
-            # under half of the loop's time (flush_spacing, at most 3 intervals)
-            now = time.monotonic()
-            self._spacing = flush_spacing(interval, now - started)
-            until = started + self._spacing
+            # out than the interval is followed by an immediate read, never by an idle rest
+            until = started + interval
             transport = self.transport
-            if rest and until > now and transport is not None and not transport.is_closing():
+            if rest and until > time.monotonic() and transport is not None and not transport.is_closing():
                 transport.pause_reading()
                 self._resume.call_at(until, self._resume_reading)
 

@@ -225,24 +225,27 @@ def test_flush_spacing_stretches_for_long_flushes_up_to_a_cap() -> None:
     assert flush_spacing(0.0, 0.05) == 0.0  # interval 0: every pass
 
 
-async def test_a_long_flush_stretches_the_spacing_of_the_next() -> None:
-    """A flush that took 120 ms (wide fan-out) spaces the next one 240 ms after it began
-    (twice 120 ms, under the cap of three 100 ms intervals), not 100 ms."""
+async def test_a_long_merging_flush_stretches_the_spacing_of_the_next() -> None:
+    """A flush that took 120 ms (wide fan-out) and merged three frames per write spaces the
+    next one 240 ms after it began (twice 120 ms, under the cap of three 100 ms intervals),
+    not 100 ms. One that wrote a single frame per connection (many topics) does not."""
     from realtime.connection import FlushScheduler
 
-    scheduler = FlushScheduler(asyncio.get_running_loop(), interval=0.1)
-    flushed: list[float] = []
-    slow = type("Conn", (), {"id": "slow", "flush": lambda self: time.sleep(0.12)})()
-    conn = type("Conn", (), {"id": "c", "flush": lambda self: flushed.append(time.monotonic())})()
-    scheduler.mark(slow)
-    start = time.monotonic()
-    scheduler.flush()
-    scheduler.mark(conn)  # after the slow flush ended: unstretched, it would go on the next pass
-    await asyncio.sleep(max(0.0, start + 0.18 - time.monotonic()))
-    assert not flushed
-    await wait_for(lambda: bool(flushed), timeout=2)
-    assert flushed[0] - start >= 0.238  # (the fallback timer may fire ~1 ms early)
-    scheduler.close()
+    for frames_per_write, stretched in ((3, True), (1, False)):
+        scheduler = FlushScheduler(asyncio.get_running_loop(), interval=0.1)
+        flushed: list[float] = []
+        slow = type("Conn", (), {"id": "slow", "flush": lambda self, n=frames_per_write: time.sleep(0.12) or n})()
+        conn = type("Conn", (), {"id": "c", "flush": lambda self, out=flushed: out.append(time.monotonic()) or 1})()
+        scheduler.mark(slow)
+        start = time.monotonic()
+        scheduler.flush()
+        scheduler.mark(conn)  # after the slow flush ended: unstretched, it goes on the next pass
+        await asyncio.sleep(max(0.0, start + 0.18 - time.monotonic()))
+        assert bool(flushed) is not stretched
+        await wait_for(lambda out=flushed: bool(out), timeout=2)  # type: ignore[misc]
+        if stretched:
+            assert flushed[0] - start >= 0.238  # (the fallback timer may fire ~1 ms early)
+        scheduler.close()
 
 
 async def test_flush_now_writes_at_once_and_restarts_the_interval() -> None:
