@@ -46,37 +46,20 @@ async def _server(compress: bool) -> TestServer:
     return server
 
 
-async def test_compressed_messages_are_inflated_when_the_server_takes_deflate() -> None:
-    server = await _server(compress=True)
+@pytest.mark.parametrize(
+    ("server_compresses", "offered", "deflated"),
+    [(True, True, True), (False, True, False), (True, False, False)],
+    ids=["taken", "declined", "not-offered"],
+)
+async def test_permessage_deflate_offer(server_compresses: bool, offered: bool, deflated: bool) -> None:
+    """Offered and taken: compressed messages are inflated; declined by the server, or not
+    offered: plain frames. The dialect sees the same messages every way."""
+    server = await _server(compress=server_compresses)
     try:
         dialect = _Echo()
-        client = await asyncio.wait_for(connect("127.0.0.1", server.port, "/ws", dialect, deflate=True), 5)
-        assert client.deflated
+        client = await asyncio.wait_for(connect("127.0.0.1", server.port, "/ws", dialect, deflate=offered), 5)
+        assert client.deflated is deflated
         assert dialect.texts == [b"got hello " + b"x" * 2000, b"second"]
-        client.close()
-    finally:
-        await server.close()
-
-
-async def test_a_server_that_declines_deflate_sends_plain_frames() -> None:
-    server = await _server(compress=False)
-    try:
-        dialect = _Echo()
-        client = await asyncio.wait_for(connect("127.0.0.1", server.port, "/ws", dialect, deflate=True), 5)
-        assert not client.deflated
-        assert dialect.texts[1] == b"second"
-        client.close()
-    finally:
-        await server.close()
-
-
-async def test_deflate_is_not_offered_unless_asked() -> None:
-    server = await _server(compress=True)
-    try:
-        dialect = _Echo()
-        client = await asyncio.wait_for(connect("127.0.0.1", server.port, "/ws", dialect), 5)
-        assert not client.deflated
-        assert dialect.texts[0].startswith(b"got hello ")
         client.close()
     finally:
         await server.close()
