@@ -47,13 +47,13 @@ async def serve(settings: Settings, *, reuse_port: bool = False, migrate: bool =
     app = create_app(settings)
     runner = RealtimeRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace + 5)
     await runner.setup()
+    freeze_startup_heap()  # before the socket opens: readiness and signal handling stay immediate
     # a deep accept queue: while the loop verifies a burst of LISTEN tokens, the kernel's
     # default 128 overflowed and each dropped SYN cost a client a 1 s retry
     site = web.TCPSite(
         runner, settings.host, settings.port, reuse_address=True, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG
     )
     await site.start()
-    freeze_startup_heap()
     loop_kind = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
     log.info("listening", host=settings.host, port=settings.port, pid=os.getpid(), loop=loop_kind)
     stop = asyncio.Event()

@@ -105,7 +105,7 @@ async def test_workers_share_one_port(spawn: type[Server], redis_url: str, chann
 
 
 def test_freeze_startup_heap_freezes_what_exists() -> None:
-    """``serve`` freezes the startup heap once it listens: everything allocated so far is
+    """``serve`` freezes the startup heap before it listens: everything allocated so far is
     out of the collector's reach (and a later unfreeze hands it back)."""
     import gc
 
