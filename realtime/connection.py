@@ -81,11 +81,11 @@ class FlushScheduler:
     ``interval`` seconds.
 
     After a quiet spell (one spacing, normally ``interval``) the first frame goes out on the
-    next event-loop pass (no added latency). Under a stream of publications, flushes are spaced ``interval`` apart, so
-    each socket write carries every frame queued meanwhile: at 1,000 publications/s and
-    8 ms (the server's default), about eight per write instead of one; a flush that took
-    long (wide fan-out) and merged two or more frames per write stretches the spacing
-    (:func:`flush_spacing`). ``interval=0`` flushes every pass. The
+    next event-loop pass (no added latency). Under a stream of publications, flushes are
+    spaced ``interval`` apart, so each socket write carries every frame queued meanwhile: at
+    1,000 publications/s and 8 ms (the server's default), about eight per write instead of
+    one; a flush that took long (wide fan-out) and merged two or more frames per write
+    stretches the spacing (:func:`flush_spacing`). ``interval=0`` flushes every pass. The
     spacing is kept by a :class:`realtime.timer.PreciseTimer` (the loops' millisecond
     timers would fire up to a millisecond early or late).
 
