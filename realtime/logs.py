@@ -34,7 +34,9 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
+        # once configured (by the CLI, at start-up) loggers stay as they are: a cached one
+        # costs a filtered-out debug call ~0.9 us instead of ~2.5 (two per connection)
+        cache_logger_on_first_use=True,
     )
     logging.basicConfig(
         level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"

@@ -21,10 +21,8 @@ connection here). Close codes are listed in :mod:`realtime.connection` and the R
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
-import socket
 import time
 from typing import Any, cast
 
@@ -150,12 +148,9 @@ class WsProtocol(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Start reading the request head (``HEAD_TIMEOUT`` applies)."""
+        """Start reading the request head (``HEAD_TIMEOUT`` applies). Both loops set
+        ``TCP_NODELAY`` on every TCP socket they accept, so frames leave without waiting."""
         self._transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError, AttributeError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self._abort)
 
     def data_received(self, data: bytes) -> None:
