@@ -177,7 +177,7 @@ class WsProtocol(asyncio.Protocol):
         if opened:
             ctx = self._ctx
             conn = self.conn
-            conn.stop(1006)
+            conn.detach()
             ctx.node.remove_peer(self)
             ctx.limiter.release(self._ip)
             log.debug("ws_closed", conn_id=conn.id, code=conn.close_code, sent=conn.sent)
