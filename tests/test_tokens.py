@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from keys import InvalidToken, KeyStore, NoSigningKey, TokenIssuer, TokenVerifier, generate_key, jwk_thumbprint
+from keys import Grant, InvalidToken, KeyStore, NoSigningKey, TokenIssuer, TokenVerifier, generate_key, jwk_thumbprint
 
 ISS, AUD = "realtime", "realtime"
 
@@ -188,3 +188,31 @@ def test_bad_keys(tmp_path: Path) -> None:
 def test_thumbprint_is_stable_for_the_same_key() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     assert jwk_thumbprint(key.public_key()) == jwk_thumbprint(key.public_key())
+
+
+def test_node_caches_verified_tokens_and_evicts_the_oldest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reconnect with the same token skips the signature check; the cache is bounded and
+    forgets the oldest grant first; a cached grant that has expired is checked again."""
+    from realtime import node as node_module
+    from realtime.broker import MemoryBroker
+    from topics import load_policy
+
+    checked: list[str] = []
+    now = time.time()
+
+    def verify(token: str) -> Grant:
+        checked.append(token)
+        exp = now + 1 if token == "short" else now + 3600
+        return Grant(sub="7", scopes=frozenset(), exp=exp, jti=token, kid="k")
+
+    monkeypatch.setattr(node_module, "_VERIFIED_CACHE_SIZE", 3)
+    node = node_module.Node(broker=MemoryBroker(), policy=load_policy(None), verify=verify)
+    for token in ("a", "b", "a", "c", "d", "b", "a"):
+        assert node.verify(token).jti == token
+    # a, b, c checked once; d evicted a (the oldest), so b is still cached and a is checked again
+    assert checked == ["a", "b", "c", "d", "a"]
+    node.verify("short")
+    checked.clear()
+    monkeypatch.setattr(node_module.time, "time", lambda: now + 2)
+    node.verify("short")  # its cached grant has expired: checked again
+    assert checked == ["short"]
