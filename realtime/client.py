@@ -122,6 +122,18 @@ def token_expiry(token: str) -> float | None:
     return float(exp) if isinstance(exp, int | float) else None
 
 
+def refresh_deadline(token: str, expires_in: object, now: float) -> float | None:
+    """When a token from ``/auth/ws`` expires, epoch seconds: the earlier of its ``exp`` claim
+    and ``now + expires_in``. ``expires_in`` alone can be up to a second late (``exp`` is whole
+    seconds, RFC 7519 NumericDate, counted from the issue second), enough to lose the topics of
+    a short-lived token before its refresh; ``None`` when neither is known."""
+    candidates = [token_expiry(token)]
+    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
+        candidates.append(now + float(expires_in))
+    known = [c for c in candidates if c is not None]
+    return min(known) if known else None
+
+
 class _Reconnect(Exception):
     """Internal: the connection must be replaced (closed, RECONNECT, no PONG)."""
 
@@ -443,9 +455,7 @@ class RealtimeClient:
                 raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status, message="/auth/ws failed")
             body = await resp.json()
         token = str(body["token"])
-        expires_in = body.get("expires_in")
-        expires = time.time() + float(expires_in) if isinstance(expires_in, int | float) else token_expiry(token)
-        return token, expires
+        return token, refresh_deadline(token, body.get("expires_in"), time.time())
 
 
 async def listen_command(

@@ -20,7 +20,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from realtime.appkeys import NODE
-from realtime.client import Event, ListenRefused, RealtimeClient, TokenRefused, backoff_delay, token_expiry
+from realtime.client import (
+    Event,
+    ListenRefused,
+    RealtimeClient,
+    TokenRefused,
+    backoff_delay,
+    refresh_deadline,
+    token_expiry,
+)
 from realtime.redis_broker import RedisBroker
 from tests import procs
 from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, USER_KEY, AppFactory, auth, kill_subscriber
@@ -55,6 +63,17 @@ def test_token_expiry_reads_exp_without_verifying() -> None:
     body = base64.urlsafe_b64encode(orjson.dumps({"exp": 1234})).decode().rstrip("=")
     assert token_expiry(f"e30.{body}.sig") == 1234.0
     assert token_expiry("not-a-jwt") is None
+
+
+def test_refresh_deadline_is_the_earlier_of_exp_and_expires_in() -> None:
+    body = base64.urlsafe_b64encode(b'{"exp": 1002}').rstrip(b"=").decode()
+    token = f"e30.{body}.sig"
+    # issued at 1000.9: exp counts from the whole second, so expires_in (2) would be 0.9 s late
+    assert refresh_deadline(token, 2, now=1000.9) == 1002.0
+    assert refresh_deadline(token, 1, now=1000.5) == 1001.5
+    assert refresh_deadline("not-a-jwt", 2, now=1000.0) == 1002.0
+    assert refresh_deadline("not-a-jwt", None, now=1000.0) is None
+    assert refresh_deadline("not-a-jwt", True, now=1000.0) is None
 
 
 async def test_messages_gap_and_auth_revoked_are_yielded(
