@@ -227,30 +227,41 @@ class Node:
         return grant
 
     def new_session(self, conn: Connection, *, max_topics: int, rate: TokenBucket | None) -> Session:
-        """A protocol :class:`Session` for ``conn`` wired to this node: token checks
+        """A protocol :class:`Session` for ``conn`` with this node as its owner: token checks
         (with revocation), the topic index, per-user limits and expiry timers."""
-        index = self.index
+        return Session(policy=self.policy, owner=self, key=conn, max_topics=max_topics, rate=rate)
 
-        def listen(topic: Topic) -> None:
-            index.add(topic, conn)
+    # -- the sessions' owner (realtime.protocol.Owner) ------------------------------
 
-        def unlisten(topic: Topic) -> None:
-            index.discard(topic, conn)
+    def listen(self, key: Connection, topic: Topic) -> None:
+        """Index ``key`` under ``topic`` (its session LISTENed)."""
+        self.index.add(topic, key)
 
-        return Session(
-            policy=self.policy,
-            verify=self.verify,
-            listen=listen,
-            unlisten=unlisten,
-            max_topics=max_topics,
-            rate=rate,
-            admit_sub=lambda sub: self._admit(conn, sub),
-            on_grant=lambda grant: self._schedule_expiry(conn, grant.exp),
-            on_refused=self._count_refusal,
-        )
+    def unlisten(self, key: Connection, topic: Topic) -> None:
+        """Drop ``key`` from ``topic`` (its session dropped the topic)."""
+        self.index.discard(topic, key)
 
-    def _count_refusal(self, code: str) -> None:
+    def granted(self, key: Connection, grant: Grant) -> None:
+        """Arm the expiry of ``grant``'s topics on ``key``."""
+        self._schedule_expiry(key, grant.exp)
+
+    def refused(self, code: str) -> None:
+        """Count an error RESPONSE by code."""
         self.refusals[code] = self.refusals.get(code, 0) + 1
+
+    def admit_sub(self, key: Connection, sub: str) -> bool:
+        """Take a slot of ``sub``'s ``MAX_CONNECTIONS_PER_USER`` for ``key``; ``False`` when
+        they are all taken (a connection that already holds one is admitted again)."""
+        conns = self._user_conns.setdefault(sub, set())
+        if key in conns:
+            return True
+        if self._max_per_user and len(conns) >= self._max_per_user:
+            if not conns:
+                del self._user_conns[sub]
+            return False
+        conns.add(key)
+        self._subs_of.setdefault(key, []).append(sub)
+        return True
 
     def add_peer(self, peer: Peer) -> None:
         """Register a connected peer."""
@@ -267,18 +278,6 @@ class Node:
             self._expiries = [(exp, next(self._seq), conn) for conn, exp in self._next_exp.items()]
             heapq.heapify(self._expiries)
             self._arm()
-
-    def _admit(self, conn: Connection, sub: str) -> bool:
-        conns = self._user_conns.setdefault(sub, set())
-        if conn in conns:
-            return True
-        if self._max_per_user and len(conns) >= self._max_per_user:
-            if not conns:
-                del self._user_conns[sub]
-            return False
-        conns.add(conn)
-        self._subs_of.setdefault(conn, []).append(sub)
-        return True
 
     def on_gap(self) -> None:
         """Tell every listening client that publications may have been missed."""

@@ -20,6 +20,7 @@ from keys import KeyStore, TokenVerifier
 from realtime.app import create_app
 from realtime.protocol import Session
 from tests.conftest import make_settings
+from tests.test_protocol import SetOwner
 from topics import DEFAULT_POLICY
 
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=200)
@@ -53,19 +54,13 @@ FRAMES = (
 @given(frame=FRAMES)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_session_never_raises(key_store: KeyStore, frame: str | bytes) -> None:
-    index: set[str] = set()
-    session = Session(
-        policy=DEFAULT_POLICY,
-        verify=TokenVerifier(key_store, issuer="realtime", audience="realtime").verify,
-        listen=index.add,
-        unlisten=index.discard,
-        max_topics=50,
-    )
+    owner = SetOwner(TokenVerifier(key_store, issuer="realtime", audience="realtime"))
+    session = Session(policy=DEFAULT_POLICY, owner=owner, key="conn-1", max_topics=50)
     reply = orjson.loads(session.receive(frame))
     assert reply["type"] in ("PONG", "RESPONSE")
     if reply["type"] == "RESPONSE":
         assert reply["error"] in ("", "ERR_BADMESSAGE", "ERR_BADAUTH", "ERR_BADTOPIC", "ERR_RATELIMIT")
-    assert len(index) <= 50
+    assert len(owner.index) <= 50
 
 
 class ErrorLog(logging.Handler):

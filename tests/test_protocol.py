@@ -7,23 +7,48 @@ import time
 import orjson
 import pytest
 
-from keys import KeyStore, TokenIssuer, TokenVerifier
+from keys import Grant, KeyStore, TokenIssuer, TokenVerifier
 from realtime.protocol import Session, State
 from topics import DEFAULT_POLICY, Topic
 
 
+class SetOwner:
+    """A session's owner (:class:`realtime.protocol.Owner`) with a plain set as the topic index."""
+
+    def __init__(self, verifier: TokenVerifier) -> None:
+        self.verifier = verifier
+        self.index: set[Topic] = set()
+        self.listens: list[Topic] = []
+        self.refusals: list[str] = []
+
+    def verify(self, token: str) -> Grant:
+        return self.verifier.verify(token)
+
+    def listen(self, key: object, topic: Topic) -> None:
+        assert key == "conn-1"
+        self.listens.append(topic)
+        self.index.add(topic)
+
+    def unlisten(self, key: object, topic: Topic) -> None:
+        assert key == "conn-1"
+        self.index.discard(topic)
+
+    def admit_sub(self, key: object, sub: str) -> bool:
+        return True
+
+    def granted(self, key: object, grant: Grant) -> None:
+        pass
+
+    def refused(self, code: str) -> None:
+        self.refusals.append(code)
+
+
 class Harness:
     def __init__(self, store: KeyStore, max_topics: int = 50) -> None:
-        self.index: set[Topic] = set()
         self.issuer = TokenIssuer(store, issuer="realtime", audience="realtime", ttl=60)
-        verifier = TokenVerifier(store, issuer="realtime", audience="realtime")
-        self.session = Session(
-            policy=DEFAULT_POLICY,
-            verify=verifier.verify,
-            listen=self.index.add,
-            unlisten=self.index.discard,
-            max_topics=max_topics,
-        )
+        self.owner = SetOwner(TokenVerifier(store, issuer="realtime", audience="realtime"))
+        self.index = self.owner.index
+        self.session = Session(policy=DEFAULT_POLICY, owner=self.owner, key="conn-1", max_topics=max_topics)
 
     def token(self, sub: str = "7", scopes: tuple[str, ...] = ("user:read:remote-control",)) -> str:
         return self.issuer.issue(sub, scopes).token
@@ -112,11 +137,9 @@ def test_unlisten(h: Harness) -> None:
 
 
 def test_relisten_does_not_double_index(h: Harness) -> None:
-    calls: list[Topic] = []
-    h.session._listen = calls.append
     h.listen(["dream:update.a"])
     h.listen(["dream:update.a", "dream:update.a"])
-    assert calls == ["dream:update.a"]
+    assert h.owner.listens == ["dream:update.a"]
 
 
 def test_topic_limit(key_store: KeyStore) -> None:
@@ -168,8 +191,9 @@ def test_verifier_crash_is_err_server(key_store: KeyStore) -> None:
         raise RuntimeError("bug")
 
     h = Harness(key_store)
-    h.session._verify = boom  # type: ignore[assignment]
+    h.owner.verify = boom  # type: ignore[assignment,method-assign]
     assert h.listen(["dream:update.a"], "tok")["error"] == "ERR_SERVER"
+    assert h.owner.refusals == ["ERR_SERVER"]
 
 
 def test_expire_and_close(h: Harness) -> None:
