@@ -110,28 +110,40 @@ def backoff_delay(attempt: int, initial: float, cap: float, rand: Callable[[], f
     return base * (0.5 + rand() / 2)
 
 
-def token_expiry(token: str) -> float | None:
-    """The ``exp`` claim (epoch seconds) of a JWT, read without verification (for scheduling
-    the refresh only), or ``None`` if there is none."""
+def _claims(token: str) -> dict[str, object]:
+    """A JWT's claims, read without verification (for scheduling only); ``{}`` if unreadable."""
     try:
         payload = token.split(".")[1]
         claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (IndexError, ValueError):
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, int | float) else None
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` claim (epoch seconds) of a JWT, read without verification (for scheduling
+    the refresh only), or ``None`` if there is none."""
+    return _number(_claims(token).get("exp"))
 
 
 def refresh_deadline(token: str, expires_in: object, now: float) -> float | None:
-    """When a token from ``/auth/ws`` expires, epoch seconds: the earlier of its ``exp`` claim
-    and ``now + expires_in``. ``expires_in`` alone can be up to a second late (``exp`` is whole
-    seconds, RFC 7519 NumericDate, counted from the issue second), enough to lose the topics of
-    a short-lived token before its refresh; ``None`` when neither is known."""
-    candidates = [token_expiry(token)]
-    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
-        candidates.append(now + float(expires_in))
-    known = [c for c in candidates if c is not None]
-    return min(known) if known else None
+    """When a token from ``/auth/ws`` received at ``now`` expires, on this client's clock:
+    ``now`` plus the shorter of ``expires_in`` and the token's own lifetime (``exp - iat``).
+    ``expires_in`` alone can be up to a second long (``exp`` is whole seconds, RFC 7519
+    NumericDate, counted from the issue second), enough to lose a short-lived token's topics
+    before its refresh; the claims are compared only with each other, so a client clock that
+    is off does not move the refresh. Falls back to the ``exp`` claim; ``None`` when nothing
+    is known."""
+    claims = _claims(token)
+    exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
+    lifetimes = [x for x in (_number(expires_in), None if exp is None or iat is None else exp - iat) if x is not None]
+    if lifetimes:
+        return now + min(lifetimes)
+    return exp
 
 
 class _Reconnect(Exception):

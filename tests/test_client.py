@@ -65,13 +65,18 @@ def test_token_expiry_reads_exp_without_verifying() -> None:
     assert token_expiry("not-a-jwt") is None
 
 
-def test_refresh_deadline_is_the_earlier_of_exp_and_expires_in() -> None:
-    body = base64.urlsafe_b64encode(b'{"exp": 1002}').rstrip(b"=").decode()
-    token = f"e30.{body}.sig"
-    # issued at 1000.9: exp counts from the whole second, so expires_in (2) would be 0.9 s late
-    assert refresh_deadline(token, 2, now=1000.9) == 1002.0
-    assert refresh_deadline(token, 1, now=1000.5) == 1001.5
+def test_refresh_deadline_is_the_shorter_of_expires_in_and_the_tokens_lifetime() -> None:
+    def token(claims: dict[str, float]) -> str:
+        return "e30." + base64.urlsafe_b64encode(orjson.dumps(claims)).decode().rstrip("=") + ".sig"
+
+    # issued at 1000.9 for 2 s: exp counts from the whole second, so it lives 1.1 s, not 2
+    short = token({"iat": 1000.9, "exp": 1002})
+    assert refresh_deadline(short, 2, now=5000.0) == pytest.approx(5001.1)
+    # the client's clock does not matter: only the claims are compared with each other
+    assert refresh_deadline(short, 2, now=10.0) == pytest.approx(11.1)
+    assert refresh_deadline(token({"iat": 1000.0, "exp": 1002}), 1, now=5000.0) == 5001.0
     assert refresh_deadline("not-a-jwt", 2, now=1000.0) == 1002.0
+    assert refresh_deadline(token({"exp": 1234}), None, now=1000.0) == 1234.0  # only exp: as is
     assert refresh_deadline("not-a-jwt", None, now=1000.0) is None
     assert refresh_deadline("not-a-jwt", True, now=1000.0) is None
 
