@@ -20,6 +20,8 @@ class SetOwner:
         self.index: set[Topic] = set()
         self.listens: list[Topic] = []
         self.refusals: list[str] = []
+        self.admit = True
+        self.events: list[str] = []  # listen/granted calls, in order
 
     def verify(self, token: str) -> Grant:
         return self.verifier.verify(token)
@@ -27,6 +29,7 @@ class SetOwner:
     def listen(self, key: object, topic: Topic) -> None:
         assert key == "conn-1"
         self.listens.append(topic)
+        self.events.append(f"listen {topic}")
         self.index.add(topic)
 
     def unlisten(self, key: object, topic: Topic) -> None:
@@ -34,10 +37,10 @@ class SetOwner:
         self.index.discard(topic)
 
     def admit_sub(self, key: object, sub: str) -> bool:
-        return True
+        return self.admit
 
     def granted(self, key: object, grant: Grant) -> None:
-        pass
+        self.events.append(f"granted {grant.sub}")
 
     def refused(self, code: str) -> None:
         self.refusals.append(code)
@@ -204,3 +207,13 @@ def test_expire_and_close(h: Harness) -> None:
     assert h.session.close() == ["dream:update.a"]
     assert h.index == set() and h.session.state is State.CLOSED
     assert h.send({"type": "PING"})["error"] == "ERR_BADMESSAGE"
+
+
+def test_owner_is_told_in_order_and_a_refused_user_gets_nothing(h: Harness) -> None:
+    h.owner.admit = False  # this user already LISTENs on too many connections
+    assert h.listen(["remote-control:command.7"], h.token())["error"] == "ERR_RATELIMIT"
+    assert h.index == set() and h.owner.events == [] and h.session.topics == {}
+    h.owner.admit = True
+    assert h.listen(["remote-control:command.7", "dream:update.a"], h.token())["error"] == ""
+    assert h.owner.events == ["listen remote-control:command.7", "listen dream:update.a", "granted 7"]
+    assert h.owner.refusals == ["ERR_RATELIMIT"]
