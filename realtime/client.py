@@ -140,10 +140,11 @@ def refresh_deadline(token: str, expires_in: object, now: float) -> float | None
     is known."""
     claims = _claims(token)
     exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
-    lifetimes = [x for x in (_number(expires_in), None if exp is None or iat is None else exp - iat) if x is not None]
-    if lifetimes:
-        return now + min(lifetimes)
-    return exp
+    lifetimes = [_number(expires_in)]
+    if exp is not None and iat is not None:
+        lifetimes.append(exp - iat)
+    known = [x for x in lifetimes if x is not None]
+    return now + min(known) if known else exp
 
 
 class _Reconnect(Exception):

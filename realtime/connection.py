@@ -252,7 +252,7 @@ class Connection:
     def detach(self) -> None:
         """Forget the transport and the overflow callback once the socket is gone: they
         close the cycle protocol -> connection -> transport -> protocol, so without this a
-        closed connection (~20 objects) waits for the cyclic garbage collector instead of
+        closed connection (~22 objects) waits for the cyclic garbage collector instead of
         being freed by reference counting when the last reference goes."""
         self.stop(1006)
         self._pending.clear()
