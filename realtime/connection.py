@@ -254,17 +254,19 @@ class Connection:
         close the cycle protocol -> connection -> transport -> protocol, so without this a
         closed connection (~22 objects) waits for the cyclic garbage collector instead of
         being freed by reference counting when the last reference goes."""
-        self.stop(1006)
-        self._pending.clear()
-        self._pending_bytes = 0
+        self._discard(1006)
         self._transport = None
         self._on_overflow = _ignore_overflow
 
     def _overflow(self) -> None:
+        self._discard(CLOSE_SLOW_CONSUMER)
+        self._on_overflow(self)
+
+    def _discard(self, code: int) -> None:
+        """Drop the pending frames and stop queueing with ``code``."""
         self._pending.clear()
         self._pending_bytes = 0
-        self.stop(CLOSE_SLOW_CONSUMER)
-        self._on_overflow(self)
+        self.stop(code)
 
 
 def _ignore_overflow(conn: Connection) -> None:
