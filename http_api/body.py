@@ -1,4 +1,24 @@
-"""Request bodies: JSON only, validated with marshmallow; errors name the field."""
+"""Request bodies: the one JSON body reader of every route.
+
+:func:`read_object` reads and checks a body in a fixed order, each check bounded in time
+and memory whatever the client sends:
+
+1. size: at most ``MAX_BODY_BYTES`` (aiohttp refuses more while reading: 413);
+2. presence and media type: an empty body is ``{}`` only where the route allows it;
+   anything else must be ``application/json`` (415);
+3. syntax and depth: orjson parses (it stops by itself past 1024 levels), then an
+   iterative walk refuses more than :data:`MAX_DEPTH` levels, before any recursive code
+   (marshmallow, the NUL check) sees the value;
+4. type: the top level must be an object;
+5. U+0000 in any string (PostgreSQL ``text`` and ``jsonb`` cannot store it), unless the
+   route allows it.
+
+Problems raise :class:`BodyError` naming the field; each route family turns it into its
+own error envelope: :func:`load_json` (``{"error", "message", "fields"}``) here and
+:func:`http_api.envelope.read_body` (the e-dream envelope) under ``/api/v1``. A client
+that hangs up while its body is being read is a :class:`BodyError` too (not a server
+error, not a database outage).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +30,79 @@ from marshmallow import Schema, ValidationError
 
 from http_api.errors import json_error
 
+MAX_DEPTH = 64
+"""Deepest JSON nesting (objects and arrays) accepted in any request body."""
+
+
+class BodyError(Exception):
+    """A request body that cannot be used.
+
+    Attributes:
+        status: the HTTP status to answer (400 or 415).
+        message: a sentence for the client, without a trailing period.
+        field: the field at fault (``"body"`` for the whole body).
+        problem: a short stable description (``"invalid JSON"``, ``"too deep"``...).
+    """
+
+    def __init__(self, status: int, message: str, field: str = "body", problem: str = "") -> None:
+        super().__init__(message)
+        self.status, self.message, self.field, self.problem = status, message, field, problem
+
+
+async def read_object(
+    request: web.Request, *, optional: bool = False, allow_nul: bool = False, max_depth: int = MAX_DEPTH
+) -> dict[str, Any] | None:
+    """Read a request body that must be a JSON object (the checks of the module docstring).
+
+    Args:
+        request: the request.
+        optional: an empty body is allowed (returns ``None``).
+        allow_nul: accept U+0000 in strings (bodies that never reach PostgreSQL).
+        max_depth: the deepest nesting accepted, in levels (an object holding an array is 2).
+
+    Returns:
+        The JSON object, or ``None`` for an empty body when ``optional``.
+
+    Raises:
+        BodyError: 400 (missing, not JSON, too deep, not an object, NUL, connection
+            closed mid-body) or 415 (not ``application/json``).
+        web.HTTPRequestEntityTooLarge: larger than ``MAX_BODY_BYTES`` (413).
+    """
+    try:
+        raw = await request.read()
+    except ConnectionResetError:  # the client hung up mid-body: nothing to answer, nothing broke
+        raise BodyError(400, "the connection closed before the whole body arrived", problem="incomplete") from None
+    if not raw.strip():
+        if optional:
+            return None
+        raise BodyError(400, "request body is required", problem="required")
+    if request.content_type != "application/json":
+        raise BodyError(415, "request body must be application/json", problem="not JSON")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc) or "recursion" in str(exc):
+            raise _too_deep("body", max_depth) from None
+        raise BodyError(400, "request body is not valid JSON", problem="invalid JSON") from None
+    where = deep_field(data, max_depth)
+    if where is not None:
+        raise _too_deep(where, max_depth)
+    if not isinstance(data, dict):
+        raise BodyError(400, "request body must be a JSON object", problem="must be an object")
+    where = None if allow_nul else nul_field(data)
+    if where is not None:
+        raise BodyError(400, f"{where}: NUL characters are not allowed", where, "contains NUL")
+    return data
+
+
+def _too_deep(field: str, limit: int) -> BodyError:
+    return BodyError(400, f"{field}: nested deeper than {limit} levels", field, "too deep")
+
 
 async def load_json(
     request: web.Request, schema: Schema, *, optional: bool = False, allow_nul: bool = False
 ) -> dict[str, Any]:
-    """Read and validate a JSON body.
+    """Read a JSON object body (:func:`read_object`) and load it with ``schema``.
 
     Args:
         request: the request.
@@ -26,29 +114,19 @@ async def load_json(
         The loaded data.
 
     Raises:
-        web.HTTPException: 415 if the body is not ``application/json``; 400 if it is
-            not JSON, holds U+0000 (unless ``allow_nul``) or does not validate (``fields``
-            maps each field to its messages);
-            413 if it is larger than ``MAX_BODY_BYTES``.
+        web.HTTPException: our JSON error ``{"error", "message", "fields"}``: 415 if the
+            body is not ``application/json``; 400 if it is missing, not JSON, nested
+            deeper than :data:`MAX_DEPTH`, not an object, holds U+0000 (unless
+            ``allow_nul``) or does not validate (``fields`` maps each field to its
+            messages); 413 if it is larger than ``MAX_BODY_BYTES``.
     """
-    raw = await request.read()
-    if not raw.strip():
-        if optional:
-            return dict(schema.load({}))
-        raise json_error(400, "request body is required", fields={"body": ["required"]})
-    if request.content_type != "application/json":
-        raise json_error(415, "request body must be application/json")
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise json_error(400, "request body is not valid JSON", fields={"body": ["invalid JSON"]}) from None
-    if not isinstance(data, dict):
-        raise json_error(400, "request body must be a JSON object", fields={"body": ["must be an object"]})
-    where = None if allow_nul else nul_field(data)
-    if where is not None:  # PostgreSQL text and jsonb cannot store U+0000
-        raise json_error(400, f"{where}: NUL characters are not allowed", fields={where: ["contains NUL"]})
+        data = await read_object(request, optional=optional, allow_nul=allow_nul)
+    except BodyError as exc:
+        fields = {exc.field: [exc.problem]} if exc.status == 400 else {}
+        raise json_error(exc.status, exc.message, **({"fields": fields} if fields else {})) from None
     try:
-        return dict(schema.load(data))
+        return dict(schema.load(data or {}))
     except ValidationError as exc:
         fields = exc.messages if isinstance(exc.messages, dict) else {"body": exc.messages}
         raise json_error(400, f"invalid field(s): {', '.join(sorted(map(str, fields)))}", fields=fields) from None
@@ -57,8 +135,7 @@ async def load_json(
 def nul_field(value: Any, path: str = "body") -> str | None:
     """The path of the first string (key or value) in a JSON value holding U+0000, or ``None``.
 
-    Bodies carrying NUL are refused up front: PostgreSQL ``text`` and ``jsonb`` cannot
-    store it, and a 400 naming the field beats a database error.
+    Recursive: call it only on values :func:`deep_field` accepted.
     """
     if isinstance(value, str):
         return path if "\x00" in value else None
@@ -75,18 +152,20 @@ def nul_field(value: Any, path: str = "body") -> str | None:
     return None
 
 
-MAX_DEPTH = 64
-"""Deepest JSON nesting accepted in bodies bound for PostgreSQL (``jsonb``)."""
+def deep_field(value: Any, limit: int = MAX_DEPTH) -> str | None:
+    """The top-level field under which ``value`` nests lists/objects deeper than ``limit``
+    levels (``"body"`` when the top level itself is not an object), or ``None``.
 
-
-def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
-    """``True`` when ``value`` nests lists/objects deeper than ``limit`` levels."""
-    stack = [(value, 1)]
+    Iterative (an explicit stack), so any depth orjson accepts is safe to check.
+    """
+    stack: list[tuple[Any, int, str]] = [(value, 1, "body")]
     while stack:
-        item, depth = stack.pop()
+        item, depth, field = stack.pop()
         if isinstance(item, dict | list):
             if depth > limit:
-                return True
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return False
+                return field
+            if isinstance(item, dict):
+                stack.extend((v, depth + 1, str(k) if depth == 1 else field) for k, v in item.items())
+            else:
+                stack.extend((v, depth + 1, field) for v in item)
+    return None

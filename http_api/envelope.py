@@ -17,7 +17,7 @@ from aiohttp import web
 from marshmallow import Schema, ValidationError
 
 from db import DatabaseUnavailable, NotFound
-from http_api.body import MAX_DEPTH, nul_field, too_deep
+from http_api.body import BodyError, read_object
 
 log = structlog.get_logger("http_api")
 
@@ -82,34 +82,26 @@ def validate(schema: Schema, data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def read_body(request: web.Request, schema: Schema, *, optional: bool = False) -> dict[str, Any]:
-    """Read a JSON object body and validate it (an empty body is ``{}`` when ``optional``).
+    """Read a JSON object body (:func:`http_api.body.read_object`) and validate it (an
+    empty body is ``{}`` when ``optional``).
 
     Raises:
-        web.HTTPException: 400 (not a JSON object, or invalid), 415 (not JSON).
+        web.HTTPException: 400 ``BAD_REQUEST`` (missing, not JSON, nested deeper than
+            ``MAX_DEPTH``, not an object, U+0000, invalid: ``data`` names the field),
+            415 (not JSON), 413 (larger than ``MAX_BODY_BYTES``).
     """
-    raw = await request.read()
-    if not raw.strip():
-        if optional:
-            return validate(schema, {})
-        raise fail(400, "Request body is required.", data=[{"field": "body", "message": "required"}])
-    if request.content_type != "application/json":
-        raise fail(415)
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise fail(
-            400, "Request body is not valid JSON.", data=[{"field": "body", "message": "invalid JSON"}]
-        ) from None
-    if not isinstance(data, dict):
-        raise fail(400, "Request body must be a JSON object.", data=[{"field": "body", "message": "not an object"}])
-    if too_deep(data):
-        raise fail(
-            400, f"The body is nested deeper than {MAX_DEPTH} levels.", data=[{"field": "body", "message": "too deep"}]
-        )
-    where = nul_field(data)
-    if where is not None:  # PostgreSQL text and jsonb cannot store U+0000
-        raise fail(400, f"{where}: NUL characters are not allowed.", data=[{"field": where, "message": "contains NUL"}])
-    return validate(schema, data)
+        data = await read_object(request, optional=optional)
+    except BodyError as exc:
+        data_ = [{"field": exc.field, "message": exc.problem}] if exc.status == 400 else None
+        raise fail(exc.status, _sentence(exc) if exc.status == 400 else None, data=data_) from None
+    return validate(schema, data or {})
+
+
+def _sentence(exc: BodyError) -> str:
+    """The envelope's style: a capitalized sentence (unless it starts with a field name)."""
+    message = exc.message if exc.message.startswith(f"{exc.field}:") else exc.message[:1].upper() + exc.message[1:]
+    return f"{message}."
 
 
 def enveloped(handler: Handler) -> Handler:

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from tests.conftest import PUBLISHER_KEY, USER_KEY, AppFactory, auth, listen, ws_token
+from tests.pg import database_url, migrated_url  # noqa: F401  (fixtures)
 
 # (method, path) pairs that answer without credentials, each with its reason.
 PUBLIC_ROUTES = {
@@ -85,3 +86,40 @@ async def test_nul_characters(make_client: AppFactory) -> None:
     assert resp.status == 202  # a message is any JSON value and never reaches PostgreSQL
     resp = await client.post("/auth/ws/revoke", json={"sub": "7\u0000"}, headers=auth(USER_KEY))
     assert resp.status == 400 and (await resp.json())["fields"] == {"sub": ["contains NUL"]}
+
+
+DEEP = "[" * 1000 + "]" * 1000  # parses (orjson stops past 1024 levels) but recursion would not survive it
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/auth/login", '{"email": "a@b.c", "password": ' + DEEP + "}"),
+        ("/auth/ws", DEEP),
+        ("/auth/ws", '{"scope": ' + DEEP + "}"),
+        ("/auth/ws/revoke", '{"jti": ' + DEEP + "}"),
+        ("/publish", '{"topic": "dream:update.a", "message": ' + DEEP + "}"),
+        ("/api/v1/remote-control", '{"event": ' + DEEP + "}"),
+        (f"/api/v1/dream/{PLACEHOLDER}", '{"name": "x", "prompt": ' + DEEP + "}"),
+    ],
+)
+async def test_deep_bodies_are_400_naming_the_problem(
+    make_client: AppFactory,
+    database_url: str,  # noqa: F811  (the fixture)
+    capfd: pytest.CaptureFixture[str],
+    path: str,
+    body: str,
+) -> None:
+    client = await make_client(database_url=database_url)
+    key = PUBLISHER_KEY if path == "/publish" else USER_KEY
+    method = "PUT" if path.startswith("/api/v1/dream/") else "POST"
+    resp = await client.request(method, path, data=body, headers={**auth(key), "Content-Type": "application/json"})
+    assert resp.status == 400, await resp.text()
+    reply = await resp.json()
+    field = "body" if body.startswith("[") else body.split('"')[-2 if body.count('"') > 4 else 1]
+    if path.startswith("/api/v1/"):  # the e-dream envelope
+        assert reply["errorCode"] == "BAD_REQUEST" and reply["data"] == [{"field": field, "message": "too deep"}]
+    else:
+        assert reply["error"] == "bad_request" and reply["fields"] == {field: ["too deep"]}, reply
+        assert "nested deeper than 64 levels" in reply["message"]
+    assert "Traceback" not in "".join(capfd.readouterr())
