@@ -90,9 +90,24 @@ class Database:
             raise DatabaseUnavailable("the database pool is not open")
         return self._pool
 
-    def acquire(self) -> Any:
-        """``async with db.acquire() as conn``: a pooled connection."""
-        return self.pool.acquire()
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        """``async with db.acquire() as conn``: a pooled connection.
+
+        Raises:
+            DatabaseUnavailable: no connection could be had (PostgreSQL down, refusing
+                connections, the pool closed...): whatever the cause, the database cannot
+                be used now. Errors raised inside the block pass through unchanged.
+        """
+        pool = self.pool
+        try:
+            conn = await pool.acquire()
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DatabaseUnavailable(f"no database connection: {type(exc).__name__}: {exc}") from exc
+        try:
+            yield conn
+        finally:
+            await pool.release(conn)
 
 
 DATABASE = web.AppKey("database", Database)

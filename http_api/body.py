@@ -25,10 +25,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 from marshmallow import Schema, ValidationError
 
 from http_api.errors import json_error
+
+log = structlog.get_logger("http_api")
 
 MAX_DEPTH = 64
 """Deepest JSON nesting (objects and arrays) accepted in any request body."""
@@ -71,6 +74,7 @@ async def read_object(
     try:
         raw = await request.read()
     except ConnectionResetError:  # the client hung up mid-body: nothing to answer, nothing broke
+        log.info("client_disconnected", path=request.path, method=request.method, reading="body")
         raise BodyError(400, "the connection closed before the whole body arrived", problem="incomplete") from None
     if not raw.strip():
         if optional:
