@@ -12,14 +12,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
-import structlog
 from aiohttp import web
 from marshmallow import Schema, ValidationError
 
 from db import DatabaseUnavailable, NotFound
 from http_api.body import BodyError, read_object
-
-log = structlog.get_logger("http_api")
+from http_api.errors import client_gone, report
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -127,9 +125,9 @@ def enveloped(handler: Handler) -> Handler:
         except Exception as exc:
             from http_api.availability import UNAVAILABLE  # here: that module imports this one
 
-            if isinstance(exc, UNAVAILABLE):
-                raise  # the availability middleware answers 503
-            log.exception("unhandled_error", path=request.path, method=request.method)
+            if isinstance(exc, UNAVAILABLE) or (isinstance(exc, ConnectionResetError) and client_gone(request)):
+                raise  # the availability middleware answers 503; the error middleware a hang-up
+            report(request)
             raise fail(500) from None  # a bug: a 500 envelope, never a traceback
 
     return wrapper

@@ -1,4 +1,9 @@
-"""JSON errors with stable codes, and the middleware that guarantees them."""
+"""JSON errors with stable codes, and the middleware that guarantees them.
+
+The error middleware is the outermost one: an exception reaching it was not mapped to
+an HTTP answer by anything inside (a database outage is a 503 before it gets here), so
+it is a bug: logged, reported to Sentry (a no-op without ``SENTRY_DSN``), answered 500.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import re
 from typing import Any
 
 import orjson
+import sentry_sdk
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -63,6 +69,22 @@ def request_id_from(header: str) -> str:
     return rid or f"{random.getrandbits(128):032x}"
 
 
+def client_gone(request: web.Request) -> bool:
+    """``True`` once the client's connection is closed (or closing)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def report(request: web.Request) -> None:
+    """Log and report to Sentry the exception being handled: a bug answered with 500.
+
+    Call it only from an ``except`` block, after mapping: expected failures (a 4xx, a
+    database outage) are answered, not reported.
+    """
+    log.exception("unhandled_error", path=request.path, method=request.method)
+    sentry_sdk.capture_exception()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error into JSON; never send a traceback. Binds a request id to logs."""
@@ -75,8 +97,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             exc.headers["X-Request-ID"] = request_id
             raise
         raise _with_id(json_error(exc.status, exc.reason), request_id) from None
-    except Exception:
-        log.exception("unhandled_error", path=request.path, method=request.method)
+    except ConnectionResetError:
+        if not client_gone(request):
+            report(request)
+            raise _with_id(json_error(500, "internal server error"), request_id) from None
+        log.info("client_disconnected", path=request.path, method=request.method)
+        raise _with_id(json_error(400, "the client closed the connection"), request_id) from None
+    except Exception:  # noqa: BLE001 - a bug: reported, then answered 500
+        report(request)
         raise _with_id(json_error(500, "internal server error"), request_id) from None
     finally:
         structlog.contextvars.unbind_contextvars("request_id")

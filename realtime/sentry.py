@@ -1,26 +1,42 @@
-"""Sentry error reporting (``SENTRY_DSN``), with secrets scrubbed from every event.
+"""Sentry error reporting (``SENTRY_DSN``): bugs are reported, secrets never leave.
 
 Off unless ``SENTRY_DSN`` is set. Then unhandled errors in HTTP handlers and in the
 WebSocket handler are reported with the release (``realtime-pubsub@<version>``) and
-environment (``SENTRY_ENVIRONMENT``, else ``ENVIRONMENT``) tags. The JSON error
-middleware turns every exception into a 500 response, so :func:`sentry_middleware`
-(innermost) reports the original exception, and the aiohttp integration's own capture
-of 5xx responses is turned off to avoid duplicates.
+environment (``SENTRY_ENVIRONMENT``, else ``ENVIRONMENT``) tags. An HTTP error is
+reported where it becomes a 500 (``http_api.errors.report``), after every mapping: a
+4xx, a bad body or a database outage (503) is answered, not reported. The aiohttp
+integration's own capture of 5xx responses is turned off to avoid duplicates.
 
-:func:`scrub_event` runs on every event before it leaves the process: it removes
-``Authorization``, ``Cookie`` and the like, any field named like a token or API key,
-JWT-looking strings, ``Api-Key``/``Bearer`` credentials, database API keys
-(``rtk_...``) and every configured ``API_KEYS`` secret, wherever they appear (headers,
-query strings, exception messages, local variables, breadcrumbs).
+What may carry a secret is not collected at all: request bodies are never attached
+(``max_request_body_size="never"``: a login body holds a password, which no pattern can
+recognize), frame local variables are off (``include_local_variables=False``: a handler's
+locals hold bodies, cookies, keys), and ``send_default_pii`` stays off. Then
+:class:`Scrubber` runs on every event, transaction and breadcrumb before it leaves:
+
+* it drops ``request.data``, ``request.cookies`` and every frame's ``vars`` whatever put
+  them there;
+* it replaces with ``[Filtered]`` every value under a key naming a secret (``password``,
+  ``token``, ``api_key``, ``secret``, ``session``, ``cookie``, ``authorization``... as a
+  substring, any case), in mappings, header pairs, JSON or Python-repr text
+  (``"password": "..."``) and query or form text (``password=...``);
+* it removes secrets by shape anywhere in any string: JWTs (WS tokens), ``Api-Key`` /
+  ``Bearer`` / ``Basic`` credentials, database API keys (``rtk_...``), session ids
+  (43-character base64url);
+* it removes by exact value every ``API_KEYS`` secret, and every credential of the
+  request being handled: the ``Authorization`` credentials, every cookie value, the
+  ``X-Api-Key`` header, query values under secret keys, and the string values under
+  secret keys of its JSON body (so a password echoed in an exception message goes too).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, cast
 
+import orjson
 import sentry_sdk
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -31,24 +47,38 @@ from sentry_sdk.types import Event, Hint
 from realtime.settings import Settings
 
 FILTERED = "[Filtered]"
-_SENSITIVE_KEYS = frozenset(
-    {
-        "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
-        "auth_token", "token", "access_token", "refresh_token", "id_token",
-        "apikey", "api_key", "api-key", "password", "secret", "client_secret",
-        "dsn", "sentry_dsn", "ws_signing_keys", "api_keys", "database_url",
-    }
+MIN_REQUEST_SECRET = 4
+"""Shortest credential of the current request removed by exact value (characters):
+shorter ones would match everywhere and leave nothing to read."""
+#: A key naming a secret contains one of these (lower case, ``-`` and ``_`` removed).
+_SECRET_WORDS = (
+    "password", "passwd", "secret", "token", "apikey", "authorization", "cookie",
+    "session", "credential", "dsn", "signingkey", "privatekey", "databaseurl",
 )  # fmt: skip
-_PATTERNS = (
-    # JWTs (three base64url parts, the first two starting with '{"' -> eyJ)
+# the same words in text, where a key may keep its separators (api_key, API-Key, signing_key)
+_KEY = (
+    r"[A-Za-z0-9_-]*?(?i:password|passwd|secret|token|api[_-]?key|authorization|cookie|session|credential"
+    r"|dsn|signing[_-]?key|private[_-]?key|database[_-]?url)[A-Za-z0-9_-]*"
+)
+_B64 = "A-Za-z0-9_-"
+_SHAPES = (
+    # JWTs (three base64url parts, the first two starting with '{"' -> eyJ): WS tokens
     re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"),
-    # credentials after an auth scheme
-    re.compile(r"(?i)\b(api-key|bearer|basic)(\s+)[^\s'\",;]+"),
     # database API keys
     re.compile(r"rtk_[A-Za-z0-9_-]{8,}"),
-    # secrets in query strings and form bodies
-    re.compile(r"(?i)\b(auth_token|access_token|token|api_?key|apikey|password)=[^&\s'\"]+"),
-)
+    # session ids: secrets.token_urlsafe(32), 43 base64url characters with upper, lower and digits
+    re.compile(rf"(?<![{_B64}])(?=[{_B64}]{{0,42}}[A-Z])(?=[{_B64}]{{0,42}}[a-z])(?=[{_B64}]{{0,42}}[0-9])[{_B64}]{{43}}(?![{_B64}])"),
+)  # fmt: skip
+# credentials after an auth scheme
+_SCHEME = re.compile(r"(?i)\b(api-key|bearer|basic)(\s+)[^\s'\",;]+")
+# "password": "..." in JSON or Python reprs (either quote)
+_QUOTED = re.compile(rf"""(["'])({_KEY})\1(\s*[:=]\s*)(["'])(?:\\.|(?!\4).)*\4""")
+# password=... in query strings, form bodies and cookie headers
+_ASSIGNED = re.compile(rf"""(?<![A-Za-z0-9_-])({_KEY})=[^&\s'",;]+""")
+
+#: The request being handled (set by :func:`sentry_middleware`), whose credentials the
+#: scrubber removes by exact value.
+_REQUEST: ContextVar[web.Request | None] = ContextVar("sentry_request", default=None)
 
 
 def release() -> str:
@@ -59,11 +89,20 @@ def release() -> str:
         return "realtime-pubsub@unknown"
 
 
+def secret_key(key: object) -> bool:
+    """``True`` when ``key`` (a field, header, cookie or variable name) names a secret."""
+    if not isinstance(key, str):
+        return False
+    folded = key.lower().replace("-", "").replace("_", "")
+    return any(word in folded for word in _SECRET_WORDS)
+
+
 class Scrubber:
-    """Removes secrets from a Sentry event (a ``before_send`` hook).
+    """Removes secrets from Sentry events and breadcrumbs (see the module docstring).
 
     Args:
-        secrets: exact strings to remove wherever they appear (the configured API keys).
+        secrets: exact strings to remove wherever they appear (the configured API keys;
+            strings shorter than 8 characters are ignored).
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
@@ -71,36 +110,74 @@ class Scrubber:
 
     def __call__(self, event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
         """Return ``event`` (or a breadcrumb) with every secret replaced by ``[Filtered]``."""
-        scrubbed: dict[str, Any] = self._walk(event)
+        request = event.get("request")
+        if isinstance(request, dict):
+            request.pop("data", None)
+            request.pop("cookies", None)
+        from_request = (s for s in request_secrets(_REQUEST.get()) if len(s) >= MIN_REQUEST_SECRET)
+        exact = sorted({*self._secrets, *from_request}, key=len, reverse=True)
+        scrubbed: dict[str, Any] = self._walk(event, exact)
         return scrubbed
 
     def before_send(self, event: Event, hint: Hint) -> Event | None:
-        """The ``before_send`` hook: the event, scrubbed."""
+        """The ``before_send`` (and ``before_send_transaction``) hook: the event, scrubbed."""
         return cast(Event, self(cast(dict[str, Any], event), hint))
 
-    def text(self, value: str) -> str:
-        """Scrub one string."""
-        for secret in self._secrets:
+    def text(self, value: str, exact: Iterable[str] = ()) -> str:
+        """Scrub one string (``exact``: more strings to remove, longest first)."""
+        for secret in exact or self._secrets:
             value = value.replace(secret, FILTERED)
-        value = _PATTERNS[0].sub(FILTERED, value)
-        value = _PATTERNS[1].sub(lambda m: f"{m.group(1)}{m.group(2)}{FILTERED}", value)
-        value = _PATTERNS[2].sub(FILTERED, value)
-        return _PATTERNS[3].sub(lambda m: m.group(0).split("=", 1)[0] + "=" + FILTERED, value)
+        for shape in _SHAPES:
+            value = shape.sub(FILTERED, value)
+        value = _SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{FILTERED}", value)
+        value = _QUOTED.sub(lambda m: f"{m[1]}{m[2]}{m[1]}{m[3]}{m[4]}{FILTERED}{m[4]}", value)
+        return _ASSIGNED.sub(lambda m: f"{m.group(1)}={FILTERED}", value)
 
-    def _walk(self, value: Any) -> Any:
+    def _walk(self, value: Any, exact: list[str]) -> Any:
         if isinstance(value, str):
-            return self.text(value)
+            return self.text(value, exact)
         if isinstance(value, dict):
-            return {k: FILTERED if _sensitive(k) else self._walk(v) for k, v in value.items()}
+            return {
+                k: FILTERED if secret_key(k) else self._walk(v, exact) for k, v in value.items() if k != "vars"
+            }  # "vars": a frame's local variables
         if isinstance(value, list | tuple):
-            if len(value) == 2 and isinstance(value[0], str) and _sensitive(value[0]):
+            if len(value) == 2 and isinstance(value[0], str) and secret_key(value[0]):
                 return [value[0], FILTERED]  # a header as a [name, value] pair
-            return [self._walk(v) for v in value]
+            return [self._walk(v, exact) for v in value]
         return value
 
 
-def _sensitive(key: object) -> bool:
-    return isinstance(key, str) and key.lower() in _SENSITIVE_KEYS
+def request_secrets(request: web.Request | None) -> Iterator[str]:
+    """The credentials a request carries (exact strings, possibly short or empty):
+    ``Authorization`` credentials, cookie values, ``X-Api-Key``, query values under
+    secret keys, and the strings under secret keys of a JSON body already read."""
+    if request is None:
+        return
+    _, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    yield credentials.strip()
+    yield request.headers.get("X-Api-Key", "")
+    yield from request.cookies.values()
+    yield from (v for k, v in request.query.items() if secret_key(k))
+    raw = request._read_bytes  # what the handler read; never read here
+    if raw:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        yield from _secret_values(body)
+
+
+def _secret_values(value: Any) -> Iterator[str]:
+    """Strings under secret keys anywhere in a JSON value (iterative: any depth)."""
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        item, under_secret = stack.pop()
+        if isinstance(item, str) and under_secret:
+            yield item
+        elif isinstance(item, dict):
+            stack.extend((v, under_secret or secret_key(k)) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, under_secret) for v in item)
 
 
 def init_sentry(settings: Settings, *, transport: type[Transport] | Transport | None = None) -> bool:
@@ -122,7 +199,10 @@ def init_sentry(settings: Settings, *, transport: type[Transport] | Transport | 
         release=release(),
         environment=settings.sentry_environment or settings.environment,
         integrations=[AioHttpIntegration(failed_request_status_codes=set())],
+        include_local_variables=False,
+        max_request_body_size="never",
         before_send=scrubber.before_send,
+        before_send_transaction=scrubber.before_send,
         before_breadcrumb=scrubber,
         transport=transport,
     )
@@ -131,18 +211,16 @@ def init_sentry(settings: Settings, *, transport: type[Transport] | Transport | 
 
 @web.middleware
 async def sentry_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Report an unhandled exception (not an HTTP error response) to Sentry, then re-raise
-    it for the JSON error middleware to answer 500."""
+    """Bind the request for the scrubber, so an event reported while handling it loses
+    the request's credentials wherever they were copied."""
+    token = _REQUEST.set(request)
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
-    except Exception as exc:
-        sentry_sdk.capture_exception(exc)
-        raise
+    finally:
+        _REQUEST.reset(token)
 
 
 def setup_sentry(app: web.Application, settings: Settings) -> None:
-    """Add :func:`sentry_middleware` (innermost) when ``SENTRY_DSN`` is set."""
+    """Add :func:`sentry_middleware` (outermost) when ``SENTRY_DSN`` is set."""
     if settings.sentry_dsn:
-        app.middlewares.append(sentry_middleware)
+        app.middlewares.insert(0, sentry_middleware)
