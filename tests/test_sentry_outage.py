@@ -23,7 +23,7 @@ from db.apikeys import create_api_key
 from db.pool import connection
 from db.sessions import set_password
 from db.users import create_user
-from tests.conftest import API_KEYS_JSON, USER_KEY, wait_for
+from tests.conftest import API_KEYS_JSON, USER_KEY, AppFactory, wait_for
 from tests.pg import ADMIN_URL, create_database, drop_database
 from tests.procs import Server, free_port
 
@@ -185,3 +185,19 @@ async def test_a_client_hanging_up_mid_body_is_not_a_database_outage(own_databas
         assert await asyncio.to_thread(server.stop) == 0
     log = server.log.read_text()
     assert "database_unavailable" not in log and "unhandled_error" not in log, log
+
+
+async def test_a_read_only_database_is_a_503_not_a_bug(
+    make_client: AppFactory, own_database: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A standby during a failover answers reads and refuses writes (25006): retry later."""
+    async with connection(own_database) as conn:
+        user = await create_user(conn, name="Lu", email="lu@example.com", scopes=["user:read:remote-control"])
+        await set_password(conn, user.id, PASSWORD)
+    name = urlsplit(own_database).path.lstrip("/")
+    await _admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    client = await make_client(database_url=own_database)
+    resp = await client.post("/auth/login", json={"email": "lu@example.com", "password": PASSWORD})
+    assert resp.status == 503 and (await resp.json())["error"] == "unavailable"
+    out = "".join(capfd.readouterr())
+    assert "database_unavailable" in out and "unhandled_error" not in out
