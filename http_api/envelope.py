@@ -91,8 +91,8 @@ async def read_body(request: web.Request, schema: Schema, *, optional: bool = Fa
     try:
         data = await read_object(request, optional=optional)
     except BodyError as exc:
-        data_ = [{"field": exc.field, "message": exc.problem}] if exc.status == 400 else None
-        raise fail(exc.status, _sentence(exc) if exc.status == 400 else None, data=data_) from None
+        errors = [{"field": exc.field, "message": exc.problem}] if exc.status == 400 else None
+        raise fail(exc.status, _sentence(exc) if exc.status == 400 else None, data=errors) from None
     return validate(schema, data or {})
 
 
