@@ -181,6 +181,32 @@ async def test_started_while_redis_is_down_no_false_accept_and_a_gap_once_subscr
     assert await asyncio.to_thread(server.stop) == 0
 
 
+async def test_no_202_while_not_subscribed_though_redis_takes_publications(
+    spawn: type[Server], private_redis: PrivateRedis
+) -> None:
+    # deterministic form of the race above: a Redis user allowed to PUBLISH but not to SUBSCRIBE
+    admin = aioredis.from_url(private_redis.url)
+    await admin.execute_command("ACL", "SETUSER", "app", "on", ">app-password-0123", "~*", "&*", "+@all", "-subscribe")
+    url = f"redis://app:app-password-0123@127.0.0.1:{private_redis.port}/0"
+    server = await asyncio.to_thread(spawn, env={"API_KEYS": API_KEYS_JSON, "REDIS_URL": url, "SHUTDOWN_GRACE": "0"})
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(server.url + "/ws") as ws:
+            assert (await listen(ws, ["dream:update.a"]))["error"] == ""
+            async with http.post(
+                server.url + "/publish", json={"topic": "dream:update.a", "message": "x"}, headers=auth(PUBLISHER_KEY)
+            ) as resp:
+                assert resp.status == 503
+                assert "not subscribed" in (await resp.json())["message"]
+            assert await admin.execute_command("PUBSUB", "NUMSUB", "realtime") == [b"realtime", 0]
+            await admin.execute_command("ACL", "SETUSER", "app", "+subscribe")
+            assert await recv(ws, timeout=5) == GAP  # the LISTEN was accepted before the subscription
+            assert await publish_http(http, server, "now") == 202
+            assert (await recv(ws))["data"]["message"] == "now"
+    finally:
+        await admin.aclose()
+    assert await asyncio.to_thread(server.stop) == 0
+
+
 def resp_end(buf: bytes, pos: int) -> int | None:
     """The index just past the RESP2/RESP3 reply that starts at ``pos``, or None if incomplete."""
     line_end = buf.find(b"\r\n", pos)
