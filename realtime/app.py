@@ -55,7 +55,13 @@ def load_keys(settings: Settings) -> KeyStore:
 def make_broker(settings: Settings) -> Broker:
     """A :class:`RedisBroker` when ``REDIS_URL`` is set, else a :class:`MemoryBroker`."""
     if settings.redis_url:
-        return RedisBroker(settings.redis_url, channel=settings.redis_channel, batch_interval=settings.write_interval)
+        return RedisBroker(
+            settings.redis_url,
+            channel=settings.redis_channel,
+            batch_interval=settings.write_interval,
+            probe_interval=settings.redis_probe_interval,
+            probe_timeout=settings.redis_probe_timeout,
+        )
     return MemoryBroker()
 
 

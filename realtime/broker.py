@@ -3,9 +3,12 @@
 A broker carries publications between server instances. Each instance hands it a
 ``deliver(topic, message)`` callback and receives every publication made through any
 instance (including itself). Guarantees, shared by both implementations: at-most-once
-(a publication made while an instance is disconnected from the broker never reaches
-that instance's listeners; the instance learns of the gap through ``on_gap``), and
-publications from one publisher on one topic are delivered in publish order.
+(a publication made while an instance is not receiving from the broker never reaches
+that instance's listeners; the instance learns of the gap through ``on_gap``, called
+whenever receiving starts again after the instance may have accepted listeners without
+it), publications from one publisher on one topic are delivered in publish order, and
+an instance that is not receiving refuses to publish (``BrokerUnavailable``) rather than
+accept a publication its own listeners would miss unannounced.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from realtime.errors import BrokerUnavailable
 Deliver = Callable[[str, str], None]
 """``deliver(topic, message)``: fan one publication out locally. Must not block."""
 OnGap = Callable[[], None]
-"""Called when the broker link came back after a loss: publications may have been missed."""
+"""Called when the broker receives again after a time it did not (a reconnect, a renewed
+subscription that had stopped delivering, a first subscription made after the server
+started serving): publications may have been missed."""
 OnControl = Callable[[dict[str, object]], None]
 """Called with each control message (e.g. a token revocation) published by any instance."""
 OnBatch = Callable[[], bool]
@@ -37,7 +42,7 @@ class Broker(Protocol):
 
     @property
     def ready(self) -> bool:
-        """``True`` while the broker is connected and receiving."""
+        """``True`` while the broker is connected and receiving (``/ready``)."""
         ...
 
     async def start(
@@ -50,7 +55,8 @@ class Broker(Protocol):
         """Send a control message to every instance (including this one).
 
         Raises:
-            BrokerUnavailable: it was not sent.
+            BrokerUnavailable: it was not sent (the broker did not take it, or this
+                instance is not receiving).
         """
         ...
 
@@ -58,7 +64,8 @@ class Broker(Protocol):
         """Publish one message.
 
         Raises:
-            BrokerUnavailable: the broker did not take the message; it was not sent.
+            BrokerUnavailable: the broker did not take the message, or this instance is not
+                receiving (its own listeners would miss it); it was not sent.
         """
         ...
 

@@ -29,12 +29,19 @@ read that wrote no publication (other topics, a PONG, a control message) never p
 either. Over TLS the pause only holds back delivery to us (the TLS layer keeps reading the
 socket), so it saves less there. A supervisor task owns the link: it reconnects with
 capped, jittered exponential backoff forever, resubscribes, PINGs every
-``health_interval`` seconds and drops a link that stays silent for three intervals.
+``health_interval`` seconds and drops a link that stays silent for three intervals. A
+PING proves the connection, not the subscription: when the data channel has been quiet
+for ``probe_interval`` seconds, a delivery probe publishes on it and drops the link if
+nothing arrives within ``probe_timeout`` (:mod:`realtime.delivery_probe`).
 Publishing goes through redis-py's ``redis.asyncio`` client.
 
 Redis pub/sub is at-most-once: a publication made while this instance is unsubscribed
-is lost for its listeners. After every reconnect the broker calls ``on_gap`` so the
-node can tell its clients.
+is lost for its listeners. Whenever the subscription is (re)established after the server
+may have accepted listeners without it (every reconnect, and a first subscription made
+after :meth:`RedisBroker.start` returned), the broker calls ``on_gap`` so the node can
+tell its clients. And while this instance is not subscribed, it refuses to publish
+(:class:`realtime.BrokerUnavailable`): it never accepts a publication its own listeners
+would miss without a gap.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from realtime.broker import Deliver, OnBatch, OnControl, OnGap
+from realtime.delivery_probe import PROBE_TOPIC_PREFIX, probe_delivery
 from realtime.errors import BrokerUnavailable
 from realtime.timer import PreciseTimer
 
@@ -121,6 +129,9 @@ class _Subscriber(asyncio.Protocol):
         self._previous_bytes = 0  # bytes received in the interval before it
         self._last_delivery = -1e9  # start of the last read that delivered here (monotonic s)
         self._count = 0  # publications on the data channel since the last paced delivering read
+        self.received = 0  # publications on the data channel, ever (read by the delivery probe)
+        self._waiter: asyncio.Future[None] | None = None  # resolved by the next publication (probe)
+        self._waiter_mark = 0  # ``received`` when the waiter was made
         self._confirmations = 0
         self._reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
@@ -147,6 +158,11 @@ class _Subscriber(asyncio.Protocol):
         except hiredis.ProtocolError as exc:
             self._fail(RuntimeError(f"redis protocol error: {exc}"))
             return
+        waiter = self._waiter
+        if waiter is not None and self.received != self._waiter_mark:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
         # a quiet link (< 32 KiB per interval): write the batch now and pace the next read. A
         # busy one keeps reading, and the flush scheduler paces the writes.
         interval = self._batch_interval
@@ -194,6 +210,7 @@ class _Subscriber(asyncio.Protocol):
             if kind == b"message":
                 if reply[1] == self._channel:
                     self._count += 1
+                    self.received += 1
                     self._on_data(reply[2])
                 elif reply[1] == self._control:
                     self._on_control(reply[2])
@@ -206,6 +223,17 @@ class _Subscriber(asyncio.Protocol):
         if isinstance(reply, hiredis.ReplyError):
             self._fail(RuntimeError(f"redis refused: {reply}"))
         # +OK (AUTH), ["pong", ""] (health check): nothing to do
+
+    def next_delivery(self) -> asyncio.Future[None]:
+        """A future resolved when the next publication arrives on the data channel."""
+        if self._waiter is None or self._waiter.done():
+            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter_mark = self.received
+        return self._waiter
+
+    def drop(self, reason: str) -> None:
+        """Abort the link (``lost`` fails with ``reason``); the supervisor reconnects."""
+        self._fail(RuntimeError(reason))
 
     def _fail(self, exc: BaseException) -> None:
         for fut in (self.subscribed, self.lost):
@@ -227,6 +255,7 @@ class RedisBroker:
 
     Attributes:
         reconnects: number of times the subscriber link came back after a loss.
+        stalls: links dropped by the delivery probe (answering, not delivering).
         invalid_envelopes: number of publications dropped as malformed.
     """
 
@@ -241,6 +270,8 @@ class RedisBroker:
         health_interval: float = 5.0,
         backoff_cap: float = 1.0,
         batch_interval: float = 0.0,
+        probe_interval: float = 15.0,
+        probe_timeout: float = 5.0,
     ) -> None:
         """Args:
         url: ``redis://``, ``rediss://`` (TLS, e.g. Upstash) or ``unix://`` URL.
@@ -250,6 +281,9 @@ class RedisBroker:
         backoff_cap: longest wait between reconnect attempts, seconds.
         batch_interval: after a read that fanned out (``on_batch`` returned ``True``),
             stop reading for this long, seconds (0: never pause). See the module docstring.
+        probe_interval: quiet time on the data channel before a delivery probe, seconds
+            (0: no probe). See :mod:`realtime.delivery_probe`.
+        probe_timeout: how long a delivery probe may take to come back, seconds.
         """
         self._url = url
         self._params = parse_url(url)
@@ -258,6 +292,8 @@ class RedisBroker:
         self._health_interval = health_interval
         self._backoff_cap = backoff_cap
         self._batch_interval = batch_interval
+        self._probe_interval = probe_interval
+        self._probe_timeout = probe_timeout
         self._on_batch: OnBatch | None = None
         self._deliver: Deliver | None = None
         self._on_gap: OnGap | None = None
@@ -267,11 +303,14 @@ class RedisBroker:
         self._task: asyncio.Task[None] | None = None
         self._link: _Subscriber | None = None
         self._ready = False
+        self._serving = False  # start() returned: listeners may be accepted, subscribed or not
         self._last_invalid_log = 0.0
         self.reconnects = 0
+        self.stalls = 0
         self.invalid_envelopes = 0
         self.client_name = f"realtime-sub-{os.getpid()}-{id(self):x}"
         """The subscriber's ``CLIENT SETNAME``, so operators can spot it in ``CLIENT LIST``."""
+        self._probe_envelope = orjson.dumps({"topic": PROBE_TOPIC_PREFIX + self.client_name, "message": ""})
 
     @property
     def ready(self) -> bool:
@@ -282,7 +321,8 @@ class RedisBroker:
         self, deliver: Deliver, on_gap: OnGap, on_control: OnControl, on_batch: OnBatch | None = None
     ) -> None:
         """Start the supervisor; waits up to ``connect_timeout`` for the first subscription
-        (the server starts anyway, not ready, if Redis is down)."""
+        (the server starts anyway, not ready, if Redis is down; a subscription made after
+        this returns is announced with ``on_gap``)."""
         self._deliver, self._on_gap, self._on_control = deliver, on_gap, on_control
         self._on_batch = on_batch
         self.start_publisher()
@@ -292,6 +332,7 @@ class RedisBroker:
             await asyncio.wait_for(asyncio.shield(first), self._connect_timeout + 0.5)
         except TimeoutError:
             log.warning("redis_not_ready_at_start", channel=self._channel)
+        self._serving = True
 
     def start_publisher(self) -> None:
         """Create the publishing client only (for ``realtime publish``)."""
@@ -307,32 +348,42 @@ class RedisBroker:
                 health_check_interval=5,
             )
 
-    async def publish(self, topic: str, message: str) -> None:
-        """PUBLISH the envelope on the channel.
+    async def _publish(self, channel: str, payload: bytes) -> None:
+        """PUBLISH ``payload``; refused while a started broker is not subscribed (its own
+        listeners would miss the publication).
 
         Raises:
-            BrokerUnavailable: Redis did not accept it (down, timeout, refused).
+            BrokerUnavailable: not sent (not started, not subscribed, or Redis did not take it).
         """
         if self._client is None:
             raise BrokerUnavailable("broker is not started")
-        envelope = orjson.dumps({"topic": topic, "message": message})
+        if self._task is not None and not self._ready:
+            raise BrokerUnavailable("this instance is not subscribed to redis")
         try:
-            await self._client.publish(self._channel, envelope)
+            await self._client.publish(channel, payload)
         except (RedisError, OSError, TimeoutError) as exc:
             raise BrokerUnavailable(f"redis unavailable: {type(exc).__name__}") from None
+
+    async def publish(self, topic: str, message: str) -> None:
+        """PUBLISH the envelope on the channel.
+
+        A broker started with :meth:`start` publishes only while subscribed; one with
+        only :meth:`start_publisher` (``realtime publish``) publishes whenever Redis does.
+
+        Raises:
+            BrokerUnavailable: Redis did not accept it (down, timeout, refused), or this
+                instance is not subscribed; it was not sent.
+        """
+        await self._publish(self._channel, orjson.dumps({"topic": topic, "message": message}))
 
     async def publish_control(self, message: dict[str, object]) -> None:
         """PUBLISH a control message on ``<channel>:control``.
 
         Raises:
-            BrokerUnavailable: Redis did not accept it.
+            BrokerUnavailable: Redis did not accept it, or this instance is not subscribed
+                (it would miss its own control message); it was not sent.
         """
-        if self._client is None:
-            raise BrokerUnavailable("broker is not started")
-        try:
-            await self._client.publish(self._control_channel, orjson.dumps(message))
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise BrokerUnavailable(f"redis unavailable: {type(exc).__name__}") from None
+        await self._publish(self._control_channel, orjson.dumps(message))
 
     async def close(self) -> None:
         """Stop the supervisor and close both connections."""
@@ -409,14 +460,33 @@ class RedisBroker:
             if connected_before:
                 self.reconnects += 1
                 log.info("redis_reconnected", channel=self._channel, reconnects=self.reconnects, after_attempts=attempt)
+            else:
+                log.info("redis_subscribed", channel=self._channel, late=self._serving)
+            if connected_before or self._serving:  # listeners may have been accepted without it
                 assert self._on_gap is not None
                 self._on_gap()
-            else:
-                log.info("redis_subscribed", channel=self._channel)
             connected_before = True
             attempt = 0
-            await self._watch(link)
-            self._ready = False
+            probe = self._start_probe(link)
+            try:
+                await self._watch(link)
+            finally:
+                self._ready = False
+                if probe is not None:
+                    probe.cancel()
+                    await asyncio.gather(probe, return_exceptions=True)
+
+    def _start_probe(self, link: _Subscriber) -> asyncio.Task[None] | None:
+        if self._probe_interval <= 0:
+            return None
+        return asyncio.create_task(self._probe(link), name="redis-delivery-probe")
+
+    async def _probe(self, link: _Subscriber) -> None:
+        async def publish() -> None:  # reaches no listener: no client can LISTEN to the topic
+            await self._publish(self._channel, self._probe_envelope)
+
+        await probe_delivery(link, publish, interval=self._probe_interval, timeout=self._probe_timeout)
+        self.stalls += 1  # it returns only after dropping a link that stopped delivering
 
     async def _watch(self, link: _Subscriber) -> None:
         """Return when the link is lost; PING it and drop it when it goes silent."""

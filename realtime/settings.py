@@ -76,6 +76,8 @@ class Settings:
     port: int = 4444
     redis_url: str = ""
     redis_channel: str = "realtime"
+    redis_probe_interval: float = 15.0
+    redis_probe_timeout: float = 5.0
     keys_dir: str = "./keys.d"
     ws_signing_keys: str = field(default="", repr=False)
     ws_token_ttl: int = 3600
@@ -173,6 +175,10 @@ class Settings:
             raise SettingsError("REDIS_CHANNEL must not be empty")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.redis_probe_interval < 0:
+            raise SettingsError("REDIS_PROBE_INTERVAL must not be negative (0 turns the delivery probe off)")
+        if self.redis_probe_timeout <= 0:
+            raise SettingsError("REDIS_PROBE_TIMEOUT must be positive")
         if not 0 <= self.metrics_port <= 65535 or (self.metrics_port and self.metrics_port == self.port):
             raise SettingsError("METRICS_PORT must be 0 (serve /metrics on PORT) or another port up to 65535")
         if self.metrics_probe_interval < 0:

@@ -28,6 +28,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 import yaml
+from yarl import URL
 
 from keys import KeyStore
 from realtime.app import create_app
@@ -36,6 +37,7 @@ from realtime.settings import Settings
 from tests.conftest import listen, recv
 from tests.pg import create_database, drop_database
 from tests.procs import REALTIME, Server, free_port
+from tests.test_faults import PrivateRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = Settings()
@@ -231,8 +233,11 @@ def test_fly_toml_agrees_with_the_code(tmp_path: Path) -> None:
     assert not SECRETS & set(env), "secrets go to `fly secrets set`, never to fly.toml"
     assert config["kill_signal"] == "SIGTERM"
     assert seconds(config["kill_timeout"]) > SETTINGS.shutdown_grace
-    (check,) = service["checks"]
-    assert check["path"] in routes(tmp_path) and check["path"] == "/health"
+    (check,) = service["checks"]  # routing: only ready machines get new clients
+    assert check["path"] in routes(tmp_path) and check["path"] == "/ready"
+    alive = config["checks"]["alive"]  # liveness, for `fly checks list`
+    assert alive["path"] in routes(tmp_path) and alive["path"] == "/health"
+    assert alive["type"] == "http" and alive["port"] == service["internal_port"]
     concurrency = service["concurrency"]
     assert concurrency["type"] == "connections"
     assert 0 < concurrency["soft_limit"] < concurrency["hard_limit"]
@@ -318,7 +323,7 @@ def test_compose_load_balancer_round_robin_without_stickiness() -> None:
     for name in INSTANCES:
         assert f"{name}:{SETTINGS.port}" in caddyfile
     assert re.search(r"^\s*lb_policy round_robin$", caddyfile, flags=re.MULTILINE)
-    assert re.search(r"^\s*health_uri /health$", caddyfile, flags=re.MULTILINE)
+    assert re.search(r"^\s*health_uri /ready$", caddyfile, flags=re.MULTILINE)
     assert "cookie" not in caddyfile and "ip_hash" not in caddyfile and "client_ip_hash" not in caddyfile
     assert lb["ports"] == ["${LB_PORT:-8080}:8080"]
 
@@ -457,6 +462,69 @@ async def next_frame(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> dic
         return await recv(ws, timeout)
     except TimeoutError:
         return None
+
+
+async def kid_of(http: aiohttp.ClientSession, url: str) -> str:
+    """The signing key id an instance publishes (each test instance has its own key)."""
+    async with http.get(url + "/.well-known/jwks.json") as resp:
+        assert resp.status == 200
+        (key,) = (await resp.json())["keys"]
+        kid: str = key["kid"]
+        return kid
+
+
+async def test_caddyfile_routes_by_readiness_and_hides_metrics(
+    spawn: type[Server], redis_url: str, channel: str, tmp_path: Path
+) -> None:
+    # A is subscribed to Redis; B's Redis is down, so B is live (/health) but not ready (/ready)
+    common = {"REDIS_CHANNEL": channel, "SHUTDOWN_GRACE": "0", "CLIENT_IP_HEADER": "X-Forwarded-For"}
+    private = PrivateRedis(tmp_path)
+    for name in ("a", "b", "r"):
+        (tmp_path / name).mkdir()
+    a = spawn(tmp_path / "a", {**common, "REDIS_URL": redis_url})
+    b = spawn(tmp_path / "b", {**common, "REDIS_URL": private.url})
+    caddy, port = start_caddy(tmp_path, [a, b])
+    lb = f"http://127.0.0.1:{port}"
+    redis = aioredis.from_url(redis_url)
+    try:
+        async with aiohttp.ClientSession() as http:
+            kid_a, kid_b = await kid_of(http, a.url), await kid_of(http, b.url)
+            assert kid_a != kid_b
+            async with http.get(b.url + "/health") as live, http.get(b.url + "/ready") as ready:
+                assert (live.status, ready.status) == (200, 503)
+            await wait_http_ok(lb + "/health", caddy, tmp_path / "caddy.log")
+            # round robin over the ready instance only: ten answers in a row from A
+            deadline = time.monotonic() + 15
+            streak = 0
+            while streak < 10:
+                assert time.monotonic() < deadline, "the load balancer kept routing to an unready instance"
+                streak = streak + 1 if await kid_of(http, lb) == kid_a else 0
+            # so every WebSocket lands where publications are delivered
+            clients = [await http.ws_connect(lb + "/ws") for _ in range(4)]
+            for ws in clients:
+                assert (await listen(ws, ["channel:update.ready"]))["error"] == ""
+            await redis.publish(channel, orjson.dumps({"topic": "channel:update.ready", "message": "hi"}))
+            for ws in clients:
+                assert (await recv(ws))["data"]["message"] == "hi"
+                await ws.close()
+            # /metrics is served by the instance, never through the public load balancer
+            async with http.get(a.url + "/metrics") as resp:
+                assert resp.status == 200 and b"realtime_connections" in await resp.read()
+            for path in ("/metrics", "/metrics/", "/metrics?format=text", "/METRICS", "/%6detrics", "//metrics"):
+                async with http.get(URL(lb + path, encoded=True)) as resp:
+                    body = await resp.read()
+                    assert resp.status == 404 and b"realtime_" not in body, (path, resp.status)
+            # once B subscribes it is ready, and the balancer sends it clients again
+            private.start()
+            deadline = time.monotonic() + 20
+            while await kid_of(http, lb) != kid_b:
+                assert time.monotonic() < deadline, "a ready instance got no traffic"
+                await asyncio.sleep(0.1)
+    finally:
+        await redis.aclose()
+        private.stop()
+        caddy.send_signal(signal.SIGTERM)
+        caddy.wait(timeout=10)
 
 
 # --- developer habits --------------------------------------------------------------------------
