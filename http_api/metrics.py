@@ -48,7 +48,7 @@ class NodeCollector(Collector):
 
     Metrics (all prefixed ``realtime_``): ``connections``, ``topics``, ``listens{topic_name}``,
     ``messages_published_total``, ``messages_delivered_total``, ``gaps_total``,
-    ``token_revocations_total``, ``broker_up{kind}``, ``broker_reconnects_total``,
+    ``token_revocations_total``, ``broker_up{kind}``, ``broker_reconnects_total``, ``broker_stalls_total``,
     ``broker_invalid_envelopes_total``, ``ws_handshakes_total{status}``, ``refusals_total{error}``
     and, when the node counts them, ``slow_consumer_drops_total``.
     """
@@ -97,6 +97,11 @@ class NodeCollector(Collector):
         for attr, name, doc in (
             ("reconnects", "realtime_broker_reconnects", "Times the Redis subscription came back after a loss."),
             ("invalid_envelopes", "realtime_broker_invalid_envelopes", "Malformed Redis envelopes dropped."),
+            (
+                "stalls",
+                "realtime_broker_stalls",
+                "Redis links dropped by the delivery probe (answering, not delivering).",
+            ),
         ):
             value = getattr(broker, attr, 0)
             yield _counter(name, doc, value if isinstance(value, int) else 0)

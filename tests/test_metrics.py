@@ -152,6 +152,7 @@ async def test_redis_broker_reconnects_and_gaps_are_exported(
     m = await scrape(client)
     assert m[("realtime_broker_up", (("kind", "redis"),))] == 1
     assert m[("realtime_broker_reconnects_total", ())] == 1
+    assert m[("realtime_broker_stalls_total", ())] == 0  # a killed link is a loss, not a stall
     assert m[("realtime_gaps_total", ())] == 1
     assert m[("realtime_broker_invalid_envelopes_total", ())] == 1
 
