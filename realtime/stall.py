@@ -16,7 +16,8 @@ keeps every such *pending* socket in one of three phases, each a dict in arrival
 One loop timer sweeps the fronts of the ``HEAD`` and ``BODY`` dicts (a phase's deadlines come
 in arrival order, so a sweep touches only what expired): no timer per socket. Pending sockets
 of one peer address are capped (``MAX_PENDING_PER_IP``): a new one beyond the cap closes that
-address's oldest. Open client sockets are counted, and once they would leave fewer than a
+address's oldest once that one has been pending ``PER_IP_GRACE`` seconds (a burst of fresh
+connections from one address is admitted). Open client sockets are counted, and once they would leave fewer than a
 reserve of descriptors free under ``RLIMIT_NOFILE`` each new one closes the oldest pending
 socket, so ``accept()`` never fails while a stalled socket could go instead. An upgraded
 WebSocket, or a request being handled, is never pending and never shed.
@@ -41,6 +42,9 @@ HEAD, BODY, IDLE = range(3)
 _PHASE_NAMES = ("head", "body", "idle")
 LOG_INTERVAL = 10.0
 """Seconds between two ``stalled_sockets_closed`` log lines (counts are summed in between)."""
+PER_IP_GRACE = 1.0
+"""Seconds a socket must have been pending before the per-address cap may close it: a burst
+of fresh connections from one address (a NAT, a benchmark) is not shed, only stalled ones."""
 RECOUNT_INTERVAL = 1.0
 """Seconds between two recounts of the process's open descriptors (near the limit only)."""
 
@@ -205,10 +209,11 @@ class StallGuard:
         """Pending sockets of peer address ``ip``."""
         return self._per_ip.get(ip, 0)
 
-    def _oldest(self, ip: str | None) -> Closable | None:
-        """The pending socket (of ``ip``, or of anyone) that has waited longest in its phase."""
+    def _oldest(self, ip: str | None, before: float = float("inf")) -> Closable | None:
+        """The pending socket (of ``ip``, or of anyone) that has waited longest in its
+        phase, if it has waited since before ``before`` (clock time)."""
         best: Closable | None = None
-        since = float("inf")
+        since = before
         for phase in self._phases:
             for key, entry in phase.items():
                 if ip is None or entry[0] == ip:
@@ -218,7 +223,7 @@ class StallGuard:
         return best
 
     def _shed_from(self, ip: str) -> None:
-        oldest = self._oldest(ip)
+        oldest = self._oldest(ip, self._clock() - PER_IP_GRACE)
         if oldest is not None:
             self._close(oldest, "per_ip")
 

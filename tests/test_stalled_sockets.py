@@ -223,9 +223,12 @@ async def test_idle_keep_alive_connections_close(make_client: AppFactory) -> Non
 async def test_pending_sockets_per_address_are_capped_oldest_first(make_client: AppFactory) -> None:
     client = await make_client(max_pending_per_ip=3)
     async with streams() as opened:
-        for _ in range(5):
+        for _ in range(4):  # a burst of fresh ones is admitted beyond the cap
             opened.append(await connect(client.port, b"GET /health HTTP/1.1\r\n"))
             await asyncio.sleep(0.05)  # arrive in order
+        assert not await closed_by_server(opened[0][0], 1.0)  # past PER_IP_GRACE from here on
+        for _ in range(2):
+            opened.append(await connect(client.port, b"GET /health HTTP/1.1\r\n"))
         assert await closed_by_server(opened[0][0], 1.0)
         assert await closed_by_server(opened[1][0], 1.0)
         for reader, _ in opened[2:]:
@@ -290,6 +293,10 @@ async def test_stall_guard_sweeps_in_order_and_sheds_the_oldest() -> None:
     guard.accepted(b, "1.1.1.1")
     expired: list[str] = []
     guard.waiting(c, "2.2.2.2", BODY, lambda: expired.append("c"))
+    e = Key()
+    guard.accepted(e, "1.1.1.1")  # over the cap, but a and b are fresh (under PER_IP_GRACE)
+    assert guard.pending_from("1.1.1.1") == 3 and not a.aborted
+    guard.done(e)
     now[0] += 1
     guard.accepted(d, "1.1.1.1")  # over the cap of 2: the address's oldest (a) goes
     assert a.aborted and not b.aborted and guard.pending_from("1.1.1.1") == 2
