@@ -21,7 +21,9 @@ import orjson
 import pytest
 
 from http_api.security import SECURITY_HEADERS
+from realtime.errors import SettingsError
 from realtime.server import WS_CONTEXT
+from realtime.settings import Settings
 from realtime.stall import BODY, IDLE, StallGuard
 from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, AppFactory
 from tests.procs import REALTIME, free_port
@@ -317,3 +319,17 @@ async def test_stall_guard_sweeps_in_order_and_sheds_the_oldest() -> None:
         now[0] += 0.01
     assert [k.aborted for k in keys].count(True) == 1 and keys[0].aborted
     guard.stop()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("HTTP_HEAD_TIMEOUT", "0"),
+        ("HTTP_BODY_TIMEOUT", "-1"),
+        ("HTTP_KEEPALIVE_TIMEOUT", "0"),
+        ("MAX_PENDING_PER_IP", "-1"),
+    ],
+)
+def test_settings_out_of_range_are_refused(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
