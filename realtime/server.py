@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import resource
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -46,7 +45,7 @@ from realtime.limits import ConnectionLimiter, TokenBucket, client_ip
 from realtime.node import Node
 from realtime.protocol import RECONNECT, Session, State
 from realtime.settings import Settings
-from realtime.stall import StallGuard, open_descriptors
+from realtime.stall import StallGuard, limit_descriptors
 from realtime.websocket import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_DATA,
@@ -508,19 +507,6 @@ class RealtimeRunner(web.AppRunner):
         ctx = self.app[WS_CONTEXT]
         limit_descriptors(ctx.guard)
         return cast(web.Server, _FrontServer(http, ctx))
-
-
-def limit_descriptors(guard: StallGuard) -> None:
-    """Give ``guard`` the process's descriptor budget: the soft ``RLIMIT_NOFILE`` less what
-    is open now (Linux; elsewhere, or with no limit, no budget: nothing is shed for it)."""
-    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if limit == resource.RLIM_INFINITY:
-        return
-    try:
-        in_use = open_descriptors()
-    except OSError:
-        return
-    guard.limit_descriptors(limit, in_use - guard.sockets, open_descriptors)
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -282,3 +283,16 @@ def open_descriptors() -> int:
         OSError: there is no ``/proc/self/fd`` (not Linux).
     """
     return len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor
+
+
+def limit_descriptors(guard: StallGuard) -> None:
+    """Give ``guard`` the process's descriptor budget: the soft ``RLIMIT_NOFILE`` less what
+    is open now (Linux; elsewhere, or with no limit, no budget: nothing is shed for it)."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return
+    try:
+        in_use = open_descriptors()
+    except OSError:
+        return
+    guard.limit_descriptors(limit, in_use - guard.sockets, open_descriptors)
