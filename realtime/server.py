@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import os
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -39,10 +40,12 @@ from realtime.connection import (
     CLOSE_SLOW_CONSUMER,
     Connection,
 )
+from realtime.http_handoff import GuardedRequestHandler
 from realtime.limits import ConnectionLimiter, TokenBucket, client_ip
 from realtime.node import Node
 from realtime.protocol import RECONNECT, Session, State
 from realtime.settings import Settings
+from realtime.stall import StallGuard, limit_descriptors
 from realtime.websocket import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_DATA,
@@ -71,8 +74,6 @@ _REASONS = {
     CLOSE_SLOW_CONSUMER: "slow consumer",
     CLOSE_GOING_AWAY: "server shutting down",
 }
-HEAD_TIMEOUT = 30.0
-"""Seconds a new connection has to send its first request head (slow-loris guard)."""
 CLOSE_TIMEOUT = 5.0
 """Seconds to wait for the client's CLOSE after ours before dropping the socket."""
 _WS_PREFIX = b"GET /ws"
@@ -87,15 +88,23 @@ class WsContext:
         node: the node (topic index, broker, peers).
         settings: the settings.
         limiter: connections and attempts per client address.
+        guard: sockets that have not completed a request (deadlines, per-address cap,
+            shedding near the descriptor limit).
     """
 
-    __slots__ = ("client_ip_header", "limiter", "node", "settings", "shutting_down")
+    __slots__ = ("client_ip_header", "guard", "limiter", "node", "settings", "shutting_down")
 
     def __init__(self, node: Node, settings: Settings, limiter: ConnectionLimiter) -> None:
         self.node = node
         self.settings = settings
         self.limiter = limiter
         self.client_ip_header = settings.client_ip_header.lower()
+        self.guard = StallGuard(
+            head_timeout=settings.http_head_timeout,
+            body_timeout=settings.http_body_timeout,
+            # behind a proxy (CLIENT_IP_HEADER) every socket comes from the proxy's address
+            max_per_ip=0 if settings.client_ip_header else settings.max_pending_per_ip,
+        )
         self.shutting_down = False
         """Set when shutdown starts: new handshakes get 503 (no client is upgraded after the
         RECONNECT broadcast)."""
@@ -126,7 +135,7 @@ class WsProtocol(asyncio.Protocol):
     conn: Connection
     session: Session
 
-    def __init__(self, ctx: WsContext, http: web.Server | None) -> None:
+    def __init__(self, ctx: WsContext, http: Callable[[], asyncio.Protocol] | None) -> None:
         """Args:
         ctx: the app's shared context.
         http: aiohttp's protocol factory for connections that are not ours (``None``
@@ -148,10 +157,13 @@ class WsProtocol(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Start reading the request head (``HEAD_TIMEOUT`` applies). Both loops set
-        ``TCP_NODELAY`` on every TCP socket they accept, so frames leave without waiting."""
-        self._transport = cast(asyncio.Transport, transport)
-        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self._abort)
+        """Start reading the request head: the socket is pending in the guard until the
+        head completes (``HTTP_HEAD_TIMEOUT`` applies). Both loops set ``TCP_NODELAY`` on
+        every TCP socket they accept, so frames leave without waiting."""
+        self._transport = tcp = cast(asyncio.Transport, transport)
+        peer = tcp.get_extra_info("peername")
+        self._ip = peer[0] if peer else "unknown"  # the socket's peer, until the handshake names the client
+        self._ctx.guard.accepted(tcp, self._ip)
 
     def data_received(self, data: bytes) -> None:
         """Frames once open; the request head before."""
@@ -172,6 +184,11 @@ class WsProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         opened = self._reader is not None
+        if self._http is not None:  # accepted here (an adopted socket is counted by aiohttp's handler)
+            guard = self._ctx.guard
+            if self._state == _HEAD and self._transport is not None:
+                guard.done(self._transport)
+            guard.lost()
         self._state = _CLOSED
         self._transport = None
         if opened:
@@ -215,8 +232,8 @@ class WsProtocol(asyncio.Protocol):
         ctx = self._ctx
         transport = self._transport
         assert transport is not None
-        peer = transport.get_extra_info("peername")
-        ip = client_ip(peer[0] if peer else None, head.headers, ctx.client_ip_header)
+        ctx.guard.done(transport)  # a complete WebSocket handshake: no longer pending
+        ip = client_ip(self._ip, head.headers, ctx.client_ip_header)
         request_id = head.headers.get("x-request-id", "")
         if ctx.shutting_down:
             ctx.count(503)
@@ -246,7 +263,10 @@ class WsProtocol(asyncio.Protocol):
             self._timer = None
         self._state = _CLOSED
         transport, self._transport = self._transport, None
-        if transport is None or self._http is None or transport.is_closing():
+        if transport is None or self._http is None:
+            return
+        if transport.is_closing():
+            self._ctx.guard.done(transport)  # its connection_lost comes here, in state _CLOSED
             return
         handler = self._http()
         transport.set_protocol(handler)
@@ -444,14 +464,27 @@ def _json_error(status: int, error: str, message: str, request_id: str) -> bytes
 
 
 class _FrontServer:
-    """aiohttp's protocol factory, wrapped: every connection starts as a :class:`WsProtocol`."""
+    """aiohttp's protocol factory, wrapped: every connection starts as a :class:`WsProtocol`,
+    which hands what is not a ``/ws`` handshake to a :class:`GuardedRequestHandler`."""
 
     def __init__(self, http: web.Server, ctx: WsContext) -> None:
         self._http = http
         self._ctx = ctx
+        settings = ctx.settings
+        # aiohttp's own handler options (keepalive_timeout, access_log...), as web.Server passes them
+        self._options: dict[str, Any] = {
+            **getattr(http, "_kwargs", {}),
+            "loop": asyncio.get_running_loop(),
+            "guard": ctx.guard,
+            "body_timeout": settings.http_body_timeout,
+            "hsts": settings.environment != "development",
+        }
 
     def __call__(self) -> WsProtocol:
-        return WsProtocol(self._ctx, self._http)
+        return WsProtocol(self._ctx, self._handler)
+
+    def _handler(self) -> GuardedRequestHandler:
+        return GuardedRequestHandler(self._http, **self._options)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._http, name)
@@ -459,11 +492,21 @@ class _FrontServer:
 
 class RealtimeRunner(web.AppRunner):
     """``web.AppRunner`` whose server serves ``/ws`` handshakes with :class:`WsProtocol`
-    and everything else with aiohttp. Use it wherever an ``AppRunner`` would be used."""
+    and everything else with aiohttp. Use it wherever an ``AppRunner`` would be used.
+
+    aiohttp's ``keepalive_timeout`` defaults to ``HTTP_KEEPALIVE_TIMEOUT``; the pending-socket
+    budget is set from ``RLIMIT_NOFILE`` once the app has started (its Redis and database
+    connections are open by then)."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        kwargs.setdefault("keepalive_timeout", app[WS_CONTEXT].settings.http_keepalive_timeout)
+        super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:
         http = await super()._make_server()
-        return cast(web.Server, _FrontServer(http, self.app[WS_CONTEXT]))
+        ctx = self.app[WS_CONTEXT]
+        limit_descriptors(ctx.guard)
+        return cast(web.Server, _FrontServer(http, ctx))
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:

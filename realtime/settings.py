@@ -95,6 +95,10 @@ class Settings:
     connect_rate_per_ip: float = 20.0
     connect_burst_per_ip: int = 40
     client_ip_header: str = ""
+    http_head_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_keepalive_timeout: float = 130.0
+    max_pending_per_ip: int = 64
     max_frame_bytes: int = 16384
     max_body_bytes: int = 65536
     send_queue_max_bytes: int = 1048576
@@ -153,7 +157,8 @@ class Settings:
         positive = (
             "port", "ws_token_ttl", "listen_timeout", "idle_timeout",
             "max_topics_per_connection", "max_frame_bytes", "max_body_bytes", "listen_burst", "connect_burst_per_ip",
-            "send_queue_max_bytes", "send_queue_max_messages",
+            "send_queue_max_bytes", "send_queue_max_messages", "http_head_timeout", "http_body_timeout",
+            "http_keepalive_timeout",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -162,7 +167,8 @@ class Settings:
             raise SettingsError("WRITE_INTERVAL must be between 0 and 0.1 seconds")
         if self.shutdown_grace < 0:
             raise SettingsError("SHUTDOWN_GRACE must not be negative")
-        for name in ("listen_rate", "max_connections_per_ip", "max_connections_per_user", "connect_rate_per_ip"):
+        limits = ("listen_rate", "max_connections_per_ip", "max_connections_per_user", "connect_rate_per_ip")
+        for name in (*limits, "max_pending_per_ip"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.upper()} must not be negative (0 turns the limit off)")
         if self.client_ip_header not in ("", "Fly-Client-IP", "X-Forwarded-For"):

@@ -278,11 +278,8 @@ async def test_server_close_waits_for_the_client_then_drops_it(
     assert await raw.closed()  # never answered the CLOSE: dropped after CLOSE_TIMEOUT
 
 
-async def test_silent_connection_is_dropped_after_head_timeout(
-    make_client: AppFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(ws_server, "HEAD_TIMEOUT", 0.2)
-    client = await make_client()
+async def test_silent_connection_is_dropped_after_head_timeout(make_client: AppFactory) -> None:
+    client = await make_client(http_head_timeout=0.2)
     raw = await RawClient.connect(client.port)
     raw.writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n")  # never finishes the head
     assert await raw.closed()
