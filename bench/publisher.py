@@ -3,7 +3,7 @@
 Driven over a pipe like :mod:`bench.loadgen`:
 
 - ``{"op": "publish", "mode": "redis"|"http", "redis_url", "channel", "url", "api_key",
-  "topics": [...], "rate": msgs/s, "count": n, "size": bytes}`` publishes ``count``
+  "topics": [...], "rate": msgs/s, "count": n, "size": bytes, "local_addr"?}`` publishes ``count``
   messages, round-robin over ``topics``, on the schedule ``i / rate`` seconds from the
   start (late batches catch up; the schedule never waits for deliveries) -> ``{"published",
   "per_topic": {topic: n}, "start_ns", "end_ns", "errors"}``.
@@ -91,7 +91,8 @@ class Publisher:
             finally:
                 await client.aclose()
             return
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32))
+        source = (cmd["local_addr"], 0) if cmd.get("local_addr") else None
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32, local_addr=source))
         headers = {"Authorization": f"Api-Key {cmd['api_key']}", "Content-Type": "application/json"}
         pending: set[asyncio.Task[None]] = set()
 

@@ -118,6 +118,8 @@ class Server:
         compression: enable permessage-deflate where it is a server setting (Node
             Socket.IO: ``perMessageDeflate``, off by default). python-socketio (aiohttp)
             accepts it whenever a client offers it; ours never negotiates it.
+        env: settings of ours applied last (e.g. the production limits back on).
+        root: the source tree ours runs from (another commit's export, for paired runs).
     """
 
     name: str
@@ -128,6 +130,8 @@ class Server:
     compression: bool = False
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="realtime-bench-")))
+    env: dict[str, str] = field(default_factory=dict)
+    root: Path = ROOT
 
     @property
     def ours(self) -> bool:
@@ -224,11 +228,13 @@ class Server:
             "MAX_CONNECTIONS_PER_USER": "0",
             "CONNECT_RATE_PER_IP": "0",
             "LISTEN_RATE": "0",
+            "TOKEN_CHECK_RATE_PER_IP": "0",  # the connect scenario checks 3,000 fresh tokens from one address
             "DATABASE_URL": "none",  # the realtime core only: no embedded PostgreSQL per run
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": str(self.root),
         }
         argv = [sys.executable, "-m", "realtime", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         env.update(OUR_EXTRA_ENV)
+        env.update(self.env)
         if self.name != "ours-memory":
             env.update(REDIS_URL=self.redis_url, REDIS_CHANNEL=self.channel)
         if self.name == "ours-redis-2w":

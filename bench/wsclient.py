@@ -394,12 +394,15 @@ class StampingTransport:
         self._loop.call_soon(self._protocol.connection_lost, exc)
 
 
-async def connect(host: str, port: int, path: str, dialect: Dialect, *, deflate: bool = False) -> WsClient:
+async def connect(
+    host: str, port: int, path: str, dialect: Dialect, *, deflate: bool = False, local_addr: str | None = None
+) -> WsClient:
     """Open one connection and wait until its dialect says it is ready (listening).
 
     Sampled connections (``dialect.stats.sampled``) read through a
     :class:`StampingTransport` on Linux. ``deflate``: offer permessage-deflate (see
-    :class:`WsClient`).
+    :class:`WsClient`). ``local_addr``: the source address to bind (e.g. ``127.0.0.2``, so a
+    server's per-address limits see this client apart from others on loopback).
 
     Raises:
         WsError: the handshake or the subscription was refused.
@@ -413,6 +416,8 @@ async def connect(host: str, port: int, path: str, dialect: Dialect, *, deflate:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            if local_addr:
+                sock.bind((local_addr, 0))
             await loop.sock_connect(sock, (host, port))
             client = factory()
             StampingTransport(sock, client, dialect.stats)
@@ -420,7 +425,8 @@ async def connect(host: str, port: int, path: str, dialect: Dialect, *, deflate:
             sock.close()
             raise
     else:
-        _, client = await loop.create_connection(factory, host, port)
+        source = (local_addr, 0) if local_addr else None
+        _, client = await loop.create_connection(factory, host, port, local_addr=source)
     try:
         await dialect.ready
     except BaseException:

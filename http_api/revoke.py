@@ -9,7 +9,7 @@ from http_api.auth import authenticate
 from http_api.body import load_json
 from http_api.errors import json_error, json_response
 from realtime.appkeys import NODE
-from realtime.errors import BrokerUnavailable
+from realtime.errors import BrokerUnavailable, RevocationRefused
 from realtime.limits import KeyedBuckets
 from realtime.node import MAX_JTI_LENGTH, MAX_SUB_LENGTH
 
@@ -39,14 +39,18 @@ async def revoke_ws_tokens(request: web.Request) -> web.Response:
     sends ``AUTH_REVOKED``, and refuses them on later LISTENs.
 
     A caller may revoke its own tokens (``sub`` equal to its user id, or a ``jti`` of its
-    own); revoking anyone's needs the ``realtime:revoke`` scope.
+    own); revoking anyone's needs the ``realtime:revoke`` scope. A revocation is never
+    undone by later ones: when it cannot be remembered it is refused instead (see
+    :mod:`realtime.revocations`).
 
     Returns:
         202 ``{"status": "accepted"}``.
 
     Raises:
         web.HTTPException: 401, 403 (someone else's tokens without the scope), 400 (body),
-            503 (the broker did not take the revocation: it did not happen).
+            429 (the caller already has ``MAX_REVOCATIONS_PER_USER`` live revocations of its
+            own tokens by ``jti``), 503 (the revocation table is full, or the broker did not
+            take the revocation: either way it did not happen).
     """
     principal = await authenticate(request)
     if not request.app[REVOKE_BUCKETS].take(principal.user_id):
@@ -61,7 +65,9 @@ async def revoke_ws_tokens(request: web.Request) -> web.Response:
     if jti is not None and not privileged:
         sub = principal.user_id  # only the caller's own token with that jti
     try:
-        await request.app[NODE].revoke(jti=jti, sub=sub)
+        await request.app[NODE].revoke(jti=jti, sub=sub, limited=not privileged)
+    except RevocationRefused as exc:
+        raise json_error(503 if exc.full else 429, f"revocation refused: {exc}") from None
     except BrokerUnavailable as exc:
         raise json_error(503, f"revocation not sent: {exc}") from None
     return json_response({"status": "accepted"}, status=202)

@@ -15,4 +15,12 @@ class InvalidToken(KeysError):
     """A token that is refused: bad signature, unknown ``kid``, expired, wrong audience...
 
     The message is safe to show a client; it never contains the token.
+
+    Attributes:
+        lasting: ``True`` when the same token can only fail again (a bad signature, an
+            expiry); ``False`` when it may pass later ("not yet valid").
     """
+
+    def __init__(self, message: str, *, lasting: bool = True) -> None:
+        super().__init__(message)
+        self.lasting = lasting

@@ -182,7 +182,7 @@ class TokenVerifier:
         if exp <= now:
             raise InvalidToken("token expired")
         if nbf > now + self._leeway:
-            raise InvalidToken("token not yet valid")
+            raise InvalidToken("token not yet valid", lasting=False)
 
     @staticmethod
     def _grant(claims: dict[str, object], kid: str) -> Grant:

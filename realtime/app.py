@@ -19,9 +19,11 @@ from realtime.broker import Broker, MemoryBroker
 from realtime.limits import ConnectionLimiter
 from realtime.node import Node
 from realtime.redis_broker import RedisBroker
+from realtime.revocations import CLOCK_MARGIN, RevocationTable
 from realtime.sentry import setup_sentry
 from realtime.server import WS_CONTEXT, WsContext, shutdown_peers, websocket_handler
 from realtime.settings import Settings
+from realtime.verification import TokenChecks
 from topics import load_policy
 
 log = structlog.get_logger("realtime")
@@ -87,7 +89,19 @@ def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.
         verify=verifier.verify,
         max_connections_per_user=settings.max_connections_per_user,
         token_ttl=settings.ws_token_ttl,
+        revocations=RevocationTable(
+            lifetime=settings.ws_token_ttl + CLOCK_MARGIN,
+            capacity=settings.max_revocations,
+            per_user=settings.max_revocations_per_user,
+        ),
         write_interval=settings.write_interval,
+        checks=TokenChecks(
+            rate_per_address=settings.token_check_rate_per_ip,
+            burst_per_address=settings.token_check_burst_per_ip,
+            rate_per_connection=settings.token_check_rate_per_connection,
+            burst_per_connection=settings.token_check_burst_per_connection,
+            max_failures=settings.max_bad_tokens_per_connection,
+        ),
     )
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings

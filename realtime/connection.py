@@ -40,6 +40,9 @@ CLOSE_IDLE_TIMEOUT: Final = 4002
 """Nothing received for ``IDLE_TIMEOUT`` seconds (PING at least every 5 minutes)."""
 CLOSE_SLOW_CONSUMER: Final = 4008
 """The send queue overflowed: the client did not read fast enough. Reconnect."""
+CLOSE_BAD_TOKENS: Final = 4003
+"""``MAX_BAD_TOKENS_PER_CONNECTION`` LISTENs in a row refused for their token (invalid,
+expired or revoked). Get a fresh token before reconnecting."""
 
 _OP_TEXT: Final = 0x81  # FIN + text opcode
 _pack2 = struct.Struct("!BB").pack

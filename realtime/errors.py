@@ -17,3 +17,17 @@ class BrokerUnavailable(RealtimeError):
 
 class BadMessage(RealtimeError):
     """A message that cannot be published (e.g. JSON nested deeper than 255 levels)."""
+
+
+class RevocationRefused(RealtimeError):
+    """A token revocation this instance cannot remember (its table is full, or the caller
+    has too many live revocations of its own); it was not sent.
+
+    Attributes:
+        full: ``True`` when the table is full (a server limit), ``False`` when the caller is
+            over its own bound.
+    """
+
+    def __init__(self, message: str, *, full: bool) -> None:
+        super().__init__(message)
+        self.full = full

@@ -6,7 +6,9 @@ encode the MESSAGE frame once and queue the same bytes on every listener
 
 The node also ends grants: when the token behind a LISTEN expires, or is revoked on
 any instance (a control message through the broker), the topics it granted are
-dropped and the client receives ``AUTH_REVOKED``.
+dropped and the client receives ``AUTH_REVOKED``. Revocations are kept in a
+:class:`realtime.revocations.RevocationTable`; what a token check may cost is bounded by
+:mod:`realtime.verification`.
 """
 
 from __future__ import annotations
@@ -24,17 +26,17 @@ import structlog
 
 from keys import Grant, InvalidToken
 from realtime.broker import Broker
-from realtime.connection import Connection, FlushScheduler, encode_text_frame
+from realtime.connection import CLOSE_BAD_TOKENS, Connection, FlushScheduler, encode_text_frame
 from realtime.errors import BadMessage
 from realtime.hub import TopicIndex
 from realtime.limits import TokenBucket
 from realtime.protocol import Session, auth_revoked_payload, message_payload
+from realtime.revocations import CLOCK_MARGIN, RevocationTable
+from realtime.verification import BadTokens, TokenChecks, TooManyChecks
 from topics import Topic, TopicPolicy
 
 log = structlog.get_logger("realtime.node")
 _VERIFIED_CACHE_SIZE = 4096
-MAX_REVOCATIONS = 100_000
-"""Revocations remembered per instance (each for ``WS_TOKEN_TTL`` + 60 s)."""
 MAX_JTI_LENGTH = 64
 MAX_SUB_LENGTH = 128
 
@@ -44,6 +46,11 @@ class Peer(Protocol):
 
     conn: Connection
     session: Session
+
+    @property
+    def address(self) -> str:
+        """The client's address (for per-address budgets)."""
+        ...
 
     def close_soon(self, code: int, reason: str) -> None:
         """Ask the adapter to close the WebSocket with ``code``."""
@@ -85,6 +92,9 @@ class Node:
         delivered: frames queued to listeners by fan-out.
         gaps: broker reconnects announced to clients.
         revocations: revocation control messages applied.
+        revoked: the revoked tokens this instance remembers.
+        bad_tokens: tokens that failed verification lately (refused again without a check).
+        checks: budgets of token checks per address and connection.
         slow_consumers: connections closed because their send queue overflowed.
         refusals: error code -> error RESPONSEs sent (ERR_BADAUTH, ERR_BADTOPIC, ...).
         handshakes: HTTP status -> WebSocket opening handshakes answered with it (101, 400,
@@ -100,21 +110,26 @@ class Node:
         max_connections_per_user: int = 0,
         token_ttl: float = 3600.0,
         write_interval: float = 0.0,
+        checks: TokenChecks | None = None,
+        revocations: RevocationTable | None = None,
     ) -> None:
         """Args:
         broker: the broker (memory or Redis).
         policy: the topic policy.
         verify: token verifier for LISTEN; raises :class:`keys.InvalidToken`.
         max_connections_per_user: connections one token ``sub`` may LISTEN on (0: no limit).
-        token_ttl: longest token lifetime, seconds (how long revocations are remembered).
+        token_ttl: longest token lifetime, seconds (how long revocations are remembered,
+            unless ``revocations`` is given).
         write_interval: shortest time between two merged flushes, seconds (see
             :class:`realtime.connection.FlushScheduler`).
+        checks: budgets of token checks (default: unlimited, never closes).
+        revocations: the revocation table (default: :class:`realtime.revocations.RevocationTable`
+            with its default bounds).
         """
         self.broker = broker
         self.policy = policy
         self._verify = verify
         self._max_per_user = max_connections_per_user
-        self._token_ttl = token_ttl
         self._write_interval = write_interval
         self.index: TopicIndex[Connection] = TopicIndex()
         self.peers: dict[Connection, Peer] = {}
@@ -129,9 +144,9 @@ class Node:
         self._batch_delivered = False  # set by deliver(), read and cleared by end_batch()
         self._user_conns: dict[str, set[Connection]] = {}
         self._subs_of: dict[Connection, list[str]] = {}
-        self._revoked_jtis: dict[tuple[str, str | None], float] = {}  # (jti, owner or None) -> forget after
-        self._revoked_subs: dict[str, tuple[float, float]] = {}  # sub -> (revoked at, forget after), epoch s
-        self._next_sweep = 0.0
+        self.revoked = RevocationTable(lifetime=token_ttl + CLOCK_MARGIN) if revocations is None else revocations
+        self.bad_tokens = BadTokens()
+        self.checks = TokenChecks() if checks is None else checks
         self._expiries: list[tuple[float, int, Connection]] = []  # heap; one live entry per connection
         self._next_exp: dict[Connection, float] = {}
         self._seq = itertools.count()
@@ -204,27 +219,57 @@ class Node:
 
     # -- peers --------------------------------------------------------------------
 
-    def verify(self, token: str) -> Grant:
-        """Verify a token and refuse revoked ones.
+    def verify(self, key: Connection, token: str) -> Grant:
+        """Verify a token LISTENed with on ``key`` and refuse revoked ones.
+
+        A token verified before (and not expired) costs no check; one that failed before is
+        refused again without a check; any other takes one check from the budgets of
+        ``key`` and its address (:class:`realtime.verification.TokenChecks`). After
+        ``MAX_BAD_TOKENS_PER_CONNECTION`` failures in a row ``key`` is closed with
+        :data:`realtime.connection.CLOSE_BAD_TOKENS` once this reply is queued.
 
         Raises:
+            realtime.verification.TooManyChecks: a budget is spent (the token was not checked).
             keys.InvalidToken: invalid, expired or revoked.
         """
         if not isinstance(token, str):
             raise InvalidToken("auth_token must be a string")
         grant = self._verified.get(token)
         if grant is None or grant.exp <= time.time():
-            grant = self._verify(token)  # raises for expired tokens too
-            if len(self._verified) >= _VERIFIED_CACHE_SIZE:
-                self._verified.popitem(last=False)
-            self._verified[token] = grant
-        revoked = self._revoked_jtis
-        if (grant.jti, None) in revoked or (grant.jti, grant.sub) in revoked:
+            grant = self._check(key, token)
+        if self.revoked.covers(grant):
+            self._failed(key)
             raise InvalidToken("token revoked")
-        by_sub = self._revoked_subs.get(grant.sub)
-        if by_sub is not None and grant.iat <= by_sub[0]:
-            raise InvalidToken("token revoked")
+        self.checks.succeeded(key)
         return grant
+
+    def _check(self, key: Connection, token: str) -> Grant:
+        reason = self.bad_tokens.reason(token)
+        if reason is None:
+            peer = self.peers.get(key)
+            if not self.checks.admit(key, peer.address if peer is not None else ""):
+                raise TooManyChecks("too many token checks from this connection or address; slow down")
+            try:
+                grant = self._verify(token)  # raises for expired tokens too
+            except InvalidToken as exc:
+                reason = str(exc)
+                if exc.lasting:
+                    self.bad_tokens.add(token, reason)
+            else:
+                if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+                    self._verified.popitem(last=False)
+                self._verified[token] = grant
+                return grant
+        self._failed(key)
+        raise InvalidToken(reason)
+
+    def _failed(self, key: Connection) -> None:
+        """Count a refused token on ``key``; close it once it failed too often in a row."""
+        if self.checks.failed(key):
+            peer = self.peers.get(key)
+            if peer is not None:
+                log.info("ws_closed_for_bad_tokens", conn_id=key.id, address=peer.address)
+                asyncio.get_running_loop().call_soon(peer.close_soon, CLOSE_BAD_TOKENS, "too many invalid tokens")
 
     def new_session(self, conn: Connection, *, max_topics: int, rate: TokenBucket | None) -> Session:
         """A protocol :class:`Session` for ``conn`` with this node as its owner: token checks
@@ -244,6 +289,10 @@ class Node:
     def granted(self, key: Connection, grant: Grant) -> None:
         """Arm the expiry of ``grant``'s topics on ``key``."""
         self._schedule_expiry(key, grant.exp)
+
+    def released(self, key: Connection, sub: str) -> None:
+        """Free ``key``'s slot of ``sub`` (its session holds no topic granted to ``sub`` now)."""
+        self._release(key, sub)
 
     def refused(self, code: str) -> None:
         """Count an error RESPONSE by code."""
@@ -272,6 +321,7 @@ class Node:
         peer.session.close()
         self.peers.pop(peer.conn, None)
         self._next_exp.pop(peer.conn, None)
+        self.checks.forget(peer.conn)
         for sub in list(self._subs_of.get(peer.conn, ())):
             self._release(peer.conn, sub)
         if len(self._expiries) > 2 * len(self._next_exp) + 64:  # drop entries of closed connections
@@ -334,9 +384,6 @@ class Node:
         if not topics:
             return
         peer.conn.send_payload(auth_revoked_payload(sorted(topics)))
-        held = {grant.sub for grant in peer.session.topics.values() if grant is not None}
-        for sub in [s for s in self._subs_of.get(peer.conn, ()) if s not in held]:
-            self._release(peer.conn, sub)  # a revoked or expired user no longer holds a slot here
 
     def _release(self, conn: Connection, sub: str) -> None:
         subs = self._subs_of.get(conn)
@@ -350,20 +397,39 @@ class Node:
             if not conns:
                 del self._user_conns[sub]
 
-    async def revoke(self, *, jti: str | None = None, sub: str | None = None) -> None:
+    async def revoke(self, *, jti: str | None = None, sub: str | None = None, limited: bool = False) -> None:
         """Revoke WS tokens on every instance: by ``jti``, all of ``sub``'s tokens issued
         until now, or, with both, that ``jti`` only if it belongs to ``sub``.
 
+        Args:
+            jti: the token id.
+            sub: the user.
+            limited: the caller lacks ``realtime:revoke`` (revokes its own tokens): the
+                per-user bound and the reserve of the revocation table apply.
+
         Raises:
             ValueError: neither given.
+            realtime.RevocationRefused: this instance's table could not remember it (full,
+                or the caller has too many live revocations); it was not sent.
             realtime.BrokerUnavailable: the revocation was not sent.
         """
         if jti is None and sub is None:
             raise ValueError("revoke needs a jti or a sub")
+        refusal = self.revoked.refusal(jti=jti, sub=sub, limited=limited, now=time.time())
+        if refusal is not None:
+            log.warning(
+                "revocation_refused",
+                reason=str(refusal),
+                by_jti=jti is not None,
+                limited=limited,
+                live=len(self.revoked),
+            )
+            raise refusal
         await self.broker.publish_control(revocation_message(jti=jti, sub=sub))
 
     def on_control(self, message: dict[str, object]) -> None:
-        """Apply a control message from any instance (currently: ``revoke``)."""
+        """Apply a control message from any instance (currently: ``revoke``): remember it
+        for as long as a token it covers can live, and end the grants it covers now."""
         if message.get("type") != "revoke":
             log.warning("unknown_control_message", kind=str(message.get("type"))[:32])
             return
@@ -372,38 +438,25 @@ class Node:
             not isinstance(at, int | float)
             or not (jti is None or (isinstance(jti, str) and len(jti) <= MAX_JTI_LENGTH))
             or not (sub is None or (isinstance(sub, str) and len(sub) <= MAX_SUB_LENGTH))
+            or (jti is None and sub is None)
         ):
             log.warning("invalid_control_message")
             return
         self.revocations += 1
-        now = time.time()
-        self._sweep_revocations(now)
-        forget_after = now + self._token_ttl + 60
-        if jti is not None:
-            self._revoked_jtis[(jti, sub)] = forget_after  # (jti, None) from an admin is never narrowed
-        elif sub is not None:
-            previous = self._revoked_subs.get(sub)
-            self._revoked_subs[sub] = (max(float(at), previous[0] if previous else 0.0), forget_after)
+        cutoff = float(at)
+        if not self.revoked.add(jti=jti, sub=sub, at=cutoff, now=time.time()):
+            # only when another instance's table had room, or two raced for the last entry:
+            # the live grants still end below, but a later LISTEN with the token is not refused
+            log.error("revocation_not_remembered", reason="revocation table full", live=len(self.revoked))
 
         def matches(grant: Grant) -> bool:
             if jti is not None:
                 return grant.jti == jti and (sub is None or grant.sub == sub)
-            return grant.sub == sub and grant.iat <= float(at)
+            return grant.sub == sub and grant.iat <= cutoff
 
-        for peer in list(self.peers.values()):
-            self._tell_revoked(peer, peer.session.revoke(matches))
-
-    def _sweep_revocations(self, now: float) -> None:
-        """Forget revocations older than any token they could match (once a minute), and
-        keep at most :data:`MAX_REVOCATIONS` (oldest dropped first, with a warning)."""
-        total = len(self._revoked_jtis) + len(self._revoked_subs)
-        if now < self._next_sweep and total < MAX_REVOCATIONS:
-            return
-        self._next_sweep = now + 60
-        self._revoked_jtis = {k: t for k, t in self._revoked_jtis.items() if t > now}
-        self._revoked_subs = {k: v for k, v in self._revoked_subs.items() if v[1] > now}
-        excess = len(self._revoked_jtis) + len(self._revoked_subs) - MAX_REVOCATIONS + 1
-        if excess > 0:
-            log.warning("revocations_dropped", dropped=excess, kept=MAX_REVOCATIONS)
-            for key in list(self._revoked_jtis)[:excess]:
-                del self._revoked_jtis[key]
+        # a grant for ``sub`` holds one of the user's slots: only those connections can match
+        conns = list(self.peers) if sub is None else list(self._user_conns.get(sub, ()))
+        for conn in conns:
+            peer = self.peers.get(conn)
+            if peer is not None:
+                self._tell_revoked(peer, peer.session.revoke(matches))

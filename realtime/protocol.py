@@ -23,8 +23,9 @@ Server -> client::
 Error codes: ``ERR_BADMESSAGE`` (not JSON, wrong shape, unknown type), ``ERR_BADAUTH``
 (token missing where needed, invalid, expired, revoked, lacking scope or target),
 ``ERR_BADTOPIC`` (malformed, not in the policy, or over the per-connection topic
-limit), ``ERR_RATELIMIT`` (LISTEN/UNLISTEN too fast, or too many connections for this
-user), ``ERR_SERVER`` (our fault). A LISTEN is all-or-nothing.
+limit), ``ERR_RATELIMIT`` (LISTEN/UNLISTEN too fast, too many connections for this
+user, or too many token checks: see :mod:`realtime.verification`), ``ERR_SERVER`` (our
+fault). A LISTEN is all-or-nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import orjson
 
 from keys import Grant, InvalidToken
 from realtime.limits import TokenBucket
+from realtime.verification import TooManyChecks
 from topics import BadTopic, Topic, TopicPolicy
 
 ERR_BADMESSAGE = "ERR_BADMESSAGE"
@@ -94,8 +96,9 @@ class Owner(Protocol):
     holds no callbacks of its own (per-connection closures and bound methods were 13 of the
     objects the garbage collector tracked for each LISTENing connection)."""
 
-    def verify(self, token: str) -> Grant:
-        """token -> grant; raises :class:`keys.InvalidToken`."""
+    def verify(self, key: Any, token: str) -> Grant:
+        """``key``'s token -> grant; raises :class:`keys.InvalidToken`, or its subclass
+        :class:`realtime.verification.TooManyChecks` when the token was not checked."""
         ...
 
     def listen(self, key: Any, topic: Topic) -> None:
@@ -109,6 +112,11 @@ class Owner(Protocol):
     def admit_sub(self, key: Any, sub: str) -> bool:
         """Asked once per new token ``sub`` on a connection; ``False`` refuses the LISTEN
         (too many connections for that user)."""
+        ...
+
+    def released(self, key: Any, sub: str) -> None:
+        """Told when ``key``'s session no longer holds any topic granted to ``sub`` (after
+        UNLISTEN, expiry or revocation): the slot :meth:`admit_sub` gave is free again."""
         ...
 
     def granted(self, key: Any, grant: Grant) -> None:
@@ -229,10 +237,15 @@ class Session:
         return min((g.exp for g in self.topics.values() if g is not None), default=None)
 
     def _drop(self, topics: list[Topic]) -> None:
-        owner, key = self._owner, self._key
+        owner, key, held = self._owner, self._key, self.topics
+        subs = {grant.sub for topic in topics if (grant := held[topic]) is not None}
         for topic in topics:
-            del self.topics[topic]
+            del held[topic]
             owner.unlisten(key, topic)
+        if subs:
+            subs.difference_update(grant.sub for grant in held.values() if grant is not None)
+            for sub in subs:
+                owner.released(key, sub)
 
     def _topics_of(self, request: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
         data = request.get("data")
@@ -259,7 +272,9 @@ class Session:
         grant = None
         if token is not None and token != "":
             try:
-                grant = self._owner.verify(token)
+                grant = self._owner.verify(self._key, token)
+            except TooManyChecks as exc:
+                raise Refused(ERR_RATELIMIT, str(exc)) from None
             except InvalidToken as exc:
                 raise Refused(ERR_BADAUTH, str(exc)) from None
         granted: dict[Topic, Grant | None] = {}

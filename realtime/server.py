@@ -416,6 +416,11 @@ class WsProtocol(asyncio.Protocol):
         self._state = _CLOSED
         self._close_transport()
 
+    @property
+    def address(self) -> str:
+        """The client's address (:func:`realtime.limits.client_ip`; the :class:`realtime.node.Peer` interface)."""
+        return self._ip
+
     def close_soon(self, code: int, reason: str) -> None:
         """:meth:`close` (the :class:`realtime.node.Peer` interface)."""
         self.close(code, reason)

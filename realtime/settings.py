@@ -99,6 +99,13 @@ class Settings:
     http_body_timeout: float = 30.0
     http_keepalive_timeout: float = 130.0
     max_pending_per_ip: int = 64
+    token_check_rate_per_ip: float = 50.0
+    token_check_burst_per_ip: int = 200
+    token_check_rate_per_connection: float = 1.0
+    token_check_burst_per_connection: int = 10
+    max_bad_tokens_per_connection: int = 10
+    max_revocations: int = 100000
+    max_revocations_per_user: int = 100
     max_frame_bytes: int = 16384
     max_body_bytes: int = 65536
     send_queue_max_bytes: int = 1048576
@@ -158,7 +165,8 @@ class Settings:
             "port", "ws_token_ttl", "listen_timeout", "idle_timeout",
             "max_topics_per_connection", "max_frame_bytes", "max_body_bytes", "listen_burst", "connect_burst_per_ip",
             "send_queue_max_bytes", "send_queue_max_messages", "http_head_timeout", "http_body_timeout",
-            "http_keepalive_timeout",
+            "http_keepalive_timeout", "token_check_burst_per_ip", "token_check_burst_per_connection",
+            "max_revocations", "max_revocations_per_user",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -167,8 +175,11 @@ class Settings:
             raise SettingsError("WRITE_INTERVAL must be between 0 and 0.1 seconds")
         if self.shutdown_grace < 0:
             raise SettingsError("SHUTDOWN_GRACE must not be negative")
-        limits = ("listen_rate", "max_connections_per_ip", "max_connections_per_user", "connect_rate_per_ip")
-        for name in (*limits, "max_pending_per_ip"):
+        for name in (
+            "listen_rate", "max_connections_per_ip", "max_connections_per_user", "connect_rate_per_ip",
+            "max_pending_per_ip", "token_check_rate_per_ip", "token_check_rate_per_connection",
+            "max_bad_tokens_per_connection",
+        ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.upper()} must not be negative (0 turns the limit off)")
         if self.client_ip_header not in ("", "Fly-Client-IP", "X-Forwarded-For"):

@@ -23,7 +23,8 @@ class SetOwner:
         self.admit = True
         self.events: list[str] = []  # listen/granted calls, in order
 
-    def verify(self, token: str) -> Grant:
+    def verify(self, key: object, token: str) -> Grant:
+        assert key == "conn-1"
         return self.verifier.verify(token)
 
     def listen(self, key: object, topic: Topic) -> None:
@@ -41,6 +42,9 @@ class SetOwner:
 
     def granted(self, key: object, grant: Grant) -> None:
         self.events.append(f"granted {grant.sub}")
+
+    def released(self, key: object, sub: str) -> None:
+        self.events.append(f"released {sub}")
 
     def refused(self, code: str) -> None:
         self.refusals.append(code)

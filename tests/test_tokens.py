@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -207,12 +208,13 @@ def test_node_caches_verified_tokens_and_evicts_the_oldest(monkeypatch: pytest.M
 
     monkeypatch.setattr(node_module, "_VERIFIED_CACHE_SIZE", 3)
     node = node_module.Node(broker=MemoryBroker(), policy=load_policy(None), verify=verify)
+    conn: Any = object()  # a connection the node does not know: no budgets apply
     for token in ("a", "b", "a", "c", "d", "b", "a"):
-        assert node.verify(token).jti == token
+        assert node.verify(conn, token).jti == token
     # a, b, c checked once; d evicted a (the oldest), so b is still cached and a is checked again
     assert checked == ["a", "b", "c", "d", "a"]
-    node.verify("short")
+    node.verify(conn, "short")
     checked.clear()
     monkeypatch.setattr(node_module.time, "time", lambda: now + 2)
-    node.verify("short")  # its cached grant has expired: checked again
+    node.verify(conn, "short")  # its cached grant has expired: checked again
     assert checked == ["short"]
