@@ -5,6 +5,7 @@ JSON errors, 404s and the WebSocket handshake alike. A browser request whose ``O
 is listed gets ``Access-Control-Allow-Origin: <origin>`` with credentials allowed;
 other origins get no CORS headers (the browser then refuses to share the response).
 Preflights (``OPTIONS`` with ``Access-Control-Request-Method``) are answered 204 here.
+:func:`trusted_origin` decides which ``Origin`` may send a cookie-authenticated request.
 """
 
 from __future__ import annotations
@@ -46,6 +47,30 @@ async def preflight_middleware(request: web.Request, handler: Handler) -> web.St
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         return web.Response(status=204)
     return await handler(request)
+
+
+def own_origin(request: web.Request) -> str:
+    """The origin (RFC 6454 serialization, lower case) of the pages this server serves.
+
+    The host (and port) is the request's ``Host``. The scheme is ``https`` unless
+    ``ENVIRONMENT=development``: outside development the session cookie is ``Secure``,
+    so a browser only sends it over HTTPS, even when a TLS-terminating proxy (Caddy, Fly)
+    forwards the request to us over plain HTTP. In development it is the scheme the
+    request arrived with.
+    """
+    scheme = request.scheme if request.app[SETTINGS].environment == "development" else "https"
+    return f"{scheme}://{request.host}".lower()
+
+
+def trusted_origin(request: web.Request, origin: str) -> bool:
+    """Whether ``origin`` (an ``Origin`` header) is ours or listed in ``CORS_ORIGINS``.
+
+    Scheme, host and port must all match (RFC 6454 same origin): ``http://<our host>``
+    is another origin than ``https://<our host>``, and a page served over plain HTTP
+    (which anyone on the network path can rewrite) must not act with the HTTPS site's
+    cookie.
+    """
+    return origin.lower() == own_origin(request) or origin in request.app[ORIGINS]
 
 
 async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:

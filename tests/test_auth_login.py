@@ -201,10 +201,27 @@ async def test_cookie_requests_from_other_sites_are_refused(
 ) -> None:
     client = await make_client(database_url=database_url, cors_origins="https://app.example")
     cookie = f"realtime_session={(await login(client)).cookies['realtime_session'].value}"
-    own = f"http://{client.server.host}:{client.server.port}"
-    for origin, status in (("https://evil.example", 403), ("https://app.example", 200), (own, 200), (None, 200)):
+    host = f"{client.server.host}:{client.server.port}"
+    for origin, status in (
+        ("https://evil.example", 403),
+        ("https://app.example", 200),
+        ("http://app.example", 403),  # a listed host, but not its scheme
+        (f"https://{host}", 200),  # ours: the Secure cookie only travels over HTTPS (a TLS proxy in front)
+        (f"http://{host}", 403),  # our host over plain HTTP: another origin
+        (f"https://{client.server.host}:1", 403),  # another port
+        (None, 200),
+    ):
         headers = {"Cookie": cookie} | ({"Origin": origin} if origin else {})
         resp = await client.post("/auth/ws", headers=headers)
         assert resp.status == status, origin
     resp = await client.get("/auth/ws", headers={"Cookie": cookie, "Origin": "https://evil.example"})
     assert resp.status == 200  # a GET changes nothing; CORS keeps the answer from the other site
+
+
+async def test_development_origin_is_the_request_scheme(make_client: AppFactory, database_url: str, user: Any) -> None:
+    client = await make_client(database_url=database_url, environment="development")
+    cookie = f"realtime_session={(await login(client)).cookies['realtime_session'].value}"
+    host = f"{client.server.host}:{client.server.port}"
+    for origin, status in ((f"http://{host}", 200), (f"HTTP://{host.upper()}", 200), (f"https://{host}", 403)):
+        resp = await client.post("/auth/ws", headers={"Cookie": cookie, "Origin": origin})
+        assert resp.status == status, origin
