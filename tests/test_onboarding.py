@@ -4,10 +4,17 @@ against a server that is down, a malformed ``API_KEYS``, packaging without warni
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
-from tests.procs import REALTIME, Server
+import pytest
+
+from tests.procs import REALTIME, Server, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
 def run_realtime(
@@ -32,3 +39,47 @@ def test_a_second_server_on_a_taken_port_says_so_in_one_line(spawn: type[Server]
     assert len(errors) == 1, second.stderr
     assert f"port {first.port} on 127.0.0.1 is already in use" in errors[0] and "PORT" in errors[0]
     assert first.proc.poll() is None  # the first server is untouched
+
+
+def readme_blocks(section: str) -> list[tuple[str, str]]:
+    """The fenced code blocks (language, text) of the README section titled ``section``."""
+    text = README.read_text()
+    start = text.index(f"\n## {section}")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"```(\w+)\n(.*?)```", text[start:end], re.S)
+
+
+def test_readme_try_it_runs_pasted_as_is(redis_url: str, channel: str, tmp_path: Path) -> None:
+    """Run the README's "Try it" blocks in one bash, in a fresh directory beside the venv.
+
+    Changed on the way: the port (a free one for 4445), the Redis URL and channel (this test's
+    own), and the ``sleep 1`` before publishing becomes a wait for the client's RESPONSE.
+    """
+    for tool in ("curl", "redis-cli"):
+        if shutil.which(tool) is None:
+            message = f"the README's Try it needs {tool}"
+            if os.environ.get("CI"):
+                pytest.fail(message + " (CI is set: this test must not skip)")
+            pytest.skip(message)
+    (setup_lang, setup), (client_lang, client), (publish_lang, publish) = readme_blocks("Try it")
+    assert (setup_lang, client_lang, publish_lang) == ("sh", "python", "sh")
+    assert "sleep 1" in publish and "PUBLISH realtime " in publish and "realtime:admin" in setup
+    port = str(free_port())
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    (tmp_path / "client.py").write_text(client.replace("4445", port))
+    wait = "for _ in $(seq 100); do grep -q RESPONSE client.out && break; sleep 0.1; done\n"
+    publish = publish.replace("python client.py &", "python client.py > client.out &").replace("sleep 1", wait)
+    publish = publish.replace("PUBLISH realtime ", f"PUBLISH {channel} ")
+    done = "for _ in $(seq 100); do [ $(grep -c MESSAGE client.out) -ge 3 ] && break; sleep 0.1; done\n"
+    script = "set -e\n" + setup + publish + done + "kill %2 %1\nwait\ncat client.out\n"
+    script = script.replace("4445", port).replace("redis://127.0.0.1:6379/0", redis_url)
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "API_KEYS", "VIRTUAL_ENV", "PORT")}
+    env["PATH"] = ":".join(p for p in env.get("PATH", "").split(":") if not p.startswith(str(ROOT)))
+    env["REDIS_CHANNEL"] = channel
+    proc = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90, check=False
+    )
+    out = (tmp_path / "client.out").read_text() if (tmp_path / "client.out").exists() else ""
+    assert '{"type":"RESPONSE","nonce":"n1","error":""}' in out, proc.stdout + proc.stderr
+    assert '"message":"{\\"status\\":\\"processed\\"}"' in out, out
+    assert '"message":"{\\"event\\":\\"next\\"}"' in out and '"message":"pause"' in out, out
