@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
+import signal
 import subprocess
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -83,3 +86,31 @@ def test_readme_try_it_runs_pasted_as_is(redis_url: str, channel: str, tmp_path:
     assert '{"type":"RESPONSE","nonce":"n1","error":""}' in out, proc.stdout + proc.stderr
     assert '"message":"{\\"status\\":\\"processed\\"}"' in out, out
     assert '"message":"{\\"event\\":\\"next\\"}"' in out and '"message":"pause"' in out, out
+
+
+def read_line(stream: IO[str], timeout: float) -> str:
+    """The next line of a child's pipe, or ``""`` when none comes within ``timeout`` seconds."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    return stream.readline() if ready else ""
+
+
+def test_realtime_listen_says_what_failed_and_when_it_retries(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    proc = subprocess.Popen(
+        [*REALTIME, "listen", "dream:update.x", "--url", f"http://127.0.0.1:{port}"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stderr is not None
+    try:
+        lines = [read_line(proc.stderr, 10) for _ in range(2)]  # the first at once, the second after ~1 s
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=10)
+        proc.stderr.close()
+    for line in lines:
+        assert line.startswith("not listening: ") and f"127.0.0.1:{port}" in line, lines
+        assert re.search(r"; retrying in \d+\.\d s$", line.strip()), lines
+    assert code == 0
