@@ -3,6 +3,8 @@ against a server that is down, a malformed ``API_KEYS``, packaging without warni
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import select
@@ -114,3 +116,16 @@ def test_realtime_listen_says_what_failed_and_when_it_retries(tmp_path: Path) ->
         assert line.startswith("not listening: ") and f"127.0.0.1:{port}" in line, lines
         assert re.search(r"; retrying in \d+\.\d s$", line.strip()), lines
     assert code == 0
+
+
+async def test_redis_connect_failed_names_host_and_port(spawn: type[Server]) -> None:
+    port = free_port()  # no Redis there
+    server = spawn(env={"REDIS_URL": f"redis://:secret-password@127.0.0.1:{port}/0"})
+    for _ in range(100):
+        lines = [json.loads(line) for line in server.log.read_text().splitlines() if "redis_connect_failed" in line]
+        if lines:
+            break
+        await asyncio.sleep(0.05)
+    assert lines, server.log.read_text()
+    assert lines[0]["host"] == "127.0.0.1" and lines[0]["port"] == port
+    assert "secret-password" not in server.log.read_text()
