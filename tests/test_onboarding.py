@@ -16,6 +16,9 @@ from typing import IO
 
 import pytest
 
+from realtime.cli import main
+from realtime.errors import SettingsError
+from realtime.settings import parse_api_keys
 from tests.procs import REALTIME, Server, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,3 +132,18 @@ async def test_redis_connect_failed_names_host_and_port(spawn: type[Server]) -> 
     assert lines, server.log.read_text()
     assert lines[0]["host"] == "127.0.0.1" and lines[0]["port"] == port
     assert "secret-password" not in server.log.read_text()
+
+
+def test_malformed_api_keys_says_where(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    secret = "a-secret-key-0123456789"
+    text = f'[{{"userId": 7,\n  "apiKey": "{secret}"\n  "scopes": []}}]'  # a comma missing after the key
+    with pytest.raises(SettingsError) as caught:
+        parse_api_keys(text)
+    assert (
+        str(caught.value) == "API_KEYS is not valid JSON: line 3, column 3: unexpected character, expected ',' or '}'"
+    )
+    monkeypatch.setenv("API_KEYS", text)
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    assert main(["publish", "dream:update.a", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "line 3, column 3" in err and secret not in err
