@@ -11,6 +11,8 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 from typing import IO
 
@@ -147,3 +149,32 @@ def test_malformed_api_keys_says_where(monkeypatch: pytest.MonkeyPatch, capsys: 
     assert main(["publish", "dream:update.a", "x"]) == 2
     err = capsys.readouterr().err
     assert "line 3, column 3" in err and secret not in err
+
+
+#: This machine's pip configuration names local indexes that may be absent; not the project's.
+PIP_CONFIG_NOISE = re.compile(r"^WARNING: Location '.*' is ignored: it is neither a file nor a directory\.$")
+
+
+@pytest.mark.slow
+def test_packaging_prints_no_warnings(tmp_path: Path) -> None:
+    """``pip install -e .`` and ``pip wheel .`` print no setuptools warnings, and the wheel
+    carries the migrations and the static files."""
+    src = tmp_path / "src"
+    for name in ("pyproject.toml", "README.md"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, src / name)
+    for package in ("topics", "keys", "realtime", "http_api", "db"):
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    runs = [
+        [*pip, "install", "-q", "--no-deps", "-e", ".", "--prefix", str(tmp_path / "prefix")],
+        [*pip, "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), "."],
+    ]
+    for argv in runs:
+        done = subprocess.run(argv, cwd=src, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+        noise = [line for line in (done.stdout + done.stderr).splitlines() if line and not PIP_CONFIG_NOISE.match(line)]
+        assert noise == [], "\n".join(noise)
+    (wheel,) = (tmp_path / "dist").glob("realtime_pubsub-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"db/migrations/0001_identities.sql", "http_api/static/console.js", "http_api/static/console.html"} <= names
