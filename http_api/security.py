@@ -22,12 +22,6 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
 }
-#: The API docs page loads Swagger UI from a CDN.
-DOCS_CSP = (
-    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https:; "
-    "connect-src 'self'; frame-ancestors 'none'"
-)
 ALLOW_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID"
 ORIGINS = web.AppKey("cors_origins", frozenset)
@@ -79,8 +73,6 @@ async def _add_headers(request: web.Request, response: web.StreamResponse) -> No
     headers = response.headers
     for name, value in SECURITY_HEADERS.items():
         headers.setdefault(name, value)
-    if request.path.endswith("/api-docs"):
-        headers["Content-Security-Policy"] = DOCS_CSP
     if request.app[SETTINGS].environment != "development":
         headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
     origin = request.headers.get("Origin")

@@ -14,14 +14,16 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
 from realtime.cli import main
 from realtime.errors import SettingsError
 from realtime.settings import parse_api_keys
+from tests.conftest import AppFactory
 from tests.procs import REALTIME, Server, free_port
+from tests.test_console import CHROMIUM_ARGS, chromium_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -178,3 +180,72 @@ def test_packaging_prints_no_warnings(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "dist").glob("realtime_pubsub-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"db/migrations/0001_identities.sql", "http_api/static/console.js", "http_api/static/console.html"} <= names
+
+
+def linked(html: str) -> list[str]:
+    """Every ``href`` and ``src`` of a page."""
+    return re.findall(r'(?:href|src)="([^"]*)"', html)
+
+
+async def test_index_links_to_the_console_docs_and_health(make_client: AppFactory) -> None:
+    client = await make_client()
+    resp = await client.get("/")
+    assert resp.status == 200 and resp.content_type == "text/html"
+    assert "script-src" not in resp.headers["Content-Security-Policy"]  # no script at all
+    links = linked(await resp.text())
+    assert {"/console", "/api/v1/api-docs", "/health", "/ready"} <= set(links)
+    for link in links:
+        if link.startswith("/"):
+            assert (await client.get(link)).status == 200, link
+        else:
+            assert link == "data:,", link  # nothing from elsewhere
+
+
+async def test_api_docs_are_served_from_here(make_client: AppFactory) -> None:
+    client = await make_client()
+    resp = await client.get("/api/v1/api-docs")
+    assert resp.status == 200
+    csp = resp.headers["Content-Security-Policy"]
+    assert "http" not in csp and "script-src 'self';" in csp
+    html = await resp.text()
+    assert "http://" not in html and "https://" not in html
+    assets = [link for link in linked(html) if link.startswith("api-docs/")]
+    assert sorted(assets) == ["api-docs/api-docs.js", "api-docs/swagger-ui-bundle.js", "api-docs/swagger-ui.css"]
+    for asset in assets:
+        got = await client.get(f"/api/v1/{asset}")
+        assert got.status == 200, asset
+        assert got.content_type == ("text/css" if asset.endswith(".css") else "text/javascript")
+        assert len(await got.read()) > 100
+    assert "validatorUrl: null" in await (await client.get("/api/v1/api-docs/api-docs.js")).text()
+
+
+async def test_api_docs_render_offline_in_chromium(make_client: AppFactory) -> None:
+    chromium = chromium_or_skip()
+    from playwright.async_api import async_playwright, expect
+
+    client = await make_client()
+    own = str(client.make_url("/"))
+    elsewhere: list[str] = []
+    errors: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = await browser.new_page()
+
+            async def offline(route: Any) -> None:  # the network is this server only
+                if route.request.url.startswith(own) or route.request.url.startswith("data:"):
+                    await route.continue_()
+                else:
+                    elsewhere.append(route.request.url)
+                    await route.abort()
+
+            await page.route("**/*", offline)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            await page.goto(str(client.make_url("/api/v1/api-docs")))
+            await expect(page.locator(".opblock").first).to_be_visible(timeout=15000)
+            assert await page.locator(".opblock").count() >= 5
+            await expect(page.locator(".info .title")).to_contain_text("realtime")
+        finally:
+            await browser.close()
+    assert elsewhere == [] and errors == []
