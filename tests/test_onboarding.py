@@ -249,3 +249,18 @@ async def test_api_docs_render_offline_in_chromium(make_client: AppFactory) -> N
         finally:
             await browser.close()
     assert elsewhere == [] and errors == []
+
+
+def test_a_skip_says_why_without_rs(tmp_path: Path) -> None:
+    (tmp_path / "test_probe.py").write_text(
+        "import pytest\n\n\ndef test_needs_caddy():\n    pytest.skip('caddy is not installed')\n\n\n"
+        "def test_fine():\n    pass\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "tests.skip_summary", "-p", "no:cacheprovider", "test_probe.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 skipped: caddy is not installed" in done.stdout, done.stdout
