@@ -10,6 +10,9 @@ Preflights (``OPTIONS`` with ``Access-Control-Request-Method``) are answered 204
 
 from __future__ import annotations
 
+import ipaddress
+from urllib.parse import urlsplit
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -46,14 +49,27 @@ async def preflight_middleware(request: web.Request, handler: Handler) -> web.St
 def own_origin(request: web.Request) -> str:
     """The origin (RFC 6454 serialization, lower case) of the pages this server serves.
 
-    The host (and port) is the request's ``Host``. The scheme is ``https`` unless
-    ``ENVIRONMENT=development``: outside development the session cookie is ``Secure``,
-    so a browser only sends it over HTTPS, even when a TLS-terminating proxy (Caddy, Fly)
-    forwards the request to us over plain HTTP. In development it is the scheme the
-    request arrived with.
+    The host (and port) is the request's ``Host``. The scheme is ``https``, except in
+    development (``ENVIRONMENT=development``) and on a loopback host (``localhost``,
+    ``127.0.0.1``, ``[::1]``), where it is the scheme the request arrived with. Outside
+    those the session cookie is ``Secure``, so a browser only sends it over HTTPS, even when
+    a TLS-terminating proxy (Caddy, Fly) forwards the request to us over plain HTTP; a
+    loopback address cannot be reached through anyone's network path, and browsers keep
+    ``Secure`` cookies for ``http://localhost``.
     """
-    scheme = request.scheme if request.app[SETTINGS].environment == "development" else "https"
-    return f"{scheme}://{request.host}".lower()
+    host = request.host.lower()
+    local = request.app[SETTINGS].environment == "development" or _loopback(host)
+    return f"{request.scheme if local else 'https'}://{host}"
+
+
+def _loopback(host: str) -> bool:
+    name = urlsplit(f"//{host}").hostname or ""
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def trusted_origin(request: web.Request, origin: str) -> bool:

@@ -201,19 +201,21 @@ async def test_cookie_requests_from_other_sites_are_refused(
 ) -> None:
     client = await make_client(database_url=database_url, cors_origins="https://app.example")
     cookie = f"realtime_session={(await login(client)).cookies['realtime_session'].value}"
-    host = f"{client.server.host}:{client.server.port}"
-    for origin, status in (
-        ("https://evil.example", 403),
-        ("https://app.example", 200),
-        ("http://app.example", 403),  # a listed host, but not its scheme
-        (f"https://{host}", 200),  # ours: the Secure cookie only travels over HTTPS (a TLS proxy in front)
-        (f"http://{host}", 403),  # our host over plain HTTP: another origin
-        (f"https://{client.server.host}:1", 403),  # another port
-        (None, 200),
+    own = f"{client.server.host}:{client.server.port}"
+    for host, origin, status in (
+        (None, "https://evil.example", 403),
+        (None, "https://app.example", 200),
+        (None, "http://app.example", 403),  # a listed host, but not its scheme
+        (None, f"http://{own}", 200),  # loopback: the scheme the request came with
+        (None, f"https://{own}", 403),
+        ("rt.example.com", "https://rt.example.com", 200),  # the Secure cookie only travels over HTTPS (a TLS proxy)
+        ("rt.example.com", "http://rt.example.com", 403),  # our host over plain HTTP: another origin
+        ("rt.example.com", "https://rt.example.com:8443", 403),  # another port
+        (None, None, 200),
     ):
-        headers = {"Cookie": cookie} | ({"Origin": origin} if origin else {})
+        headers = {"Cookie": cookie} | ({"Origin": origin} if origin else {}) | ({"Host": host} if host else {})
         resp = await client.post("/auth/ws", headers=headers)
-        assert resp.status == status, origin
+        assert resp.status == status, (host, origin)
     resp = await client.get("/auth/ws", headers={"Cookie": cookie, "Origin": "https://evil.example"})
     assert resp.status == 200  # a GET changes nothing; CORS keeps the answer from the other site
 
@@ -221,7 +223,6 @@ async def test_cookie_requests_from_other_sites_are_refused(
 async def test_development_origin_is_the_request_scheme(make_client: AppFactory, database_url: str, user: Any) -> None:
     client = await make_client(database_url=database_url, environment="development")
     cookie = f"realtime_session={(await login(client)).cookies['realtime_session'].value}"
-    host = f"{client.server.host}:{client.server.port}"
-    for origin, status in ((f"http://{host}", 200), (f"HTTP://{host.upper()}", 200), (f"https://{host}", 403)):
-        resp = await client.post("/auth/ws", headers={"Cookie": cookie, "Origin": origin})
+    for origin, status in (("http://rt.test:80", 200), ("HTTP://RT.TEST:80", 200), ("https://rt.test:80", 403)):
+        resp = await client.post("/auth/ws", headers={"Cookie": cookie, "Origin": origin, "Host": "rt.test:80"})
         assert resp.status == status, origin
