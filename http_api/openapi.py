@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
@@ -189,7 +190,7 @@ def swagger_ui_dir() -> Path:
 
 
 def setup_docs(app: web.Application, prefix: str) -> None:
-    """Add the docs page ``{prefix}/api-docs`` and its four assets under ``{prefix}/api-docs/``.
+    """Add the docs page ``{prefix}/api-docs`` and its three assets under ``{prefix}/api-docs/``.
 
     Raises:
         RuntimeError: ``swagger-ui-py`` is not installed.
@@ -217,7 +218,7 @@ def _docs_headers() -> dict[str, str]:
     return {"Content-Security-Policy": DOCS_CSP, "Cache-Control": "no-cache"}
 
 
-def _file_handler(path: Path, content_type: str) -> Any:
+def _file_handler(path: Path, content_type: str) -> Handler:
     if not path.is_file():
         raise RuntimeError(f"swagger-ui-py has no {path.name} (at {path}): reinstall it")
 

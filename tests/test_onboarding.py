@@ -169,7 +169,7 @@ def test_packaging_prints_no_warnings(tmp_path: Path) -> None:
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     runs = [
-        [*pip, "install", "-q", "--no-deps", "-e", ".", "--prefix", str(tmp_path / "prefix")],
+        [*pip, "install", "-q", "--no-deps", "--ignore-installed", "-e", ".", "--prefix", str(tmp_path / "prefix")],
         [*pip, "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), "."],
     ]
     for argv in runs:
