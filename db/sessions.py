@@ -17,7 +17,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from db.errors import NotFound
-from db.users import User, parse_uuid, user_from_row
+from db.users import User, normalize_email, parse_uuid, user_from_row
 
 #: argon2id with argon2-cffi's defaults (RFC 9106 low-memory profile).
 _HASHER = PasswordHasher()
@@ -64,13 +64,19 @@ async def set_password(conn: Any, user_id: str, password: str) -> None:
 async def check_password(conn: Any, email: str, password: str) -> User | None:
     """The active user with this email and password, else ``None``.
 
-    Unknown emails cost one argon2 verification too, so timing does not tell them apart.
-    The verification (tens of milliseconds of CPU) runs in a thread, off the event loop.
+    Emails match when their :func:`~db.users.normalize_email` forms are equal (PostgreSQL's
+    ``lower()`` only narrows the search through the index; rows stored before emails were
+    normalized match too). Unknown emails cost one argon2 verification too, so timing does
+    not tell them apart. The verification (tens of milliseconds of CPU) runs in a thread,
+    off the event loop.
     """
+    wanted = normalize_email(email)
     row = await conn.fetchrow(
         "SELECT * FROM users WHERE lower(email) = lower($1) AND deleted_at IS NULL AND password_hash IS NOT NULL",
-        email,
+        wanted,
     )
+    if row is not None and normalize_email(row["email"]) != wanted:
+        row = None
     stored = row["password_hash"] if row else await asyncio.to_thread(_dummy_hash)
     if not await asyncio.to_thread(_verify, stored, password):
         return None

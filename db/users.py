@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ class User:
     Attributes:
         id: the uuid, as a string (the ``sub`` of the user's WS tokens).
         name: display name.
-        email: unique (case-insensitive) if set.
+        email: unique if set, stored normalized (:func:`normalize_email`).
         role: one of :data:`ROLES`.
         scopes: the scopes the user's WS tokens may carry.
         issuer: the upstream identity provider (``iss``) that provisioned the user, if any.
@@ -66,6 +67,24 @@ def user_from_row(row: Any) -> User:
     )
 
 
+def normalize_email(email: str) -> str:
+    """The one form of an email address that is stored, looked up and rate limited.
+
+    Unicode NFKC, case-folded, NFKC again (idempotent: ``normalize_email(normalize_email(x))
+    == normalize_email(x)``). Every place that compares emails uses this function, never
+    ``str.lower()`` on one side and PostgreSQL's ``lower()`` on the other: the two disagree
+    outside ASCII (``"İ"`` is ``"i"`` to PostgreSQL, ``"i\u0307"`` to Python), and such a
+    disagreement let a login dodge the per-account limit.
+
+    Args:
+        email: an address as typed (any case, any Unicode form).
+
+    Returns:
+        The normalized address (may be longer than the input: NFKC expands some ligatures).
+    """
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", email).casefold())
+
+
 def parse_uuid(value: str) -> uuid.UUID:
     """Parse a uuid.
 
@@ -88,7 +107,7 @@ async def create_user(
     issuer: str | None = None,
     subject: str | None = None,
 ) -> User:
-    """Insert a user.
+    """Insert a user; the email is stored as :func:`normalize_email` makes it.
 
     Raises:
         ValueError: ``role`` is not one of :data:`ROLES`.
@@ -101,7 +120,7 @@ async def create_user(
             f"INSERT INTO users (name, email, role, scopes, issuer, subject) VALUES ($1, $2, $3, $4, $5, $6) "  # noqa: S608
             f"RETURNING {_COLUMNS}",
             name,
-            email,
+            None if email is None else normalize_email(email),
             role,
             sorted(set(scopes)),
             issuer,

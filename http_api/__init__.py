@@ -13,6 +13,7 @@ from aiohttp import web
 from http_api import auth, health, publish, revoke
 from http_api.api_v1 import setup_api_v1
 from http_api.errors import error_middleware
+from http_api.index import setup_index
 from http_api.security import setup_security
 from realtime.limits import KeyedBuckets
 
@@ -20,6 +21,7 @@ from realtime.limits import KeyedBuckets
 def setup_routes(app: web.Application) -> None:
     """Add every HTTP route and the JSON error middleware to ``app``."""
     app.middlewares.append(error_middleware)
+    setup_index(app)
     app.router.add_get("/health", health.health)
     app.router.add_get("/ready", health.ready)
     app.router.add_get("/.well-known/jwks.json", health.jwks)

@@ -23,7 +23,7 @@ def setup_api_v1(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/remote-control", remote_control)
     app[openapi.SPEC] = {}
     app.router.add_get(f"{PREFIX}/openapi.json", openapi.openapi_json)
-    app.router.add_get(f"{PREFIX}/api-docs", openapi.api_docs)
+    openapi.setup_docs(app, PREFIX)
     if DATABASE not in app:
         return
     app.middlewares.append(database_unavailable_middleware)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from marshmallow import Schema, fields
@@ -23,7 +22,7 @@ from http_api.body import load_json
 from http_api.errors import json_error, json_response
 from http_api.identity import api_key_principal, session_principal
 from http_api.principal import Principal
-from http_api.security import ORIGINS
+from http_api.security import trusted_origin
 from http_api.upstream import UPSTREAM
 from realtime.appkeys import ISSUER, SETTINGS
 from realtime.settings import ApiKeyEntry
@@ -92,11 +91,12 @@ async def _cookie_principal(request: web.Request) -> Principal | None:
 
 def _refuse_cross_site(request: web.Request) -> None:
     """Cookies ride along on requests other sites make: refuse a state-changing request
-    carrying a cookie from an ``Origin`` that is neither ours nor in ``CORS_ORIGINS``."""
+    carrying a cookie from an ``Origin`` that is neither ours (scheme, host and port) nor in
+    ``CORS_ORIGINS``; see :func:`http_api.security.trusted_origin`."""
     origin = request.headers.get("Origin")
     if request.method in ("GET", "HEAD", "OPTIONS") or origin is None or not request.cookies:
         return
-    if urlsplit(origin).netloc != request.host and origin not in request.app[ORIGINS]:
+    if not trusted_origin(request, origin):
         raise json_error(403, f"cross-site request refused: origin {origin} is not in CORS_ORIGINS")
 
 

@@ -19,6 +19,7 @@ from marshmallow import Schema, fields, validate
 
 from db import DATABASE
 from db.sessions import check_password, create_session, end_session
+from db.users import normalize_email
 from http_api.body import load_json
 from http_api.errors import json_error, json_response
 from realtime.appkeys import SETTINGS
@@ -34,7 +35,12 @@ class LoginRequest(Schema):
 
 
 class LoginLimits:
-    """Login attempts per account (email, case-insensitive) and per client IP."""
+    """Failed login attempts per account (:func:`~db.users.normalize_email`, the same form
+    the lookup compares) and per client IP.
+
+    An attempt refused by its IP's limit is not counted against the account: otherwise one
+    address over its limit could keep spending (and so lock) any account it names.
+    """
 
     def __init__(self, settings: Settings) -> None:
         window = settings.login_window
@@ -43,17 +49,18 @@ class LoginLimits:
         self._ip = KeyedBuckets(settings.login_attempts_per_ip / window, settings.login_attempts_per_ip)
 
     def admit(self, email: str, ip: str) -> bool:
-        """Reserve one attempt; ``False`` when the account or the IP is over its limit.
+        """Reserve one attempt; ``False`` when the IP or the account is over its limit.
 
-        Reserving before the password check keeps concurrent guesses within the budget;
-        :meth:`succeeded` gives the reservation back, so only failures count.
+        The IP is checked first and an attempt it refuses takes nothing from the account;
+        one the account refuses still counts for the IP. Reserving before the password
+        check keeps concurrent guesses within the budget; :meth:`succeeded` gives the
+        reservation back, so only failures count.
         """
-        ip_ok = self._ip.take(ip)
-        return self._account.take(email.lower()) and ip_ok
+        return self._ip.take(ip) and self._account.take(normalize_email(email))
 
     def succeeded(self, email: str, ip: str) -> None:
         """Return the reservation of a successful login."""
-        self._account.refund(email.lower())
+        self._account.refund(normalize_email(email))
         self._ip.refund(ip)
 
 

@@ -3,14 +3,22 @@
 Built with apispec from the marshmallow schemas, once, when first asked for. Every route
 of the app is listed: the ones in :data:`OPERATIONS` in detail, any other with the first
 line of its handler's docstring.
+
+The docs page is Swagger UI served by this server: its script and stylesheet come from the
+``swagger-ui-py`` package, the page and its start-up script from ``http_api/static``, so it
+works offline and its Content-Security-Policy (:data:`DOCS_CSP`) allows only ``'self'``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
@@ -156,17 +164,66 @@ async def openapi_json(request: web.Request) -> web.Response:
     return json_response(cache["spec"])
 
 
-_DOCS = """<!doctype html>
-<html><head><meta charset="utf-8"><title>realtime API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
-<body><div id="docs"></div>
-<noscript>The OpenAPI description is at <a href="openapi.json">openapi.json</a>.</noscript>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "openapi.json", dom_id: "#docs"});</script>
-</body></html>
-"""
+#: Scripts, styles, images and requests from this server only. Styles may also be inline:
+#: Swagger UI (React) sets ``style`` attributes.
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+#: Swagger UI's files served next to the page: name -> content type.
+SWAGGER_UI_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
 
 
-async def api_docs(request: web.Request) -> web.Response:
-    """A browsable page for the OpenAPI description (Swagger UI from a CDN)."""
-    return web.Response(text=_DOCS, content_type="text/html")
+def swagger_ui_dir() -> Path:
+    """The directory of Swagger UI's files in the ``swagger-ui-py`` package.
+
+    Found without importing the package (its framework glue imports jinja2 and PyYAML,
+    which we do not need).
+
+    Raises:
+        RuntimeError: ``swagger-ui-py`` is not installed.
+    """
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the API docs need the swagger-ui-py package: pip install 'swagger-ui-py>=25.7.1,<26'")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+def setup_docs(app: web.Application, prefix: str) -> None:
+    """Add the docs page ``{prefix}/api-docs`` and its three assets under ``{prefix}/api-docs/``.
+
+    Raises:
+        RuntimeError: ``swagger-ui-py`` is not installed.
+    """
+    static = files("http_api").joinpath("static")
+    page = static.joinpath("api-docs.html").read_bytes()
+    start = static.joinpath("api-docs.js").read_bytes()
+    swagger = swagger_ui_dir()
+
+    async def api_docs(request: web.Request) -> web.Response:
+        """A browsable page for the OpenAPI description (Swagger UI, served by this server)."""
+        return web.Response(body=page, content_type="text/html", charset="utf-8", headers=_docs_headers())
+
+    async def api_docs_js(request: web.Request) -> web.Response:
+        """The script that starts Swagger UI on the docs page."""
+        return web.Response(body=start, content_type="text/javascript", charset="utf-8", headers=_docs_headers())
+
+    app.router.add_get(f"{prefix}/api-docs", api_docs)
+    app.router.add_get(f"{prefix}/api-docs/api-docs.js", api_docs_js)
+    for name, content_type in SWAGGER_UI_FILES.items():
+        app.router.add_get(f"{prefix}/api-docs/{name}", _file_handler(swagger / name, content_type))
+
+
+def _docs_headers() -> dict[str, str]:
+    return {"Content-Security-Policy": DOCS_CSP, "Cache-Control": "no-cache"}
+
+
+def _file_handler(path: Path, content_type: str) -> Handler:
+    if not path.is_file():
+        raise RuntimeError(f"swagger-ui-py has no {path.name} (at {path}): reinstall it")
+
+    async def swagger_ui_file(request: web.Request) -> web.FileResponse:
+        """A file of Swagger UI (from the swagger-ui-py package), for the docs page."""
+        return web.FileResponse(path, headers={"Content-Type": content_type, **_docs_headers()})
+
+    return swagger_ui_file

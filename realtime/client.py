@@ -151,6 +151,12 @@ class _Reconnect(Exception):
     """Internal: the connection must be replaced (closed, RECONNECT, no PONG)."""
 
 
+def _describe(exc: BaseException) -> str:
+    """One line saying what failed: ``"ClientConnectorError: Cannot connect to host ..."``."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class RealtimeClient:
     """A reconnecting LISTEN client; iterate it for :class:`Event` objects.
 
@@ -170,6 +176,9 @@ class RealtimeClient:
         response_timeout: seconds to wait for the RESPONSE to a LISTEN.
         queue_size: events buffered for the caller; when full, reading from the server
             pauses (and a server may close a client that stops reading: 4008).
+        on_retry: called before each backoff wait with what failed (one line: the error,
+            or that the connection closed) and the wait in seconds; not called for an
+            immediate reconnect after RECONNECT. Default: nothing is reported.
     """
 
     def __init__(
@@ -188,6 +197,7 @@ class RealtimeClient:
         refresh_margin: float = 60.0,
         response_timeout: float = 10.0,
         queue_size: int = 1000,
+        on_retry: Callable[[str, float], None] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.topics: list[str] = list(dict.fromkeys(topics))
@@ -208,6 +218,7 @@ class RealtimeClient:
         self._ready: asyncio.Future[None] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._closed = False
+        self._on_retry = on_retry
         self.reconnects = 0
 
     async def __aenter__(self) -> Self:
@@ -298,15 +309,15 @@ class RealtimeClient:
     async def _run(self) -> None:
         attempt = 0
         while not self._closed:
-            immediate = False
+            immediate, reason = False, "the connection closed"
             try:
                 immediate = await self._connect_once()
                 attempt = 0
             except (TokenRefused, ListenRefused) as exc:
                 self._fail(exc)
                 return
-            except (aiohttp.ClientError, OSError, TimeoutError, _Reconnect):
-                pass
+            except (aiohttp.ClientError, OSError, TimeoutError, _Reconnect) as exc:
+                reason = _describe(exc)
             except Exception as exc:  # noqa: BLE001 - a bug must reach the caller, not hang the iterator
                 self._fail(exc)
                 return
@@ -317,6 +328,8 @@ class RealtimeClient:
             else:
                 delay = backoff_delay(attempt, *self._backoff)
                 attempt += 1
+                if self._on_retry is not None:
+                    self._on_retry(reason, delay)
             await asyncio.sleep(delay)
             self.reconnects += 1
 
@@ -477,7 +490,9 @@ async def listen_command(
     """``realtime listen``: print every event as one JSON line until SIGINT/SIGTERM.
 
     Lines: ``{"type":"MESSAGE","topic":"...","message":"..."}``, or ``{"type":"GAP"|
-    "AUTH_REVOKED"|"RECONNECTED","topics":[...]}``. Status goes to stderr.
+    "AUTH_REVOKED"|"RECONNECTED","topics":[...]}``. Status goes to stderr, one line each:
+    listening, and every failed or lost connection with the delay before the next try
+    (``not listening: ClientConnectorError: Cannot connect to host ... (URL); retrying in 1.2 s``).
 
     Returns:
         0 when stopped by a signal, 2 when the LISTEN or the token was refused.
@@ -488,8 +503,12 @@ async def listen_command(
     assert task is not None
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, task.cancel)
+
+    def report(reason: str, delay: float) -> None:
+        print(f"not listening: {reason} ({url}); retrying in {delay:.1f} s", file=sys.stderr, flush=True)
+
     try:
-        async with RealtimeClient(url, topics, api_key=api_key or None, scope=scope) as client:
+        async with RealtimeClient(url, topics, api_key=api_key or None, scope=scope, on_retry=report) as client:
             print(f"listening to {' '.join(topics)} on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
             async for event in client:
                 out.write(orjson.dumps(event.to_dict()).decode() + "\n")

@@ -51,7 +51,7 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import hiredis
@@ -287,6 +287,7 @@ class RedisBroker:
         """
         self._url = url
         self._params = parse_url(url)
+        self._where = _address(self._params)
         self._channel = channel
         self._connect_timeout = connect_timeout
         self._health_interval = health_interval
@@ -447,6 +448,7 @@ class RedisBroker:
                 delay = backoff_delay(attempt, cap=self._backoff_cap)
                 log.warning(
                     "redis_connect_failed",
+                    **self._where,
                     error=str(exc) or type(exc).__name__,
                     retry_in=round(delay, 3),
                     attempt=attempt + 1,
@@ -548,3 +550,11 @@ class RedisBroker:
                 total_dropped=self.invalid_envelopes,
                 expected='{"topic": "...", "message": ...}',
             )
+
+
+def _address(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Where a parsed Redis URL points, for log lines: ``{"host", "port"}`` or ``{"path"}``
+    (never the password)."""
+    if params.get("connection_class") is UnixDomainSocketConnection:
+        return {"path": params.get("path", "")}
+    return {"host": params.get("host", "localhost"), "port": params.get("port", 6379)}

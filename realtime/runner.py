@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import gc
 import os
 import signal
@@ -38,6 +39,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False, migrate: bool =
         migrate: apply pending database migrations first (else refuse to serve with any).
 
     Raises:
+        AddressInUse: ``PORT`` on ``HOST`` is taken (another server is running there).
         db.PendingMigrations: migrations are pending and ``migrate`` is false.
         db.DatabaseError: the database cannot be reached or prepared.
     """
@@ -53,7 +55,13 @@ async def serve(settings: Settings, *, reuse_port: bool = False, migrate: bool =
     site = web.TCPSite(
         runner, settings.host, settings.port, reuse_address=True, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG
     )
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUse(settings.host, settings.port) from None
+        raise
     loop_kind = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
     log.info("listening", host=settings.host, port=settings.port, pid=os.getpid(), loop=loop_kind)
     stop = asyncio.Event()
@@ -66,6 +74,17 @@ async def serve(settings: Settings, *, reuse_port: bool = False, migrate: bool =
     finally:
         await runner.cleanup()
         log.info("shutdown_complete")
+
+
+class AddressInUse(SettingsError):
+    """The port to listen on is taken, most often by another ``realtime serve`` (``make run``)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(
+            f"port {port} on {host} is already in use (another server, e.g. `make run`?): "
+            f"stop it, or choose another port with PORT=<port> or --port <port>"
+        )
+        self.host, self.port = host, port
 
 
 def freeze_startup_heap() -> int:

@@ -36,14 +36,15 @@ def parse_api_keys(text: str) -> tuple[ApiKeyEntry, ...]:
     """Parse ``API_KEYS``: ``[{"userId": 1, "apiKey": "...", "scopes": ["..."]}]``.
 
     Raises:
-        SettingsError: naming the entry and field at fault (never the key itself).
+        SettingsError: naming the entry and field at fault, or for JSON that does not parse
+            the line, column and reason (never the key itself).
     """
     if not text.strip():
         return ()
     try:
         data = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        raise SettingsError("API_KEYS is not valid JSON") from None
+    except orjson.JSONDecodeError as exc:  # its msg names the problem, never the text around it
+        raise SettingsError(f"API_KEYS is not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     if not isinstance(data, list):
         raise SettingsError("API_KEYS must be a JSON array of objects")
     entries = []

@@ -22,6 +22,7 @@ from realtime.app import create_app
 from realtime.server import RealtimeRunner
 from realtime.settings import Settings, parse_api_keys
 from tests import procs
+from tests.skip_summary import pytest_terminal_summary  # noqa: F401 - a hook: why tests skipped, also under -q
 
 USER_KEY = "user-key-0123456789abcdef"
 PUBLISHER_KEY = "publisher-key-0123456789abcdef"

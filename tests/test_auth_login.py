@@ -10,7 +10,7 @@ import pytest
 
 from db.errors import NotFound
 from db.sessions import set_password
-from db.users import create_user, delete_user
+from db.users import create_user, delete_user, normalize_email
 from realtime.cli import main
 from tests.conftest import AppFactory
 from tests.pg import conn, database_url, migrated_url
@@ -101,6 +101,56 @@ async def test_successful_logins_do_not_count(make_client: AppFactory, database_
     assert (await login(client)).status == 429  # three failures used the budget
 
 
+async def test_a_look_alike_email_is_the_same_account_for_the_limit(
+    make_client: AppFactory, database_url: str, conn: Any
+) -> None:
+    # PostgreSQL's lower() makes U+0130 (capital I with a dot) "i", Python's makes it "i" +
+    # U+0307: with one on each side, this address logged in as alice past her limit
+    alice = await create_user(conn, name="Alice", email="Alice@Example.com", scopes=[])
+    await set_password(conn, alice.id, PASSWORD)
+    assert alice.email == "alice@example.com"  # stored normalized
+    client = await make_client(database_url=database_url, login_attempts_per_account=2, login_attempts_per_ip=50)
+    assert [(await login(client, "alice@example.com", "nope")).status for _ in range(2)] == [401, 401]
+    for variant in ("alice@example.com", "ALICE@EXAMPLE.COM", "al\u0130ce@example.com", "\uff41lice@example.com"):
+        assert (await login(client, variant)).status in (401, 429), variant  # never 200: locked or not alice
+    assert normalize_email("\uff21LICE@example.com") == "alice@example.com"  # fullwidth: NFKC
+    assert (await login(client, "\uff41lice@example.com")).status == 429  # the same account, so the same limit
+
+
+def test_normalize_email_is_idempotent() -> None:
+    for raw in ("Alice@Example.com", "al\u0130ce@x", "STRASSE@x", "stra\u00dfe@x", "\ufb01@x", "\u212b@x"):
+        once = normalize_email(raw)
+        assert normalize_email(once) == once and once == once.casefold()
+    assert normalize_email("stra\u00dfe@x") == normalize_email("STRASSE@x")
+
+
+async def test_a_limited_address_does_not_spend_the_account(
+    make_client: AppFactory, database_url: str, user: Any
+) -> None:
+    client = await make_client(
+        database_url=database_url,
+        login_attempts_per_account=3,
+        login_attempts_per_ip=2,
+        client_ip_header="X-Forwarded-For",
+    )
+
+    async def attempt(ip: str, right: bool = False) -> int:
+        body = {"email": "lu@example.com", "password": PASSWORD if right else "nope"}
+        return (await client.post("/auth/login", json=body, headers={"X-Forwarded-For": ip})).status
+
+    assert [await attempt("203.0.113.1") for _ in range(2)] == [401, 401]
+    assert [await attempt("203.0.113.1") for _ in range(20)] == [429] * 20  # refused by the address limit
+    assert await attempt("198.51.100.7", right=True) == 200  # the account kept its last attempt
+
+
+async def test_rows_stored_before_normalization_still_log_in(
+    make_client: AppFactory, database_url: str, user: Any, conn: Any
+) -> None:
+    await conn.execute("UPDATE users SET email = 'Lu@Example.COM' WHERE id = $1::uuid", user.id)
+    client = await make_client(database_url=database_url)
+    assert (await login(client, "lu@example.com")).status == 200
+
+
 async def test_set_password_cli(
     database_url: str, user: Any, conn: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -151,10 +201,28 @@ async def test_cookie_requests_from_other_sites_are_refused(
 ) -> None:
     client = await make_client(database_url=database_url, cors_origins="https://app.example")
     cookie = f"realtime_session={(await login(client)).cookies['realtime_session'].value}"
-    own = f"http://{client.server.host}:{client.server.port}"
-    for origin, status in (("https://evil.example", 403), ("https://app.example", 200), (own, 200), (None, 200)):
-        headers = {"Cookie": cookie} | ({"Origin": origin} if origin else {})
+    own = f"{client.server.host}:{client.server.port}"
+    for host, origin, status in (
+        (None, "https://evil.example", 403),
+        (None, "https://app.example", 200),
+        (None, "http://app.example", 403),  # a listed host, but not its scheme
+        (None, f"http://{own}", 200),  # loopback: the scheme the request came with
+        (None, f"https://{own}", 403),
+        ("rt.example.com", "https://rt.example.com", 200),  # the Secure cookie only travels over HTTPS (a TLS proxy)
+        ("rt.example.com", "http://rt.example.com", 403),  # our host over plain HTTP: another origin
+        ("rt.example.com", "https://rt.example.com:8443", 403),  # another port
+        (None, None, 200),
+    ):
+        headers = {"Cookie": cookie} | ({"Origin": origin} if origin else {}) | ({"Host": host} if host else {})
         resp = await client.post("/auth/ws", headers=headers)
-        assert resp.status == status, origin
+        assert resp.status == status, (host, origin)
     resp = await client.get("/auth/ws", headers={"Cookie": cookie, "Origin": "https://evil.example"})
     assert resp.status == 200  # a GET changes nothing; CORS keeps the answer from the other site
+
+
+async def test_development_origin_is_the_request_scheme(make_client: AppFactory, database_url: str, user: Any) -> None:
+    client = await make_client(database_url=database_url, environment="development")
+    cookie = f"realtime_session={(await login(client)).cookies['realtime_session'].value}"
+    for origin, status in (("http://rt.test:80", 200), ("HTTP://RT.TEST:80", 200), ("https://rt.test:80", 403)):
+        resp = await client.post("/auth/ws", headers={"Cookie": cookie, "Origin": origin, "Host": "rt.test:80"})
+        assert resp.status == status, origin

@@ -21,6 +21,10 @@ PUBLIC_ROUTES = {
     ("GET", "/console/console.css"): "static stylesheet of the console page",
     ("GET", "/api/v1/openapi.json"): "the API description: public, like any published API reference",
     ("GET", "/api/v1/api-docs"): "the page that renders /api/v1/openapi.json",
+    ("GET", "/api/v1/api-docs/api-docs.js"): "static script that starts Swagger UI on the docs page",
+    ("GET", "/api/v1/api-docs/swagger-ui-bundle.js"): "Swagger UI's script, from the swagger-ui-py package",
+    ("GET", "/api/v1/api-docs/swagger-ui.css"): "Swagger UI's stylesheet, from the swagger-ui-py package",
+    ("GET", "/"): "static index page: links to the console, the API docs and the health checks",
     ("POST", "/auth/login"): "built-in login: takes email and password (rate limited), only with a database",
     ("POST", "/auth/logout"): "ends the session of the cookie sent, if any; only with a database",
 }
