@@ -18,9 +18,9 @@ from typing import IO, Any
 
 import pytest
 
-from realtime.cli import main
 from realtime.errors import SettingsError
 from realtime.settings import parse_api_keys
+from service.cli import main
 from tests.conftest import AppFactory
 from tests.procs import REALTIME, Server, free_port
 from tests.test_console import CHROMIUM_ARGS, chromium_or_skip

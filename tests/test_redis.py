@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from realtime.appkeys import NODE
+from http_api.appkeys import NODE
 from realtime.redis_broker import RedisBroker, backoff_delay
 from tests.conftest import (
     PUBLISHER_KEY,
