@@ -9,6 +9,7 @@ Exceptions are in :mod:`db.errors` (root :class:`DatabaseError`).
 from __future__ import annotations
 
 from db.errors import (
+    UNAVAILABLE,
     Conflict,
     DatabaseError,
     DatabaseUnavailable,
@@ -21,6 +22,7 @@ from db.pool import DATABASE, Database, connect, connection, database_context, p
 
 __all__ = [
     "DATABASE",
+    "UNAVAILABLE",
     "Conflict",
     "Database",
     "DatabaseError",
