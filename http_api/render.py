@@ -87,10 +87,8 @@ def _headers(error: ApiError, challenge: str) -> dict[str, str]:
 
 
 def is_envelope(exc: web.HTTPException) -> bool:
-    """``exc`` already carries an envelope (rendered, or built by hand)."""
-    if isinstance(exc, RenderedError):
-        return exc.renderer is render_envelope
-    return (exc.text or "").startswith('{"success"')
+    """``exc`` was rendered by :func:`render_envelope` (read from the exception, not its body)."""
+    return isinstance(exc, RenderedError) and exc.renderer is render_envelope
 
 
 class RenderedError(web.HTTPException):
