@@ -9,6 +9,7 @@ Exceptions are in :mod:`db.errors` (root :class:`DatabaseError`).
 from __future__ import annotations
 
 from db.errors import (
+    UNAVAILABLE,
     Conflict,
     DatabaseError,
     DatabaseUnavailable,
@@ -20,6 +21,7 @@ from db.errors import (
 from db.pool import Database, connect, connection, prepare
 
 __all__ = [
+    "UNAVAILABLE",
     "Conflict",
     "Database",
     "DatabaseError",

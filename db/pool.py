@@ -101,7 +101,13 @@ class Database:
         pool = self.pool
         try:
             conn = await pool.acquire()
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+        ) as exc:
             raise DatabaseUnavailable(f"no database connection: {type(exc).__name__}: {exc}") from exc
         try:
             yield conn

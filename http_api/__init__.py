@@ -1,9 +1,11 @@
 """HTTP handlers: health, JWKS, WS token issue (``/auth/ws``) and ``/publish``.
 
-Every error is JSON ``{"error": "<code>", "message": "...", ...}`` with a stable code:
+Handlers raise :class:`http_api.api_error.ApiError`; every error is JSON
+``{"error": "<code>", "message": "...", ...}`` with a stable code (:data:`http_api.api_error.CODES`):
 ``bad_request`` (400, with ``fields``), ``unauthorized`` (401), ``forbidden`` (403),
-``not_found`` (404), ``method_not_allowed`` (405), ``payload_too_large`` (413),
-``unsupported_media_type`` (415), ``unavailable`` (503), ``internal`` (500).
+``not_found`` (404), ``method_not_allowed`` (405), ``request_timeout`` (408),
+``payload_too_large`` (413), ``unsupported_media_type`` (415), ``unavailable`` (503),
+``internal`` (500); under ``/api/v1`` the e-dream envelope (:mod:`http_api.render`).
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ from collections.abc import Iterable
 from aiohttp import web
 from marshmallow import Schema, fields
 
+from http_api.api_error import ApiError, AuthError, AuthReason
 from http_api.appkeys import ISSUER, SETTINGS
 from http_api.body import load_json
-from http_api.errors import json_error, json_response
+from http_api.errors import json_response
 from http_api.identity import api_key_principal, session_principal
 from http_api.principal import Principal
 from http_api.security import trusted_origin
@@ -58,8 +59,9 @@ async def authenticate(request: web.Request) -> Principal:
     """Authenticate the caller of ``request`` (see the module docstring for the order).
 
     Raises:
-        web.HTTPException: 401 when credentials are missing, malformed, wrong, expired
-            or revoked.
+        AuthError: 401 when credentials are missing, malformed, wrong, expired or revoked
+            (``reason`` says which); 403 for a cookie sent cross-site.
+        ApiError: 503 when the upstream identity provider's keys cannot be fetched.
     """
     header = request.headers.get("Authorization", "")
     scheme, _, credentials = header.partition(" ")
@@ -67,15 +69,15 @@ async def authenticate(request: web.Request) -> Principal:
     if not header:
         principal = await _cookie_principal(request)
         if principal is None:
-            raise json_error(401, "missing credentials: send Authorization: Api-Key <key>")
+            raise AuthError(AuthReason.MISSING_CREDENTIALS, "missing credentials: send Authorization: Api-Key <key>")
         return principal
     if scheme.lower() == "bearer" and credentials and UPSTREAM in request.app:
         return await request.app[UPSTREAM].principal(request.app, credentials)
     if scheme.lower() != "api-key" or not credentials:
-        raise json_error(401, "unsupported Authorization scheme: use Api-Key <key>")
+        raise AuthError(AuthReason.BAD_SCHEME, "unsupported Authorization scheme: use Api-Key <key>")
     principal = request.app[API_KEYS].authenticate(credentials) or await api_key_principal(request.app, credentials)
     if principal is None:
-        raise json_error(401, "invalid API key")
+        raise AuthError(AuthReason.INVALID_CREDENTIALS, "invalid API key")
     return principal
 
 
@@ -97,13 +99,13 @@ def _refuse_cross_site(request: web.Request) -> None:
     if request.method in ("GET", "HEAD", "OPTIONS") or origin is None or not request.cookies:
         return
     if not trusted_origin(request, origin):
-        raise json_error(403, f"cross-site request refused: origin {origin} is not in CORS_ORIGINS")
+        raise AuthError(AuthReason.FORBIDDEN, f"cross-site request refused: origin {origin} is not in CORS_ORIGINS")
 
 
 def require_scope(principal: Principal, scope: str) -> None:
-    """Raises a 403 naming ``scope`` unless the principal has it."""
+    """Raises a 403 :class:`AuthError` naming ``scope`` (``missing_scopes``) unless the principal has it."""
     if scope not in principal.scopes:
-        raise json_error(403, f"this API key lacks the scope {scope}", missing_scopes=[scope])
+        raise AuthError(AuthReason.FORBIDDEN, f"this API key lacks the scope {scope}", missing_scopes=[scope])
 
 
 class WsTokenRequest(Schema):
@@ -125,8 +127,9 @@ async def issue_ws_token(request: web.Request) -> web.Response:
         200 ``{"token": str, "expires_in": seconds, "scope": str}``.
 
     Raises:
-        web.HTTPException: 401 (no/bad credentials), 400 (malformed scope), 403 (a
-            requested scope the caller lacks, named in ``missing_scopes``).
+        AuthError: 401 (no/bad credentials), 403 (a requested scope the caller lacks,
+            named in ``missing_scopes``).
+        ApiError: 400 (malformed scope or body).
     """
     principal = await authenticate(request)
     requested = request.query.get("scope")
@@ -135,10 +138,11 @@ async def issue_ws_token(request: web.Request) -> web.Response:
     try:
         wanted = principal.scopes if requested is None else parse_scopes(requested)
     except BadScope as exc:
-        raise json_error(400, str(exc), fields={"scope": [str(exc)]}) from None
+        raise ApiError(400, str(exc), fields={"scope": [str(exc)]}) from None
     missing = sorted(wanted - principal.scopes)
     if missing:
-        raise json_error(403, f"scope not granted to this caller: {' '.join(missing)}", missing_scopes=missing)
+        message = f"scope not granted to this caller: {' '.join(missing)}"
+        raise AuthError(AuthReason.FORBIDDEN, message, missing_scopes=missing)
     issued = request.app[ISSUER].issue(principal.user_id, wanted)
     ttl = request.app[SETTINGS].ws_token_ttl
     return json_response(

@@ -13,15 +13,16 @@ and memory whatever the client sends:
 5. U+0000 in any string (PostgreSQL ``text`` and ``jsonb`` cannot store it), unless the
    route allows it.
 
-Problems raise :class:`BodyError` naming the field; each route family turns it into its
-own error envelope: :func:`load_json` (``{"error", "message", "fields"}``) here and
-:func:`http_api.envelope.read_body` (the e-dream envelope) under ``/api/v1``. A client
-that hangs up while its body is being read is a :class:`BodyError` too (not a server
-error, not a database outage).
+Problems raise :class:`BodyError` naming the field, and values that do not validate
+:class:`~http_api.api_error.InvalidFields`: both are :class:`~http_api.api_error.ApiError`,
+rendered by the route family's renderer (:mod:`http_api.render`). A client that hangs up
+while its body is being read is a :class:`BodyError` too (not a server error, not a
+database outage).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -29,7 +30,7 @@ import structlog
 from aiohttp import web
 from marshmallow import Schema, ValidationError
 
-from http_api.errors import json_error
+from http_api.api_error import ApiError, InvalidFields
 
 log = structlog.get_logger("http_api")
 
@@ -37,8 +38,10 @@ MAX_DEPTH = 64
 """Deepest JSON nesting (objects and arrays) accepted in any request body."""
 
 
-class BodyError(Exception):
-    """A request body that cannot be used.
+class BodyError(ApiError):
+    """A request body that cannot be used: 400 (``fields`` is ``{field: [problem]}``) or 415.
+
+    The envelope shows a 400's message as a sentence and a 415's standard message.
 
     Attributes:
         status: the HTTP status to answer (400 or 415).
@@ -48,8 +51,19 @@ class BodyError(Exception):
     """
 
     def __init__(self, status: int, message: str, field: str = "body", problem: str = "") -> None:
-        super().__init__(message)
-        self.status, self.message, self.field, self.problem = status, message, field, problem
+        super().__init__(status, message, fields={field: [problem]} if status == 400 else None)
+        self.message: str = message
+        self.field, self.problem = field, problem
+
+    def envelope_message(self) -> str | None:
+        """A 400's message as a capitalized sentence (unless it starts with the field's
+        name); ``None`` (the standard message) otherwise."""
+        if self.status != 400:
+            return None
+        message = (
+            self.message if self.message.startswith(f"{self.field}:") else self.message[:1].upper() + self.message[1:]
+        )
+        return f"{message}."
 
 
 async def read_object(
@@ -118,22 +132,26 @@ async def load_json(
         The loaded data.
 
     Raises:
-        web.HTTPException: our JSON error ``{"error", "message", "fields"}``: 415 if the
-            body is not ``application/json``; 400 if it is missing, not JSON, nested
-            deeper than :data:`MAX_DEPTH`, not an object, holds U+0000 (unless
-            ``allow_nul``) or does not validate (``fields`` maps each field to its
-            messages); 413 if it is larger than ``MAX_BODY_BYTES``.
+        BodyError: 415 if the body is not ``application/json``; 400 if it is missing, not
+            JSON, nested deeper than :data:`MAX_DEPTH`, not an object or holds U+0000
+            (unless ``allow_nul``).
+        InvalidFields: 400, it does not validate (``fields`` maps each field to its messages).
+        web.HTTPRequestEntityTooLarge: larger than ``MAX_BODY_BYTES`` (413).
+    """
+    data = await read_object(request, optional=optional, allow_nul=allow_nul)
+    return validate(schema, data or {})
+
+
+def validate(schema: Schema, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Load ``data`` (a body, a query string) with ``schema``.
+
+    Raises:
+        InvalidFields: 400, one entry per field that does not validate.
     """
     try:
-        data = await read_object(request, optional=optional, allow_nul=allow_nul)
-    except BodyError as exc:
-        fields = {exc.field: [exc.problem]} if exc.status == 400 else {}
-        raise json_error(exc.status, exc.message, **({"fields": fields} if fields else {})) from None
-    try:
-        return dict(schema.load(data or {}))
+        return dict(schema.load(data))
     except ValidationError as exc:
-        fields = exc.messages if isinstance(exc.messages, dict) else {"body": exc.messages}
-        raise json_error(400, f"invalid field(s): {', '.join(sorted(map(str, fields)))}", fields=fields) from None
+        raise InvalidFields(exc.messages) from None
 
 
 def nul_field(value: Any, path: str = "body") -> str | None:

@@ -16,9 +16,11 @@ from aiohttp import web
 
 from db import dreams as repo
 from db.users import ADMIN, CREATOR
+from http_api.api_error import ApiError
 from http_api.appkeys import DATABASE, NODE
 from http_api.auth import authenticate
-from http_api.envelope import enveloped, fail, ok, read_body, validate
+from http_api.body import load_json, validate
+from http_api.envelope import ok
 from http_api.principal import Principal
 from http_api.schemas import (
     DreamCreateSchema,
@@ -48,7 +50,7 @@ def _may_edit(principal: Principal, row: dict[str, Any]) -> bool:
 
 def _require_db_user(principal: Principal) -> None:
     if not principal.db_user:
-        raise fail(403, "Action not allowed: this needs a user account, not a configured API key.")
+        raise ApiError(403, "Action not allowed: this needs a user account, not a configured API key.")
 
 
 @asynccontextmanager
@@ -66,9 +68,9 @@ async def _announce(request: web.Request, row: dict[str, Any], *, progress: bool
         for topic in topics:
             await request.app[NODE].publish(topic, announced)
     except BadMessage as exc:
-        raise fail(400, f"The dream cannot be published: {exc}") from None
+        raise ApiError(400, f"The dream cannot be published: {exc}") from None
     except (BadTopic, BrokerUnavailable):
-        raise fail(503, "The realtime broker is unavailable; nothing was changed.") from None
+        raise ApiError(503, "The realtime broker is unavailable; nothing was changed.") from None
     return public
 
 
@@ -79,7 +81,6 @@ def _view(principal: Principal, row: dict[str, Any]) -> dict[str, Any]:
     return dump_dream(row, admin=is_admin(principal))
 
 
-@enveloped
 async def list_dreams(request: web.Request) -> web.Response:
     """``GET /api/v1/dream?status=&take=&skip=&userUUID=``: ``{dreams, count}``, newest first."""
     principal = await authenticate(request)
@@ -88,7 +89,6 @@ async def list_dreams(request: web.Request) -> web.Response:
     return await _list(request, principal, query, None if owner is None else str(owner))
 
 
-@enveloped
 async def my_dreams(request: web.Request) -> web.Response:
     """``GET /api/v1/dream/my-dreams``: the caller's dreams (hidden ones included)."""
     principal = await authenticate(request)
@@ -111,67 +111,62 @@ async def _list(request: web.Request, principal: Principal, query: dict[str, Any
     return ok({"dreams": [_view(principal, r) for r in rows], "count": count})
 
 
-@enveloped
 async def get_dream(request: web.Request) -> web.Response:
     """``GET /api/v1/dream/{uuid}``: hidden dreams are 404 unless the caller owns them or is an admin."""
     principal = await authenticate(request)
     async with request.app[DATABASE].acquire() as conn:
         row = await repo.get_dream(conn, request.match_info["uuid"])
     if row["hidden"] and not _may_edit(principal, row):
-        raise fail(404)
+        raise ApiError(404)
     return ok({"dream": _view(principal, row)})
 
 
-@enveloped
 async def create_dream(request: web.Request) -> web.Response:
     """``POST /api/v1/dream`` (creators and admins): 201 ``{dream}``."""
     principal = await authenticate(request)
     if not principal.db_user or principal.role not in (CREATOR, ADMIN):
-        raise fail(403)
-    body = await read_body(request, DreamCreateSchema())
+        raise ApiError(403)
+    body = await load_json(request, DreamCreateSchema())
     async with _changing(request) as conn:
         row = await repo.create_dream(conn, principal.user_id, body)
         await _announce(request, row)
     return ok({"dream": _view(principal, row)}, status=201)
 
 
-@enveloped
 async def update_dream(request: web.Request) -> web.Response:
     """``PUT /api/v1/dream/{uuid}`` (owner or admin; ``featureRank`` admins only)."""
     principal = await authenticate(request)
-    body = await read_body(request, DreamUpdateSchema())
+    body = await load_json(request, DreamUpdateSchema())
     if "feature_rank" in body and not is_admin(principal):
-        raise fail(403)
+        raise ApiError(403)
     async with _changing(request) as conn:
         row = await repo.get_dream(conn, request.match_info["uuid"])
         if not _may_edit(principal, row):
-            raise fail(403)
+            raise ApiError(403)
         row = await repo.update_dream(conn, request.match_info["uuid"], body)
         await _announce(request, row)
     return ok({"dream": _view(principal, row)})
 
 
-@enveloped
 async def delete_dream(request: web.Request) -> web.Response:
     """``DELETE /api/v1/dream/{uuid}`` (owner or admin): soft delete."""
     principal = await authenticate(request)
     async with _changing(request) as conn:
         row = await repo.get_dream(conn, request.match_info["uuid"])
         if not _may_edit(principal, row):
-            raise fail(403)
+            raise ApiError(403)
         row = await repo.delete_dream(conn, request.match_info["uuid"])
         await _announce(request, row)
     return ok({"dream": _view(principal, row)}, message="Dream deleted.")
 
 
-@enveloped
 async def set_status(request: web.Request) -> web.Response:
     """``POST /api/v1/dream/{uuid}/status/{status}`` (admins, or keys with ``dream:write:status``)."""
     principal = await authenticate(request)
     if not (is_admin(principal) or STATUS_SCOPE in principal.scopes):
-        raise fail(403)
+        raise ApiError(403)
     status = request.match_info["status"]
-    body = await read_body(request, _STATUS_SCHEMAS[status](), optional=status != "failed")
+    body = await load_json(request, _STATUS_SCHEMAS[status](), optional=status != "failed")
     values = {**body, "status": status, **({"error": None} if status != "failed" else {})}
     async with _changing(request) as conn:
         row = await repo.update_dream(conn, request.match_info["uuid"], values)
@@ -179,7 +174,6 @@ async def set_status(request: web.Request) -> web.Response:
     return ok({"dream": _view(principal, row)})
 
 
-@enveloped
 async def vote(request: web.Request) -> web.Response:
     """``PUT /api/v1/dream/{uuid}/upvote|downvote|unvote``: one vote per user."""
     principal = await authenticate(request)
@@ -187,7 +181,7 @@ async def vote(request: web.Request) -> web.Response:
     async with _changing(request) as conn:
         row = await repo.get_dream(conn, request.match_info["uuid"])
         if row["hidden"] and not _may_edit(principal, row):
-            raise fail(404)
+            raise ApiError(404)
         row = await repo.vote(conn, request.match_info["uuid"], principal.user_id, _VOTES[request.match_info["vote"]])
         await _announce(request, row)
     return ok({"dream": _view(principal, row)})

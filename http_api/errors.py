@@ -1,8 +1,11 @@
-"""JSON errors with stable codes, and the middleware that guarantees them.
+"""JSON answers, request ids, and the middleware that renders every error as plain JSON.
 
-The error middleware is the outermost one: an exception reaching it was not mapped to
-an HTTP answer by anything inside (a database outage is a 503 before it gets here), so
-it is a bug: logged, reported to Sentry (a no-op without ``SENTRY_DSN``), answered 500.
+Handlers raise :class:`http_api.api_error.ApiError`; :func:`error_middleware` renders it
+with :func:`http_api.render.render_plain` (under ``/api/v1`` the envelope middleware,
+inside this one, has already rendered it as an envelope). It is the outermost of our
+middlewares: an exception reaching it that is not an ``ApiError`` or an HTTP answer was
+not mapped by anything inside (a database outage is a 503 before it gets here), so it is
+a bug: logged, reported to Sentry (a no-op without ``SENTRY_DSN``), answered 500.
 """
 
 from __future__ import annotations
@@ -17,21 +20,10 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-log = structlog.get_logger("http_api")
+from http_api.api_error import ApiError
+from http_api.render import RenderedError, render_plain
 
-_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    426: "upgrade_required",
-    429: "too_many_requests",
-    500: "internal",
-    503: "unavailable",
-}
+log = structlog.get_logger("http_api")
 
 
 def json_response(body: Any, status: int = 200, **kwargs: Any) -> web.Response:
@@ -40,13 +32,11 @@ def json_response(body: Any, status: int = 200, **kwargs: Any) -> web.Response:
 
 
 def json_error(status: int, message: str, **extra: Any) -> web.HTTPException:
-    """An HTTP exception whose body is ``{"error": code, "message": message, **extra}``."""
-    body = {"error": _CODES.get(status, "error"), "message": message, **extra}
-    exc = web.HTTPException(text=orjson.dumps(body).decode(), content_type="application/json")
-    exc.set_status(status)
-    if status == 401:
-        exc.headers["WWW-Authenticate"] = 'Api-Key realm="realtime"'
-    return exc
+    """``ApiError(status, message, extra=extra)`` rendered plain, as an exception to raise.
+
+    For code that must hand aiohttp a finished answer; handlers raise :class:`ApiError`.
+    """
+    return RenderedError(ApiError(status, message, extra=extra), render_plain)
 
 
 def _with_id(exc: web.HTTPException, request_id: str) -> web.HTTPException:
@@ -87,16 +77,19 @@ def report(request: web.Request) -> None:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into JSON; never send a traceback. Binds a request id to logs."""
+    """Render every error as plain JSON (:func:`~http_api.render.render_plain`); never send
+    a traceback. Binds a request id to logs and answers."""
     request_id = request_id_from(request.headers.get("X-Request-ID", ""))
     structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
         response = await handler(request)
+    except ApiError as error:
+        raise _with_id(RenderedError(error, render_plain), request_id) from None
     except web.HTTPException as exc:
-        if exc.content_type == "application/json" or exc.status < 400:
+        if exc.content_type == "application/json" or exc.status < 400:  # rendered already, or not an error
             exc.headers["X-Request-ID"] = request_id
             raise
-        raise _with_id(json_error(exc.status, exc.reason), request_id) from None
+        raise _with_id(json_error(exc.status, exc.reason), request_id) from None  # aiohttp's own (404, 405...)
     except ConnectionResetError:
         if not client_gone(request):
             report(request)

@@ -19,9 +19,10 @@ from marshmallow import Schema, fields, validate
 
 from db.sessions import check_password, create_session, end_session
 from db.users import normalize_email
+from http_api.api_error import ApiError, AuthError, AuthReason
 from http_api.appkeys import DATABASE, SETTINGS
 from http_api.body import load_json
-from http_api.errors import json_error, json_response
+from http_api.errors import json_response
 from realtime.limits import KeyedBuckets, client_ip
 from realtime.settings import Settings
 
@@ -87,20 +88,19 @@ async def login(request: web.Request) -> web.Response:
         session cookie.
 
     Raises:
-        web.HTTPException: 400 (body), 401 (wrong email or password: one message for
-            both), 429 (too many attempts, with ``Retry-After``).
+        ApiError: 400 (body), 429 (too many attempts, with ``Retry-After``).
+        AuthError: 401 (wrong email or password: one message for both).
     """
     settings = request.app[SETTINGS]
     body = await load_json(request, LoginRequest())
     ip = client_ip(request.remote, request.headers, settings.client_ip_header)
     if not request.app[LOGIN_LIMITS].admit(body["email"], ip):
-        exc = json_error(429, "too many login attempts; try again later")
-        exc.headers["Retry-After"] = str(math.ceil(request.app[LOGIN_LIMITS].retry_after))
-        raise exc
+        retry_after = str(math.ceil(request.app[LOGIN_LIMITS].retry_after))
+        raise ApiError(429, "too many login attempts; try again later", headers={"Retry-After": retry_after})
     async with request.app[DATABASE].acquire() as conn:
         user = await check_password(conn, body["email"], body["password"])
         if user is None:
-            raise json_error(401, "wrong email or password")
+            raise AuthError(AuthReason.INVALID_CREDENTIALS, "wrong email or password")
         session_id = await create_session(conn, user.id, timedelta(seconds=settings.session_ttl))
     request.app[LOGIN_LIMITS].succeeded(body["email"], ip)
     response = json_response(

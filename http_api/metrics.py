@@ -33,6 +33,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from http_api.appkeys import NODE, SETTINGS
+from http_api.render import auth_reason
 from realtime.connection import Connection
 from realtime.errors import BrokerUnavailable
 from realtime.node import Node
@@ -224,14 +225,15 @@ class HttpMetrics:
             "realtime_auth_failures", "HTTP authentication failures by reason.", ["reason"], registry=self.registry
         )
 
-    def observe(self, request: web.Request, status: int, body: bytes | str | None, started: float) -> None:
-        """Count one finished request (``body``: the response body, read for 401 reasons)."""
+    def observe(self, request: web.Request, answer: web.StreamResponse | web.HTTPException, started: float) -> None:
+        """Count one finished request (``answer``: the response, or the HTTP exception raised)."""
+        status = answer.status
         route = route_of(request)
         self.requests.labels(request.method, route, str(status)).inc()
         if route != "/ws":
             self.duration.labels(route).observe(time.perf_counter() - started)
         if status == 401:
-            self.auth_failures.labels(auth_failure_reason(body)).inc()
+            self.auth_failures.labels(auth_failure_reason(answer)).inc()
         elif status == 403:
             self.auth_failures.labels("forbidden").inc()
 
@@ -249,32 +251,28 @@ def route_of(request: web.Request) -> str:
     return _UNMATCHED if resource is None else resource.canonical
 
 
-def auth_failure_reason(body: bytes | str | None) -> str:
-    """The reason of a 401 from its JSON body.
+def auth_failure_reason(answer: web.StreamResponse | web.HTTPException | bytes | str | None) -> str:
+    """The reason label of a 401 (an answer, or just its body).
 
-    A ``reason`` field (``[a-z][a-z0-9_]*``) wins; otherwise the message is classified:
-    ``missing_credentials``, ``bad_scheme``, ``invalid_credentials``, ``expired`` or
-    ``other``. Never returns anything from the request itself (no secrets in labels).
+    The :class:`~http_api.api_error.AuthReason` of the ``AuthError`` it was rendered from
+    (set where the failure was raised) wins; else a ``reason`` member (``[a-z][a-z0-9_]*``)
+    of its JSON body; else ``other``. The message is never read, and nothing from the
+    request itself is returned (no secrets in labels).
     """
+    if isinstance(answer, web.StreamResponse | web.HTTPException):
+        reason = auth_reason(answer)
+        if reason is not None:
+            return reason.value
+        body = answer.text if isinstance(answer, web.HTTPException) else getattr(answer, "body", None)
+        answer = body if isinstance(body, bytes | str) else None
     try:
-        data = orjson.loads(body or b"{}")
+        data = orjson.loads(answer or b"{}")
     except orjson.JSONDecodeError:
         return "other"
     if not isinstance(data, dict):
         return "other"
     reason = data.get("reason")
-    if isinstance(reason, str) and _REASON.fullmatch(reason):
-        return reason
-    message = str(data.get("message", "")).lower()
-    for needle, label in (
-        ("missing", "missing_credentials"),
-        ("scheme", "bad_scheme"),
-        ("expired", "expired"),
-        ("invalid", "invalid_credentials"),
-    ):
-        if needle in message:
-            return label
-    return "other"
+    return reason if isinstance(reason, str) and _REASON.fullmatch(reason) else "other"
 
 
 @web.middleware
@@ -285,10 +283,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        metrics.observe(request, exc.status, exc.text, started)
+        metrics.observe(request, exc, started)
         raise
-    body = response.body if isinstance(response, web.Response) and response.status in (401, 403) else None
-    metrics.observe(request, response.status, body if isinstance(body, bytes) else None, started)
+    metrics.observe(request, response, started)
     return response
 
 

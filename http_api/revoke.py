@@ -5,10 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from http_api.api_error import ApiError, AuthError, AuthReason
 from http_api.appkeys import NODE
 from http_api.auth import authenticate
 from http_api.body import load_json
-from http_api.errors import json_error, json_response
+from http_api.errors import json_response
 from realtime.errors import BrokerUnavailable, RevocationRefused
 from realtime.limits import KeyedBuckets
 from realtime.node import MAX_JTI_LENGTH, MAX_SUB_LENGTH
@@ -47,27 +48,26 @@ async def revoke_ws_tokens(request: web.Request) -> web.Response:
         202 ``{"status": "accepted"}``.
 
     Raises:
-        web.HTTPException: 401, 403 (someone else's tokens without the scope), 400 (body),
-            429 (the caller already has ``MAX_REVOCATIONS_PER_USER`` live revocations of its
+        AuthError: 401, 403 (someone else's tokens without the scope).
+        ApiError: 400 (body), 429 (the caller already has ``MAX_REVOCATIONS_PER_USER`` live revocations of its
             own tokens by ``jti``), 503 (the revocation table is full, or the broker did not
             take the revocation: either way it did not happen).
     """
     principal = await authenticate(request)
     if not request.app[REVOKE_BUCKETS].take(principal.user_id):
-        raise json_error(429, f"at most {REVOKE_RATE:g} revocation per second; slow down")
+        raise ApiError(429, f"at most {REVOKE_RATE:g} revocation per second; slow down")
     body = await load_json(request, RevokeRequest())
     privileged = REVOKE_SCOPE in principal.scopes
     jti, sub = body["jti"], body["sub"]
     if sub is not None and sub != principal.user_id and not privileged:
-        raise json_error(
-            403, f"revoking another user's tokens needs the scope {REVOKE_SCOPE}", missing_scopes=[REVOKE_SCOPE]
-        )
+        message = f"revoking another user's tokens needs the scope {REVOKE_SCOPE}"
+        raise AuthError(AuthReason.FORBIDDEN, message, missing_scopes=[REVOKE_SCOPE])
     if jti is not None and not privileged:
         sub = principal.user_id  # only the caller's own token with that jti
     try:
         await request.app[NODE].revoke(jti=jti, sub=sub, limited=not privileged)
     except RevocationRefused as exc:
-        raise json_error(503 if exc.full else 429, f"revocation refused: {exc}") from None
+        raise ApiError(503 if exc.full else 429, f"revocation refused: {exc}") from None
     except BrokerUnavailable as exc:
-        raise json_error(503, f"revocation not sent: {exc}") from None
+        raise ApiError(503, f"revocation not sent: {exc}") from None
     return json_response({"status": "accepted"}, status=202)

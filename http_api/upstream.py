@@ -22,8 +22,8 @@ from aiohttp import web
 
 from db import NotFound
 from db.users import provision_external
+from http_api.api_error import ApiError, AuthError, AuthReason
 from http_api.appkeys import DATABASE
-from http_api.errors import json_error
 from http_api.identity import user_principal
 from http_api.principal import Principal
 from topics import parse_scopes
@@ -78,7 +78,7 @@ class UpstreamVerifier:
         except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWKSetError) as exc:
             log.warning("upstream_jwks_fetch_failed", error=str(exc))
             if not self._keys:
-                raise json_error(503, "the identity provider's keys are unavailable; try again") from None
+                raise ApiError(503, "the identity provider's keys are unavailable; try again") from None
             return
         self._keys = {k.key_id or "": k for k in keys}
         log.info("upstream_jwks_fetched", keys=len(self._keys))
@@ -100,18 +100,20 @@ class UpstreamVerifier:
         """The claims of a valid token.
 
         Raises:
-            web.HTTPException: 401 (invalid, expired, wrong issuer/audience/algorithm,
-                unknown key); 503 (the JWKS cannot be fetched and none is cached).
+            AuthError: 401, reason ``EXPIRED`` (past ``exp``) or ``INVALID_CREDENTIALS``
+                (malformed, bad signature, wrong issuer/audience/algorithm, unknown key,
+                a required claim missing).
+            ApiError: 503 (the JWKS cannot be fetched and none is cached).
         """
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise json_error(401, "invalid bearer token") from None
+            raise AuthError(AuthReason.INVALID_CREDENTIALS, "invalid bearer token") from None
         if header.get("alg") not in self.algorithms:
-            raise json_error(401, "invalid bearer token: algorithm not allowed")
+            raise AuthError(AuthReason.INVALID_CREDENTIALS, "invalid bearer token: algorithm not allowed")
         key = await self.signing_key(str(header.get("kid") or ""))
         if key is None:
-            raise json_error(401, "invalid bearer token: unknown signing key")
+            raise AuthError(AuthReason.INVALID_CREDENTIALS, "invalid bearer token: unknown signing key")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -123,14 +125,18 @@ class UpstreamVerifier:
                 options={"require": ["exp", "iss", "aud", "sub"]},
             )
         except jwt.PyJWTError as exc:
-            raise json_error(401, f"invalid bearer token: {exc}") from None
+            reason = (
+                AuthReason.EXPIRED if isinstance(exc, jwt.ExpiredSignatureError) else AuthReason.INVALID_CREDENTIALS
+            )
+            raise AuthError(reason, f"invalid bearer token: {exc}") from None
         return claims
 
     async def principal(self, app: web.Application, token: str) -> Principal:
         """The database user of a valid token, provisioned on first sight.
 
         Raises:
-            web.HTTPException: 401 (see :meth:`verify`, or the user was deleted).
+            AuthError: 401 (see :meth:`verify`; reason ``OTHER`` when the user was deleted).
+            ApiError: 503 (see :meth:`verify`).
         """
         claims = await self.verify(token)
         sub = str(claims["sub"])
@@ -147,7 +153,7 @@ class UpstreamVerifier:
                     scopes=self.default_scopes,
                 )
             except NotFound:
-                raise json_error(401, "this account is disabled") from None
+                raise AuthError(AuthReason.OTHER, "this account is disabled") from None
         return user_principal(user, "jwt")
 
 

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
+from prometheus_client.parser import text_string_to_metric_families
 
 from http_api.upstream import UPSTREAM
 from realtime.errors import SettingsError
@@ -181,3 +182,25 @@ async def test_provisioned_user_on_the_rest_api(client: Any, idp: Idp) -> None:
 def test_identity_settings_are_checked(values: dict[str, Any], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         Settings.from_env({}, **values)
+
+
+async def auth_failures(client: Any) -> dict[str, float]:
+    resp = await client.get("/metrics")
+    return {
+        s.labels["reason"]: s.value
+        for family in text_string_to_metric_families(await resp.text())
+        for s in family.samples
+        if s.name == "realtime_auth_failures_total"
+    }
+
+
+async def test_auth_failures_carry_the_reason_they_were_raised_with(client: Any, idp: Idp) -> None:
+    """Labels come from the error, not its message: an expired token is ``expired``; a token
+    missing its ``exp`` claim (PyJWT: 'Token is missing the "exp" claim') is an invalid
+    credential, not missing credentials; a wrong password is an invalid credential."""
+    no_exp = jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": "x"}, idp.keys["k1"], "RS256", headers={"kid": "k1"})
+    for token in (idp.token(exp=int(time.time()) - 60), no_exp, idp.token(aud="someone-else")):
+        assert (await ws_claims(client, bearer(token)))[0] == 401
+    resp = await client.post("/auth/login", json={"email": "nobody@example.com", "password": "wrong password"})
+    assert resp.status == 401
+    assert await auth_failures(client) == {"expired": 1.0, "invalid_credentials": 3.0}

@@ -200,3 +200,14 @@ async def test_probe_off_when_interval_is_zero(make_client: AppFactory) -> None:
     client = await make_client(metrics_probe_interval=0)
     assert client.app[METRICS].probe is None
     assert ("realtime_publish_to_deliver_seconds_count", ()) in await scrape(client)  # present, empty
+
+
+async def test_api_v1_auth_failures_are_counted_by_the_reason_they_were_raised_with(make_client: AppFactory) -> None:
+    client = await make_client()
+    for headers in ({}, {"Authorization": "Basic eDp5"}, auth("wrong-key-0123456789abcdef")):
+        resp = await client.post("/api/v1/remote-control", json={"event": "next"}, headers=headers)
+        assert resp.status == 401 and (await resp.json())["message"] == "Unauthorized."  # the envelope hides why
+    m = await scrape(client)
+    for reason in ("missing_credentials", "bad_scheme", "invalid_credentials"):
+        assert m[("realtime_auth_failures_total", (("reason", reason),))] == 1, reason
+    assert ("realtime_auth_failures_total", (("reason", "other"),)) not in m
