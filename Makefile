@@ -17,10 +17,11 @@ install: $(BIN)/.installed  ## create .venv and install the project with dev too
 run: install  ## start the server on :4444 (memory broker; Redis when REDIS_URL is set)
 	$(BIN)/realtime serve
 
-lint: install  ## ruff (lint + format check) and mypy --strict on the packages
+lint: install  ## ruff (lint + format check), mypy --strict, and the import contracts (layers, no cycles)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint  ## lint, then the whole test suite (needs Redis at REDIS_URL, default 127.0.0.1:6379)
 	$(BIN)/pytest -q
@@ -37,4 +38,4 @@ bench: install  ## the benchmark (docs/benchmarks.md): installs the bench extra 
 	VENV=$(VENV) bench/run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache *.egg-info

@@ -59,7 +59,9 @@ def source_state() -> dict[str, object]:
     """The commit measured (``BENCH_COMMIT`` when running from an exported snapshot), and the
     server files that differ from it (uncommitted edits)."""
     head = os.environ.get("BENCH_COMMIT") or _output(["git", "rev-parse", "HEAD"], cwd=ROOT)
-    status = _output(["git", "status", "--porcelain", "--", "realtime", "topics", "keys", "http_api"], cwd=ROOT)
+    status = _output(
+        ["git", "status", "--porcelain", "--", "realtime", "topics", "keys", "http_api", "service"], cwd=ROOT
+    )
     if status == "unknown":  # not a git checkout (an exported snapshot): nothing uncommitted
         status = ""
     return {"commit": head, "uncommitted_server_files": [line[3:] for line in status.splitlines() if line]}

@@ -17,10 +17,9 @@ from db.errors import (
     NotFound,
     PendingMigrations,
 )
-from db.pool import DATABASE, Database, connect, connection, database_context, prepare
+from db.pool import Database, connect, connection, prepare
 
 __all__ = [
-    "DATABASE",
     "Conflict",
     "Database",
     "DatabaseError",
@@ -31,6 +30,5 @@ __all__ = [
     "PendingMigrations",
     "connect",
     "connection",
-    "database_context",
     "prepare",
 ]

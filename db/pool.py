@@ -1,20 +1,19 @@
-"""The connection pool (asyncpg) and its aiohttp cleanup context."""
+"""The connection pool (asyncpg).
+
+Free of aiohttp: the app key (``http_api.appkeys.DATABASE``) and the cleanup context that opens
+and closes the pool (``service.app.database_context``) live above the data layer."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 import orjson
-import structlog
-from aiohttp import web
 
 from db.errors import DatabaseUnavailable
 from db.migrate import check_current, migrate
-
-log = structlog.get_logger("db")
 
 
 async def _init_connection(conn: Any) -> None:
@@ -110,9 +109,6 @@ class Database:
             await pool.release(conn)
 
 
-DATABASE = web.AppKey("database", Database)
-
-
 async def prepare(url: str, *, apply: bool) -> list[str]:
     """Before serving: apply pending migrations (``apply``) or refuse to serve with any.
 
@@ -129,15 +125,3 @@ async def prepare(url: str, *, apply: bool) -> list[str]:
             return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
         await check_current(conn)
         return []
-
-
-def database_context(db: Database) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup context that opens ``db`` on start-up and closes it on clean-up."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        await db.open()
-        log.info("database_connected")
-        yield
-        await db.close()
-
-    return ctx

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from db import DATABASE
 from http_api import dreams, login, openapi
+from http_api.appkeys import DATABASE, SETTINGS
 from http_api.availability import database_unavailable_middleware
 from http_api.envelope import envelope_middleware
 from http_api.login import LOGIN_LIMITS, LoginLimits
 from http_api.remote_control import remote_control
-from realtime.appkeys import SETTINGS
 
 PREFIX = "/api/v1"
 _UUID = "{uuid:[0-9a-fA-F-]{36}}"

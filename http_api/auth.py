@@ -18,13 +18,13 @@ from collections.abc import Iterable
 from aiohttp import web
 from marshmallow import Schema, fields
 
+from http_api.appkeys import ISSUER, SETTINGS
 from http_api.body import load_json
 from http_api.errors import json_error, json_response
 from http_api.identity import api_key_principal, session_principal
 from http_api.principal import Principal
 from http_api.security import trusted_origin
 from http_api.upstream import UPSTREAM
-from realtime.appkeys import ISSUER, SETTINGS
 from realtime.settings import ApiKeyEntry
 from topics import BadScope, parse_scopes
 

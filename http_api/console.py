@@ -19,10 +19,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from http_api.appkeys import NODE
 from http_api.auth import authenticate, require_scope
 from http_api.errors import json_response
 from http_api.metrics import METRICS, LatencyProbe, listens_by_name, topic_count
-from realtime.appkeys import NODE
 from realtime.node import Node
 
 ADMIN_SCOPE = "realtime:admin"

@@ -14,9 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
-from db import DATABASE
 from db import dreams as repo
 from db.users import ADMIN, CREATOR
+from http_api.appkeys import DATABASE, NODE
 from http_api.auth import authenticate
 from http_api.envelope import enveloped, fail, ok, read_body, validate
 from http_api.principal import Principal
@@ -29,7 +29,6 @@ from http_api.schemas import (
     ProcessingSchema,
     dump_dream,
 )
-from realtime.appkeys import NODE
 from realtime.errors import BadMessage, BrokerUnavailable
 from topics import BadTopic
 

@@ -6,9 +6,8 @@ import asyncio
 
 from aiohttp import web
 
-from db import DATABASE
+from http_api.appkeys import DATABASE, KEY_STORE, NODE
 from http_api.errors import json_response
-from realtime.appkeys import KEY_STORE, NODE
 
 DATABASE_CHECK_TIMEOUT = 1.0
 """Seconds a ``SELECT 1`` may take before ``/ready`` calls the database down."""

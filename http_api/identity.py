@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from db import DATABASE
 from db.apikeys import lookup_api_key
 from db.sessions import session_user
 from db.users import User
+from http_api.appkeys import DATABASE
 from http_api.principal import Principal
 
 

@@ -17,12 +17,11 @@ from datetime import timedelta
 from aiohttp import web
 from marshmallow import Schema, fields, validate
 
-from db import DATABASE
 from db.sessions import check_password, create_session, end_session
 from db.users import normalize_email
+from http_api.appkeys import DATABASE, SETTINGS
 from http_api.body import load_json
 from http_api.errors import json_error, json_response
-from realtime.appkeys import SETTINGS
 from realtime.limits import KeyedBuckets, client_ip
 from realtime.settings import Settings
 

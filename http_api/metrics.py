@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from realtime.appkeys import NODE, SETTINGS
+from http_api.appkeys import NODE, SETTINGS
 from realtime.connection import Connection
 from realtime.errors import BrokerUnavailable
 from realtime.node import Node

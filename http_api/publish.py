@@ -5,10 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 from marshmallow import Schema, fields
 
+from http_api.appkeys import NODE
 from http_api.auth import PUBLISH_SCOPE, authenticate, require_scope
 from http_api.body import load_json
 from http_api.errors import json_error, json_response
-from realtime.appkeys import NODE
 from realtime.errors import BadMessage, BrokerUnavailable
 from topics import BadTopic
 

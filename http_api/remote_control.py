@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from http_api.appkeys import NODE
 from http_api.auth import authenticate
 from http_api.envelope import enveloped, fail, ok, read_body
 from http_api.schemas import RemoteControlSchema
-from realtime.appkeys import NODE
 from realtime.errors import BadMessage, BrokerUnavailable
 from topics import BadTopic
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from http_api.appkeys import NODE
 from http_api.auth import authenticate
 from http_api.body import load_json
 from http_api.errors import json_error, json_response
-from realtime.appkeys import NODE
 from realtime.envelope import MAX_JTI_LENGTH, MAX_SUB_LENGTH
 from realtime.errors import BrokerUnavailable, RevocationRefused
 from realtime.limits import KeyedBuckets

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from realtime.appkeys import SETTINGS
+from http_api.appkeys import SETTINGS
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",

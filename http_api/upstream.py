@@ -20,8 +20,9 @@ import jwt
 import structlog
 from aiohttp import web
 
-from db import DATABASE, NotFound
+from db import NotFound
 from db.users import provision_external
+from http_api.appkeys import DATABASE
 from http_api.errors import json_error
 from http_api.identity import user_principal
 from http_api.principal import Principal

@@ -1,5 +1,5 @@
-"""The realtime server: the Twitch-PubSub-style wire protocol, connections, topic index,
-fan-out and brokers, plus the app factory and the ``realtime`` command line.
+"""The realtime engine: the Twitch-PubSub-style wire protocol, connections, topic index,
+fan-out and brokers. The app factory and the ``realtime`` command line are in :mod:`service`.
 
 Exception tree::
 

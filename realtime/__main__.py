@@ -1,7 +1,6 @@
-"""``python -m realtime``."""
+"""``python -m realtime``: a shim for the ``realtime`` command, which lives in the composition root
+(:mod:`service.cli`). The one import from the engine up to ``service``, allowed in the layers contract."""
 
-import sys
+from service.cli import main
 
-from realtime.cli import main
-
-sys.exit(main())
+raise SystemExit(main())

@@ -13,7 +13,7 @@ from db.apikeys import create_api_key, list_api_keys, parse_duration, revoke_api
 from db.errors import Conflict, NotFound
 from db.pool import connection
 from db.users import ADMIN, create_user, delete_user, get_user, list_users, provision_external
-from realtime.cli import main
+from service.cli import main
 from tests.conftest import USER_KEY, AppFactory, auth
 from tests.pg import conn, create_database, database_url, drop_database, migrated_url
 

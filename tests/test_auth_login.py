@@ -11,7 +11,7 @@ import pytest
 from db.errors import NotFound
 from db.sessions import set_password
 from db.users import create_user, delete_user, normalize_email
-from realtime.cli import main
+from service.cli import main
 from tests.conftest import AppFactory
 from tests.pg import conn, database_url, migrated_url
 

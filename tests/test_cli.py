@@ -10,7 +10,7 @@ import pytest
 
 from keys import KeyStore
 from keys.cli import main as keys_main
-from realtime.cli import main
+from service.cli import main
 
 
 def test_keys_generate_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from realtime.appkeys import NODE
+from http_api.appkeys import NODE
 from realtime.backoff import backoff_delay
 from realtime.client import (
     Event,

@@ -13,7 +13,7 @@ import pytest
 from db.errors import MigrationError, PendingMigrations
 from db.migrate import check_current, load_migrations, migrate, status
 from db.pool import connection, prepare
-from realtime.cli import main
+from service.cli import main
 from tests.pg import empty_url, free_port, wait_for_port
 
 ALL = [f"{m.version:04d}_{m.name}" for m in load_migrations()]

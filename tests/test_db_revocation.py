@@ -8,9 +8,9 @@ from typing import Any
 
 import aiohttp
 
-from db import DATABASE
 from db.apikeys import create_api_key
 from db.users import create_user
+from http_api.appkeys import DATABASE
 from tests.conftest import auth, listen, recv
 from tests.pg import conn, database_url, migrated_url
 from tests.procs import REALTIME, Server

@@ -31,9 +31,9 @@ import yaml
 from yarl import URL
 
 from keys import KeyStore
-from realtime.app import create_app
-from realtime.cli import main as realtime_main
 from realtime.settings import Settings
+from service.app import create_app
+from service.cli import main as realtime_main
 from tests.conftest import listen, recv
 from tests.pg import create_database, drop_database
 from tests.procs import REALTIME, Server, free_port

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keys import KeyStore, TokenVerifier
-from realtime.app import create_app
 from realtime.protocol import Session
+from service.app import create_app
 from tests.conftest import make_settings
 from tests.test_protocol import SetOwner
 from topics import DEFAULT_POLICY

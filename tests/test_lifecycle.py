@@ -8,10 +8,10 @@ from typing import Any
 
 import jwt
 
+from http_api.appkeys import NODE
 from keys import KeyStore
-from realtime.app import create_app
-from realtime.appkeys import NODE
 from realtime.settings import parse_api_keys
+from service.app import create_app
 from tests.conftest import (
     API_KEYS_JSON,
     OTHER_KEY,

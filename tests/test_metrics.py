@@ -10,12 +10,12 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
+from http_api.appkeys import NODE
 from http_api.metrics import METRICS, auth_failure_reason
-from realtime import cli
-from realtime.appkeys import NODE
 from realtime.errors import SettingsError
 from realtime.redis_broker import RedisBroker
 from realtime.settings import Settings
+from service import cli
 from tests.conftest import (
     PUBLISHER_KEY,
     USER_KEY,

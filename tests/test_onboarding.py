@@ -18,9 +18,9 @@ from typing import IO, Any
 
 import pytest
 
-from realtime.cli import main
 from realtime.errors import SettingsError
 from realtime.settings import parse_api_keys
+from service.cli import main
 from tests.conftest import AppFactory
 from tests.procs import REALTIME, Server, free_port
 from tests.test_console import CHROMIUM_ARGS, chromium_or_skip
@@ -165,7 +165,7 @@ def test_packaging_prints_no_warnings(tmp_path: Path) -> None:
     for name in ("pyproject.toml", "README.md"):
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, src / name)
-    for package in ("topics", "keys", "realtime", "http_api", "db"):
+    for package in ("topics", "keys", "realtime", "http_api", "db", "service"):
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     runs = [
@@ -180,6 +180,7 @@ def test_packaging_prints_no_warnings(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "dist").glob("realtime_pubsub-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"db/migrations/0001_identities.sql", "http_api/static/console.js", "http_api/static/console.html"} <= names
+    assert "service/cli.py" in names  # the composition root, where the `realtime` script points
 
 
 def linked(html: str) -> list[str]:

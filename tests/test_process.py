@@ -109,7 +109,7 @@ def test_freeze_startup_heap_freezes_what_exists() -> None:
     out of the collector's reach (and a later unfreeze hands it back)."""
     import gc
 
-    from realtime.runner import freeze_startup_heap
+    from service.runner import freeze_startup_heap
 
     try:
         frozen = freeze_startup_heap()

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from realtime.appkeys import NODE
+from http_api.appkeys import NODE
 from realtime.backoff import backoff_delay
 from realtime.redis_broker import RedisBroker
 from tests.conftest import (

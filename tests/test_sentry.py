@@ -15,8 +15,8 @@ from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
 from keys import KeyStore
-from realtime.app import create_app
-from realtime.sentry import FILTERED, Scrubber, init_sentry, release
+from service.app import create_app
+from service.sentry import FILTERED, Scrubber, init_sentry, release
 from tests.conftest import USER_KEY, make_settings
 
 DSN = "https://public@sentry.invalid/1"

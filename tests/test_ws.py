@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp import WSMsgType
 
-from realtime.appkeys import NODE
+from http_api.appkeys import NODE
 from realtime.connection import CLOSE_IDLE_TIMEOUT, CLOSE_LISTEN_TIMEOUT, CLOSE_SLOW_CONSUMER
 from tests.conftest import (
     OTHER_KEY,

@@ -25,12 +25,12 @@ import orjson
 import pytest
 from aiohttp import WSMsgType, web
 
+from http_api.appkeys import NODE
 from keys import KeyStore
 from realtime import server as ws_server
-from realtime.app import create_app
-from realtime.appkeys import NODE
 from realtime.connection import Connection
 from realtime.server import WS_CONTEXT, RealtimeRunner
+from service.app import create_app
 from tests.conftest import (
     API_KEYS_JSON,
     PUBLISHER_KEY,

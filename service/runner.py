@@ -16,10 +16,10 @@ import structlog
 from aiohttp import web
 
 from db.serving import prepare_database
-from realtime.app import create_app, load_keys
 from realtime.errors import SettingsError
 from realtime.server import RealtimeRunner
 from realtime.settings import Settings
+from service.app import create_app, load_keys
 
 log = structlog.get_logger("realtime")
 LISTEN_BACKLOG = 1024

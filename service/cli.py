@@ -90,20 +90,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from realtime.logs import configure_logging
-    from realtime.runner import run_workers, serve
+    from service.logs import configure_logging
+    from service.runner import run_workers, serve
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings.from_env(**overrides)
     if args.workers > 1 and settings.metrics_enabled and settings.metrics_port:
         raise SettingsError("METRICS_PORT cannot be shared by --workers > 1: leave it 0 (each worker answers /metrics)")
     configure_logging(settings.log_format, settings.log_level)
-    from realtime.sentry import init_sentry
+    from service.sentry import init_sentry
 
     init_sentry(settings)
     if args.workers > 1 and not args.worker:
         return run_workers(settings, args.workers, migrate=args.migrate)
-    from realtime.runner import loop_factory
+    from service.runner import loop_factory
 
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
         runner.run(serve(settings, reuse_port=args.worker, migrate=args.migrate))

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 from aiohttp import web
 
-from db import DATABASE, Database, database_context
+from db import Database
 from http_api import setup_routes
+from http_api.appkeys import DATABASE, ISSUER, KEY_STORE, LIMITER, NODE, SETTINGS, VERIFIER
 from http_api.auth import API_KEYS, ApiKeyAuthenticator
 from http_api.console import setup_console
 from http_api.metrics import setup_metrics
 from http_api.upstream import UPSTREAM, UpstreamVerifier, upstream_context
 from keys import KeyStore, NoSigningKey, TokenIssuer, TokenVerifier, generate_key
-from realtime.appkeys import ISSUER, KEY_STORE, LIMITER, NODE, SETTINGS, VERIFIER
 from realtime.broker import Broker, MemoryBroker
 from realtime.limits import ConnectionLimiter
 from realtime.node import Node
 from realtime.redis_broker import RedisBroker
 from realtime.revocations import CLOCK_MARGIN, RevocationTable
-from realtime.sentry import setup_sentry
 from realtime.server import WS_CONTEXT, WsContext, shutdown_peers, websocket_handler
 from realtime.settings import Settings
 from realtime.verification import TokenChecks
+from service.sentry import setup_sentry
 from topics import load_policy
 
 log = structlog.get_logger("realtime")
@@ -146,6 +146,18 @@ async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("node_started", broker=node.broker.kind, topics=len(node.policy.rules))
     yield
     await node.close()
+
+
+def database_context(db: Database) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context that opens ``db`` on start-up and closes it on clean-up."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        await db.open()
+        log.info("database_connected")
+        yield
+        await db.close()
+
+    return ctx
 
 
 async def _on_shutdown(app: web.Application) -> None:
