@@ -49,7 +49,7 @@ class ConsoleStats:
         self._probe = probe
         self._min_interval = min_interval
         self._started = time.monotonic()
-        self._last = (self._started, node.published, node.delivered)
+        self._last = (self._started, node.stats.published, node.stats.delivered)
         self._rates = (0.0, 0.0)
 
     def snapshot(self) -> dict[str, Any]:
@@ -62,18 +62,19 @@ class ConsoleStats:
             "uptime_seconds": float}``.
         """
         node = self._node
+        stats = node.stats
         now = time.monotonic()
-        node_delivered = node.delivered - (self._probe.deliveries if self._probe else 0)
+        node_delivered = stats.delivered - (self._probe.deliveries if self._probe else 0)
         then, published, delivered = self._last
         if now - then >= self._min_interval:
             elapsed = now - then
-            self._rates = ((node.published - published) / elapsed, (node_delivered - delivered) / elapsed)
-            self._last = (now, node.published, node_delivered)
+            self._rates = ((stats.published - published) / elapsed, (node_delivered - delivered) / elapsed)
+            self._last = (now, stats.published, node_delivered)
         return {
             "connections": len(node.peers),
             "topics": topic_count(node, self._probe),
             "listens": listens_by_name(node),
-            "published": node.published,
+            "published": stats.published,
             "delivered": node_delivered,
             "published_per_second": round(self._rates[0], 2),
             "delivered_per_second": round(self._rates[1], 2),

@@ -51,7 +51,8 @@ class NodeCollector(Collector):
     ``messages_published_total``, ``messages_delivered_total``, ``gaps_total``,
     ``token_revocations_total``, ``broker_up{kind}``, ``broker_reconnects_total``, ``broker_stalls_total``,
     ``broker_invalid_envelopes_total``, ``ws_handshakes_total{status}``, ``refusals_total{error}``
-    and, when the node counts them, ``slow_consumer_drops_total``.
+    and ``slow_consumer_drops_total``. Counters are read through their owners,
+    :class:`realtime.stats.NodeStats` and :class:`realtime.stats.BrokerStats`.
     """
 
     def __init__(self, node: Node, probe: LatencyProbe | None = None) -> None:
@@ -71,41 +72,46 @@ class NodeCollector(Collector):
         for name, count in sorted(listens_by_name(node).items()):
             listens.add_metric([name], count)
         yield listens
-        yield _counter("realtime_messages_published", "Publications accepted through this instance.", node.published)
-        delivered = node.delivered - (probe.deliveries if probe else 0)
+        stats = node.stats
+        yield _counter("realtime_messages_published", "Publications accepted through this instance.", stats.published)
+        delivered = stats.delivered - (probe.deliveries if probe else 0)
         yield _counter("realtime_messages_delivered", "MESSAGE frames queued to local listeners.", delivered)
-        yield _counter("realtime_gaps", "Broker reconnects announced to clients as GAP.", node.gaps)
-        yield _counter("realtime_token_revocations", "Token revocations applied.", node.revocations)
+        yield _counter("realtime_gaps", "Broker reconnects announced to clients as GAP.", stats.gaps)
+        yield _counter("realtime_token_revocations", "Token revocations applied.", stats.revocations)
         yield _counter(
-            "realtime_slow_consumer_drops", "Connections closed with 4008 (slow consumer).", node.slow_consumers
+            "realtime_slow_consumer_drops", "Connections closed with 4008 (slow consumer).", stats.slow_consumers
         )
         refusals = CounterMetricFamily(
             "realtime_refusals", "Error RESPONSEs sent to WebSocket clients, by error code.", labels=["error"]
         )
-        for code, count in sorted(node.refusals.items()):
+        for code, count in sorted(stats.refusals.items()):
             refusals.add_metric([code], count)
         yield refusals
         handshakes = CounterMetricFamily(
             "realtime_ws_handshakes", "WebSocket opening handshakes by HTTP status (101: upgraded).", labels=["status"]
         )
-        for status, count in sorted(node.handshakes.items()):
+        for status, count in sorted(stats.handshakes.items()):
             handshakes.add_metric([str(status)], count)
         yield handshakes
         broker = node.broker
         up = GaugeMetricFamily("realtime_broker_up", "1 while the broker is connected.", labels=["kind"])
         up.add_metric([broker.kind], 1.0 if broker.ready else 0.0)
         yield up
-        for attr, name, doc in (
-            ("reconnects", "realtime_broker_reconnects", "Times the Redis subscription came back after a loss."),
-            ("invalid_envelopes", "realtime_broker_invalid_envelopes", "Malformed Redis envelopes dropped."),
+        counts = broker.stats
+        for name, doc, value in (
             (
-                "stalls",
+                "realtime_broker_reconnects",
+                "Times the Redis subscription came back after a loss.",
+                counts.reconnects,
+            ),
+            ("realtime_broker_invalid_envelopes", "Malformed Redis envelopes dropped.", counts.invalid_envelopes),
+            (
                 "realtime_broker_stalls",
                 "Redis links dropped by the delivery probe (answering, not delivering).",
+                counts.stalls,
             ),
         ):
-            value = getattr(broker, attr, 0)
-            yield _counter(name, doc, value if isinstance(value, int) else 0)
+            yield _counter(name, doc, value)
 
 
 def listens_by_name(node: Node) -> dict[str, int]:

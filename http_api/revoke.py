@@ -10,9 +10,9 @@ from http_api.appkeys import NODE
 from http_api.auth import authenticate
 from http_api.body import load_json
 from http_api.errors import json_response
+from realtime.envelope import MAX_JTI_LENGTH, MAX_SUB_LENGTH
 from realtime.errors import BrokerUnavailable, RevocationRefused
 from realtime.limits import KeyedBuckets
-from realtime.node import MAX_JTI_LENGTH, MAX_SUB_LENGTH
 
 REVOKE_SCOPE = "realtime:revoke"
 REVOKE_RATE = 1.0

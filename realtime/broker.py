@@ -1,35 +1,51 @@
-"""The broker interface and the in-process memory broker.
+"""The broker interface, the handler it reports to, and the in-process memory broker.
 
-A broker carries publications between server instances. Each instance hands it a
-``deliver(topic, message)`` callback and receives every publication made through any
+A broker carries publications between server instances. Each instance hands it one
+:class:`BrokerEventHandler` (the node) and receives every publication made through any
 instance (including itself). Guarantees, shared by both implementations: at-most-once
 (a publication made while an instance is not receiving from the broker never reaches
-that instance's listeners; the instance learns of the gap through ``on_gap``, called
-whenever receiving starts again after the instance may have accepted listeners without
-it), publications from one publisher on one topic are delivered in publish order, and
-an instance that is not receiving refuses to publish (``BrokerUnavailable``) rather than
-accept a publication its own listeners would miss unannounced.
+that instance's listeners; the instance learns of the gap through
+:meth:`BrokerEventHandler.on_gap`, called whenever receiving starts again after the
+instance may have accepted listeners without it), publications from one publisher on one
+topic are delivered in publish order, and an instance that is not receiving refuses to
+publish (``BrokerUnavailable``) rather than accept a publication its own listeners would
+miss unannounced. What travels between instances is encoded by :mod:`realtime.envelope`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 from realtime.errors import BrokerUnavailable
+from realtime.stats import BrokerStats
 
-Deliver = Callable[[str, str], None]
-"""``deliver(topic, message)``: fan one publication out locally. Must not block."""
-OnGap = Callable[[], None]
-"""Called when the broker receives again after a time it did not (a reconnect, a renewed
-subscription that had stopped delivering, a first subscription made after the server
-started serving): publications may have been missed."""
-OnControl = Callable[[dict[str, object]], None]
-"""Called with each control message (e.g. a token revocation) published by any instance."""
-OnBatch = Callable[[], bool]
-"""Called after a burst of ``deliver`` calls read together: write them out now. Returns
-``True`` if the burst delivered a publication to a local listener (the broker may then
-pace its next read)."""
+
+class BrokerEventHandler(Protocol):
+    """What a broker reports to (implemented by :class:`realtime.node.Node`), as in
+    centrifuge's ``BrokerEventHandler``. Every method is called from the event loop and
+    must not block; an exception it raises is logged by the broker and never costs the link.
+    """
+
+    def on_publication(self, topic: str, message: str) -> None:
+        """Fan one publication out locally (``message``: the text sent to clients)."""
+        ...
+
+    def on_control(self, message: dict[str, object]) -> None:
+        """Apply a control message (e.g. a token revocation) published by any instance;
+        its fields are not checked yet (:func:`realtime.envelope.parse_control`)."""
+        ...
+
+    def on_gap(self) -> None:
+        """The broker receives again after a time it did not (a reconnect, a renewed
+        subscription that had stopped delivering, a first subscription made after the
+        server started serving): publications may have been missed."""
+        ...
+
+    def on_batch_end(self) -> bool:
+        """A burst of :meth:`on_publication` calls read together ended: write them out now.
+        Returns ``True`` if the burst delivered a publication to a local listener (the
+        broker may then pace its next read)."""
+        ...
 
 
 class Broker(Protocol):
@@ -45,10 +61,14 @@ class Broker(Protocol):
         """``True`` while the broker is connected and receiving (``/ready``)."""
         ...
 
-    async def start(
-        self, deliver: Deliver, on_gap: OnGap, on_control: OnControl, on_batch: OnBatch | None = None
-    ) -> None:
-        """Start receiving; returns once the first subscription attempt was made."""
+    @property
+    def stats(self) -> BrokerStats:
+        """The broker's counters."""
+        ...
+
+    async def start(self, handler: BrokerEventHandler) -> None:
+        """Start receiving into ``handler``; returns once the first subscription attempt
+        was made."""
         ...
 
     async def publish_control(self, message: dict[str, object]) -> None:
@@ -83,35 +103,37 @@ class MemoryBroker:
     kind = "memory"
 
     def __init__(self) -> None:
-        self._deliver: Deliver | None = None
-        self._on_control: OnControl | None = None
+        self._handler: BrokerEventHandler | None = None
+        self._stats = BrokerStats()
 
     @property
     def ready(self) -> bool:
         """Always ``True`` once started."""
-        return self._deliver is not None
+        return self._handler is not None
 
-    async def start(
-        self, deliver: Deliver, on_gap: OnGap, on_control: OnControl, on_batch: OnBatch | None = None
-    ) -> None:
-        """Remember the callbacks; a memory broker has no gaps (nor batches: each
+    @property
+    def stats(self) -> BrokerStats:
+        """Always zero: nothing to reconnect, nothing to decode."""
+        return self._stats
+
+    async def start(self, handler: BrokerEventHandler) -> None:
+        """Remember the handler; a memory broker has no gaps (nor batches: each
         publication is fanned out in its own call and flushed by the scheduler)."""
-        self._deliver = deliver
-        self._on_control = on_control
+        self._handler = handler
 
     async def publish(self, topic: str, message: str) -> None:
         """Fan the message out to this process's listeners right away."""
-        if self._deliver is None:
+        if self._handler is None:
             raise BrokerUnavailable("broker is not started")
-        self._deliver(topic, message)
+        self._handler.on_publication(topic, message)
 
     async def publish_control(self, message: dict[str, object]) -> None:
-        """Apply a control message to this process right away."""
-        if self._on_control is None:
+        """Apply a control message to this process right away (not encoded: nothing
+        leaves the process)."""
+        if self._handler is None:
             raise BrokerUnavailable("broker is not started")
-        self._on_control(message)
+        self._handler.on_control(message)
 
     async def close(self) -> None:
         """Stop delivering."""
-        self._deliver = None
-        self._on_control = None
+        self._handler = None

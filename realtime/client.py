@@ -42,6 +42,7 @@ from typing import Any, Self, TextIO
 import aiohttp
 import orjson
 
+from realtime.backoff import backoff_delay
 from realtime.errors import RealtimeError
 
 TokenProvider = Callable[[], Awaitable[str]]
@@ -97,17 +98,6 @@ class Event:
         if self.type == "MESSAGE":
             return {"type": self.type, "topic": self.topic, "message": self.message}
         return {"type": self.type, "topics": list(self.topics)}
-
-
-def backoff_delay(attempt: int, initial: float, cap: float, rand: Callable[[], float] = random.random) -> float:
-    """Delay before reconnect attempt ``attempt`` (0-based): ``initial * 2**attempt``, capped
-    at ``cap``, times a random factor in [0.5, 1.0) (jitter spreads reconnect storms).
-
-    Returns:
-        Seconds, in ``[0.5 * min(cap, initial * 2**attempt), min(cap, initial * 2**attempt))``.
-    """
-    base = min(cap, initial * 2.0 ** min(attempt, 30))
-    return base * (0.5 + rand() / 2)
 
 
 def _claims(token: str) -> dict[str, object]:

@@ -90,6 +90,11 @@ def auth_revoked_payload(topics: list[str]) -> bytes:
     return orjson.dumps({"type": "AUTH_REVOKED", "data": {"topics": topics}})
 
 
+def gap_payload(topics: list[str]) -> bytes:
+    """Encode a GAP notice: publications on these topics may have been missed."""
+    return orjson.dumps({"type": "GAP", "data": {"topics": topics, "reason": "broker_reconnected"}})
+
+
 class Owner(Protocol):
     """What sessions need from the instance that holds them (the node), as one object that
     every session shares. Each call names the connection it is about (``key``), so a session

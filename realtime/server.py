@@ -111,8 +111,7 @@ class WsContext:
 
     def count(self, status: int) -> None:
         """Count one handshake answered with ``status``."""
-        handshakes = self.node.handshakes
-        handshakes[status] = handshakes.get(status, 0) + 1
+        self.node.stats.count_handshake(status)
 
 
 WS_CONTEXT = web.AppKey("ws_context", WsContext)
@@ -447,7 +446,7 @@ class WsProtocol(asyncio.Protocol):
             self._transport.abort()
 
     def _slow_consumer(self, conn: Connection) -> None:
-        self._ctx.node.slow_consumers += 1
+        self._ctx.node.stats.count_slow_consumer()
         log.warning("slow_consumer_closed", conn_id=conn.id)
         self.close(CLOSE_SLOW_CONSUMER, _REASONS[CLOSE_SLOW_CONSUMER])
 

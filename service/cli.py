@@ -136,7 +136,7 @@ async def _publish(args: argparse.Namespace) -> int:
     except BadTopic as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from realtime.node import message_text
+    from realtime.envelope import message_text
     from realtime.redis_broker import RedisBroker
 
     broker = RedisBroker(settings.redis_url, channel=settings.redis_channel)
@@ -158,7 +158,7 @@ async def _announce_revocation(settings: Settings, sub: str) -> None:
             file=sys.stderr,
         )
         return
-    from realtime.node import revocation_message
+    from realtime.envelope import revocation_message
     from realtime.redis_broker import RedisBroker
 
     broker = RedisBroker(settings.redis_url, channel=settings.redis_channel)

@@ -20,12 +20,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from http_api.appkeys import NODE
+from realtime.backoff import backoff_delay
 from realtime.client import (
     Event,
     ListenRefused,
     RealtimeClient,
     TokenRefused,
-    backoff_delay,
     refresh_deadline,
     token_expiry,
 )

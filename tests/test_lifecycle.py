@@ -168,4 +168,4 @@ async def test_expiry_timer_forgets_closed_connections(make_client: AppFactory) 
         async with client.ws_connect("/ws") as ws:
             assert (await listen(ws, ["remote-control:command.7"], token))["error"] == ""
     await wait_for(lambda: not node.peers)
-    assert len(node._expiries) <= 2 * len(node._next_exp) + 65
+    assert node.expiries.entries <= 2 * len(node.expiries) + 65

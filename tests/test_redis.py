@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
 from http_api.appkeys import NODE
-from realtime.redis_broker import RedisBroker, backoff_delay
+from realtime.backoff import backoff_delay
+from realtime.redis_broker import RedisBroker
 from tests.conftest import (
     PUBLISHER_KEY,
     AppFactory,
@@ -21,6 +23,30 @@ from tests.conftest import (
     wait_for,
     ws_token,
 )
+
+
+class Recorder:
+    """A :class:`realtime.broker.BrokerEventHandler` that records what the broker tells it
+    (the node's stand-in)."""
+
+    def __init__(self, on_batch: Callable[[], bool] | None = None) -> None:
+        self.publications: list[tuple[str, str]] = []
+        self.messages: list[str] = []
+        self.gaps: list[int] = []
+        self._on_batch = on_batch
+
+    def on_publication(self, topic: str, message: str) -> None:
+        self.publications.append((topic, message))
+        self.messages.append(message)
+
+    def on_control(self, message: dict[str, object]) -> None:
+        pass
+
+    def on_gap(self) -> None:
+        self.gaps.append(1)
+
+    def on_batch_end(self) -> bool:
+        return self._on_batch() if self._on_batch is not None else False
 
 
 async def redis_app(make_client: AppFactory, redis_url: str, channel: str, **kw: Any) -> Any:
@@ -97,7 +123,7 @@ async def test_invalid_envelopes_are_dropped_not_fatal(
             await redis_client.publish(channel, junk)
         await redis_client.publish(channel, '{"topic":"dream:update.a","message":"still alive"}')
         assert (await recv(ws))["data"]["message"] == "still alive"
-        assert client.app[NODE].broker.invalid_envelopes == 7  # type: ignore[attr-defined]
+        assert client.app[NODE].broker.stats.invalid_envelopes == 7
 
 
 async def test_other_channels_are_ignored(
@@ -121,7 +147,7 @@ async def test_subscriber_killed_reconnects_and_sends_gap(
         await kill_subscriber(redis_client, broker.client_name)
         gap = await recv(ws, timeout=5)
         assert gap == {"type": "GAP", "data": {"topics": ["dream:update.a"], "reason": "broker_reconnected"}}
-        assert broker.reconnects == 1 and broker.ready
+        assert broker.stats.reconnects == 1 and broker.ready
         await redis_client.publish(channel, '{"topic":"dream:update.a","message":"after"}')
         assert (await recv(ws))["data"]["message"] == "after"
 
@@ -137,7 +163,7 @@ async def test_publish_fails_with_503_when_redis_is_unreachable(make_client: App
 
 
 def test_backoff_is_capped_and_jittered() -> None:
-    delays = [backoff_delay(n, base=0.1, cap=1.0) for n in range(20)]
+    delays = [backoff_delay(n, 0.1, 1.0) for n in range(20)]
     assert all(0.05 <= d <= 1.0 for d in delays)
     assert max(delays[10:]) <= 1.0 and min(delays[10:]) >= 0.5
     assert len({round(backoff_delay(5), 6) for _ in range(20)}) > 1
@@ -145,15 +171,15 @@ def test_backoff_is_capped_and_jittered() -> None:
 
 async def test_redis_restart_like_outage(redis_url: str, channel: str, redis_client: aioredis.Redis) -> None:
     """The supervisor keeps retrying while the link is refused, then resubscribes."""
-    got: list[tuple[str, str]] = []
-    gaps: list[int] = []
+    handler = Recorder()
+    got, gaps = handler.publications, handler.gaps
     broker = RedisBroker(redis_url, channel=channel, health_interval=0.5)
-    await broker.start(lambda t, m: got.append((t, m)), lambda: gaps.append(1), lambda c: None)
+    await broker.start(handler)
     try:
         assert broker.ready
         for n in range(1, 4):
             await kill_subscriber(redis_client, broker.client_name)
-            await wait_for(lambda n=n: broker.reconnects == n and broker.ready, timeout=3)  # type: ignore[misc]
+            await wait_for(lambda n=n: broker.stats.reconnects == n and broker.ready, timeout=3)  # type: ignore[misc]
         assert len(gaps) == 3
         await redis_client.publish(channel, '{"topic":"t.a","message":"m"}')
         await wait_for(lambda: got == [("t.a", "m")], timeout=3)
@@ -176,14 +202,13 @@ async def test_a_nested_envelope_does_not_cost_the_link(
         pipe.publish(channel, '{"topic":"dream:update.a","message":"after"}')
         await pipe.execute()
         assert await recv(ws) == {"type": "MESSAGE", "data": {"topic": "dream:update.a", "message": "after"}}
-        assert broker.reconnects == 0 and broker.invalid_envelopes == 1  # type: ignore[attr-defined]
+        assert broker.stats.reconnects == 0 and broker.stats.invalid_envelopes == 1
 
 
 async def _paced_broker(
     redis_url: str, channel: str, interval: float, wrote: bool = True
 ) -> tuple[RedisBroker, list[str], list[int]]:
     """A broker with ``batch_interval``; returns it, the messages and the batch sizes."""
-    got: list[str] = []
     batches: list[int] = []
     seen = 0
 
@@ -193,8 +218,10 @@ async def _paced_broker(
         seen = len(got)
         return wrote
 
+    handler = Recorder(on_batch)
+    got = handler.messages
     broker = RedisBroker(redis_url, channel=channel, batch_interval=interval)
-    await broker.start(lambda t, m: got.append(m), lambda: None, lambda c: None, on_batch)
+    await broker.start(handler)
     return broker, got, batches
 
 
@@ -247,13 +274,13 @@ async def test_the_link_rests_only_while_quiet() -> None:
     output buffer, which cuts slow subscribers)."""
     import socket as socket_module
 
-    from realtime.redis_broker import _Subscriber
+    from realtime.redis_link import SubscriberLink
 
     loop = asyncio.get_running_loop()
     got: list[bytes] = []
     ours, redis_end = socket_module.socketpair()
     transport, _ = await loop.connect_accepted_socket(
-        lambda: _Subscriber(b"c", b"c:control", got.append, lambda d: None, lambda: True, 0.6), ours
+        lambda: SubscriberLink(b"c", b"c:control", got.append, lambda d: None, lambda: True, 0.6), ours
     )
     try:
         redis_end.sendall(_push(b"c", b"first"))

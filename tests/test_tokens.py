@@ -195,6 +195,7 @@ def test_node_caches_verified_tokens_and_evicts_the_oldest(monkeypatch: pytest.M
     """A reconnect with the same token skips the signature check; the cache is bounded and
     forgets the oldest grant first; a cached grant that has expired is checked again."""
     from realtime import node as node_module
+    from realtime import verification
     from realtime.broker import MemoryBroker
     from topics import load_policy
 
@@ -206,7 +207,7 @@ def test_node_caches_verified_tokens_and_evicts_the_oldest(monkeypatch: pytest.M
         exp = now + 1 if token == "short" else now + 3600
         return Grant(sub="7", scopes=frozenset(), exp=exp, jti=token, kid="k")
 
-    monkeypatch.setattr(node_module, "_VERIFIED_CACHE_SIZE", 3)
+    monkeypatch.setattr(verification, "VERIFIED_CACHE_SIZE", 3)
     node = node_module.Node(broker=MemoryBroker(), policy=load_policy(None), verify=verify)
     conn: Any = object()  # a connection the node does not know: no budgets apply
     for token in ("a", "b", "a", "c", "d", "b", "a"):

@@ -81,7 +81,7 @@ async def test_every_error_code_over_the_socket(make_client: AppFactory) -> None
         assert (await listen(ws, ["no:such.topic"]))["error"] == "ERR_BADTOPIC"
         await send(ws, type="PING")  # still alive after all of that
         assert await recv(ws) == {"type": "PONG"}
-    assert client.app[NODE].refusals == {"ERR_BADMESSAGE": 2, "ERR_BADAUTH": 2, "ERR_BADTOPIC": 1}
+    assert client.app[NODE].stats.refusals == {"ERR_BADMESSAGE": 2, "ERR_BADAUTH": 2, "ERR_BADTOPIC": 1}
 
 
 async def test_oversized_frame_closes_1009(make_client: AppFactory) -> None:
@@ -170,13 +170,13 @@ async def test_slow_consumer_is_closed_and_others_get_everything(make_client: Ap
 
         readers = [asyncio.create_task(reader(fast1, 1)), asyncio.create_task(reader(fast2, 2))]
         for i in range(1000):
-            node.deliver("dream:update.a", orjson.dumps({"i": i, "p": payload}).decode())
+            node.on_publication("dream:update.a", orjson.dumps({"i": i, "p": payload}).decode())
             if i % 10 == 0:  # 80 KB every 5 ms: easy for a reading client, > 1 MiB for the slow one
                 await asyncio.sleep(0.005)
         await asyncio.wait_for(asyncio.gather(*readers), 15)
         assert received[1] == list(range(1000)) and received[2] == list(range(1000))
         await wait_for(lambda: len(node.index.get("dream:update.a") or ()) == 2)
-        assert node.slow_consumers == 1
+        assert node.stats.slow_consumers == 1
         closed = [c for c in node.peers if c.close_code == CLOSE_SLOW_CONSUMER]
         assert closed == []  # the slow peer is gone from the node entirely
     slow.close()
@@ -270,8 +270,8 @@ async def test_flush_now_writes_at_once_and_restarts_the_interval() -> None:
     theirs.close()
 
 
-async def test_end_batch_flushes_and_says_whether_the_batch_delivered() -> None:
-    """``Node.end_batch`` (called by the Redis link after each read) writes queued frames
+async def test_on_batch_end_flushes_and_says_whether_the_batch_delivered() -> None:
+    """``Node.on_batch_end`` (called by the Redis link after each read) writes queued frames
     at once, and reports a delivery only when a publication of the batch reached a
     listener here: replies alone, or other topics, must not pace the link."""
     from realtime.broker import MemoryBroker
@@ -281,14 +281,14 @@ async def test_end_batch_flushes_and_says_whether_the_batch_delivered() -> None:
     node = Node(broker=MemoryBroker(), policy=load_policy(None), verify=lambda t: None, write_interval=0.05)  # type: ignore[arg-type,return-value]
     conn, transport, theirs = await socket_connection(node.scheduler)
     node.index.add("dream:update.a", conn)
-    node.deliver("dream:update.b", "nobody listens")
-    assert node.end_batch() is False
+    node.on_publication("dream:update.b", "nobody listens")
+    assert node.on_batch_end() is False
     conn.send(b"reply")  # e.g. a PONG: pending, but not a delivery
-    assert node.end_batch() is False and theirs.recv(100) == b"reply"  # flushed all the same
-    node.deliver("dream:update.a", "m")
-    assert node.end_batch() is True
+    assert node.on_batch_end() is False and theirs.recv(100) == b"reply"  # flushed all the same
+    node.on_publication("dream:update.a", "m")
+    assert node.on_batch_end() is True
     assert b"dream:update.a" in theirs.recv(1000)  # written now, not on the scheduled pass
-    assert node.end_batch() is False  # the flag is per batch
+    assert node.on_batch_end() is False  # the flag is per batch
     transport.close()
     theirs.close()
 
@@ -299,7 +299,7 @@ async def test_wrong_token_types_are_bad_messages(make_client: AppFactory) -> No
         for token in ([1], {"a": 1}, 5, True):
             reply = await listen(ws, ["remote-control:command.7"], token)  # type: ignore[arg-type]
             assert reply["error"] == "ERR_BADMESSAGE", (token, reply)
-    assert "ERR_SERVER" not in client.app[NODE].refusals
+    assert "ERR_SERVER" not in client.app[NODE].stats.refusals
 
 
 async def test_deeply_nested_messages_are_400(make_client: AppFactory) -> None:

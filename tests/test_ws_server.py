@@ -139,7 +139,7 @@ async def test_fresh_connection_is_served_without_aiohttp(make_client: AppFactor
     await raw.send(text({"type": "LISTEN", "nonce": "1", "data": {"topics": ["dream:update.a"], "auth_token": token}}))
     assert await raw.json() == {"type": "RESPONSE", "nonce": "1", "error": ""}
     assert aiohttp_connections(client) == before
-    client.app[NODE].deliver("dream:update.a", "hello")
+    client.app[NODE].on_publication("dream:update.a", "hello")
     assert (await raw.json())["data"] == {"topic": "dream:update.a", "message": "hello"}
     raw.close()
 
@@ -153,7 +153,7 @@ async def test_handshake_on_a_reused_keep_alive_connection_is_adopted(make_clien
         async with session.ws_connect(client.make_url("/ws")) as ws:
             assert aiohttp_connections(client) == 1  # the same socket: aiohttp answered, we serve
             assert (await listen(ws, ["dream:update.a"], token))["error"] == ""
-            client.app[NODE].deliver("dream:update.a", "hi")
+            client.app[NODE].on_publication("dream:update.a", "hi")
             assert (await recv(ws))["data"]["message"] == "hi"
         await asyncio.sleep(0.1)
         assert len(client.app[NODE].peers) == 0

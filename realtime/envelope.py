@@ -1,0 +1,152 @@
+"""The broker envelope: how publications and control messages travel between instances.
+
+One codec, used by every publisher (the node, ``realtime publish``, ``realtime
+revoke-user``) and by the Redis subscriber. JSON (UTF-8) on the wire:
+
+- data channel (default ``realtime``), published by us or by any service in any language::
+
+      {"topic": "dream:update.abc", "message": "<string>" | <any JSON value>}
+
+  A ``message`` that is not a string is delivered JSON-encoded, as Twitch PubSub sends
+  ``data.message`` (:func:`message_text`).
+- control channel (``<channel>:control``): an object with a ``type``; the one type today
+  is a token revocation (:func:`revocation_message`)::
+
+      {"type": "revoke", "jti": str | null, "sub": str | null, "at": <seconds since the epoch>}
+
+Decoding validates: a malformed envelope raises :class:`InvalidEnvelope` (the subscriber
+counts and drops it). Not to be confused with the HTTP API's e-dream envelope
+(:mod:`http_api.envelope`). Pure logic, no I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import orjson
+
+from realtime.errors import BadMessage, RealtimeError
+
+MAX_JTI_LENGTH = 64
+"""Longest ``jti`` a revocation may name, characters."""
+MAX_SUB_LENGTH = 128
+"""Longest ``sub`` a revocation may name, characters."""
+
+
+class InvalidEnvelope(RealtimeError):
+    """A publication or control message that does not decode, or does not have the
+    documented shape; it is dropped. Never shown to a client."""
+
+
+class UnknownControl(InvalidEnvelope):
+    """A control message of a ``type`` this instance does not know (``kind``: at most 32
+    characters of it)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"unknown control message type {kind!r}")
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A decoded revocation: by ``jti``, by ``sub`` (every token issued at or before
+    ``at``), or both (that ``jti`` only if it belongs to ``sub``).
+
+    Attributes:
+        jti: the token id, at most :data:`MAX_JTI_LENGTH` characters, or ``None``.
+        sub: the user, at most :data:`MAX_SUB_LENGTH` characters, or ``None``.
+        at: when it was made, seconds since the epoch.
+    """
+
+    jti: str | None
+    sub: str | None
+    at: float
+
+
+def message_text(message: object) -> str:
+    """The wire form of a published message: a string as is, any other JSON value
+    JSON-encoded (as Twitch PubSub sends ``data.message``).
+
+    Raises:
+        realtime.BadMessage: the value cannot be encoded.
+    """
+    if isinstance(message, str):
+        return message
+    try:
+        return orjson.dumps(message).decode()
+    except TypeError as exc:  # nested deeper than 255 levels, or not JSON at all
+        raise BadMessage(f"message cannot be encoded as JSON: {exc}") from None
+
+
+def encode_publication(topic: str, text: str) -> bytes:
+    """The data-channel envelope of one publication (``text``: see :func:`message_text`)."""
+    return orjson.dumps({"topic": topic, "message": text})
+
+
+def decode_publication(data: bytes) -> tuple[str, str]:
+    """A data-channel envelope -> ``(topic, message text)``.
+
+    Raises:
+        InvalidEnvelope: not JSON, not an object, no string ``topic``, no ``message``, or a
+            ``message`` that cannot be re-encoded (nested deeper than 255 levels).
+    """
+    try:
+        envelope = orjson.loads(data)
+        topic = envelope["topic"]
+        message = envelope["message"]
+        if not isinstance(topic, str):
+            raise TypeError("topic must be a string")
+        if not isinstance(message, str):
+            message = orjson.dumps(message).decode()  # TypeError past 255 levels of nesting
+    except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+        raise InvalidEnvelope(f"{type(exc).__name__}: {exc}") from None
+    return topic, message
+
+
+def revocation_message(*, jti: str | None = None, sub: str | None = None) -> dict[str, object]:
+    """The control message that revokes WS tokens on every instance, stamped now."""
+    return {"type": "revoke", "jti": jti, "sub": sub, "at": time.time()}
+
+
+def encode_control(message: Mapping[str, object]) -> bytes:
+    """The control-channel form of a control message (e.g. :func:`revocation_message`)."""
+    return orjson.dumps(message)
+
+
+def decode_control(data: bytes) -> dict[str, object]:
+    """A control-channel payload -> the control message (its fields not yet checked: see
+    :func:`parse_control`).
+
+    Raises:
+        InvalidEnvelope: not JSON, or not a JSON object.
+    """
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEnvelope(f"JSONDecodeError: {exc}") from None
+    if not isinstance(message, dict):
+        raise InvalidEnvelope("TypeError: control message must be an object")
+    return message
+
+
+def parse_control(message: Mapping[str, object]) -> Revocation:
+    """Check a control message's fields.
+
+    Raises:
+        UnknownControl: its ``type`` is not ``revoke``.
+        InvalidEnvelope: a revocation without a numeric ``at``, with neither ``jti`` nor
+            ``sub``, or with one that is not a string or too long.
+    """
+    if message.get("type") != "revoke":
+        raise UnknownControl(str(message.get("type"))[:32])
+    jti, sub, at = message.get("jti"), message.get("sub"), message.get("at")
+    if (
+        not isinstance(at, int | float)
+        or not (jti is None or (isinstance(jti, str) and len(jti) <= MAX_JTI_LENGTH))
+        or not (sub is None or (isinstance(sub, str) and len(sub) <= MAX_SUB_LENGTH))
+        or (jti is None and sub is None)
+    ):
+        raise InvalidEnvelope("invalid revocation")
+    return Revocation(jti=jti, sub=sub, at=float(at))

@@ -1,0 +1,304 @@
+"""The Redis subscriber link: one RESP2 connection subscribed to the data and control
+channels, and how it is opened.
+
+The subscriber is our own small RESP client (an :class:`asyncio.Protocol` fed through
+``hiredis.Reader``): a burst of publications read in one ``data_received`` is fanned out
+in one event-loop pass, so writes to each client merge. With ``batch_interval`` set (the
+server passes ``WRITE_INTERVAL``), a read that fanned something out is flushed to the
+clients at once and, where a rest will gather two or more publications, the link then
+stops reading until ``batch_interval`` seconds after this read began: under a stream of
+publications the process wakes up, reads and writes once per interval instead of once per
+publication, at the same latency as pacing the writes alone (a publication waits at most
+one interval, plus the fan-out of the batch before it, either way). A rest is taken when
+two or more publications arrived since the previous delivering read, or when that read
+began less than half an interval before; so an isolated publication, a stream slower than
+two publications per interval, or a rest that gathered only one, is not followed by a
+rest, which would only cost a second wake-up (a timer) per publication (a loop stalled for
+more than a quarter interval also skips one rest). The rest counts from the start of the
+read, so a batch that took longer than the interval is followed by an immediate read. A
+link receiving 32 KiB or more per interval never pauses (so a rest's arrivals always fit
+in the socket buffer and the pause cannot cap throughput or back data up into Redis); a
+read that wrote no publication (other topics, a PONG, a control message) never pauses
+either. Over TLS the pause only holds back delivery to us (the TLS layer keeps reading the
+socket), so it saves less there.
+
+The link hands raw payloads on, by channel (``on_data``, ``on_control``); what they
+mean is :mod:`realtime.envelope`'s business, and reconnecting is the supervisor's
+(:class:`realtime.redis_broker.RedisBroker`). A link is never reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import hiredis
+import structlog
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
+
+from realtime.timer import PreciseTimer
+
+log = structlog.get_logger("realtime.broker")
+
+OnBatchEnd = Callable[[], bool]
+"""Called after a read that fanned publications out: write them now; ``True`` if a
+local listener got one (see :meth:`realtime.broker.BrokerEventHandler.on_batch_end`)."""
+
+
+def encode_command(*parts: bytes | str) -> bytes:
+    """One RESP2 command: an array of bulk strings (``str`` parts UTF-8 encoded)."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        raw = part.encode() if isinstance(part, str) else part
+        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(out)
+
+
+_PACE_BELOW = 32768
+"""The link rests only while it receives less than this many bytes per ``batch_interval``
+(in the current and the previous interval): what arrives during one rest then fits easily
+in the socket's receive buffer, so resting never backs data up into Redis's output buffer
+(where the pub/sub limit would cut the link). 32 KiB per 8 ms is 4 MB/s."""
+
+_STREAM_GAP = 1.25
+"""A delivering read rests only if the previous one began less than this many
+``batch_interval`` before it: under a stream, paced reads come one interval (plus the
+timer's ~0.2 ms) apart; a longer gap means the loop stalled, and the backlog is read at
+once."""
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    """Mark a future's exception as seen (the supervisor reads it when it cares)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+class SubscriberLink(asyncio.Protocol):
+    """One RESP2 connection subscribed to the data and control channels (see the module
+    docstring). Not reused.
+
+    Attributes:
+        received: publications on the data channel, ever (read by the delivery probe).
+        subscribed: resolved once both channels are subscribed; fails if the link fails first.
+        lost: fails with the reason the link was lost.
+        last_seen: when the link last received anything (``time.monotonic()`` seconds).
+    """
+
+    def __init__(
+        self,
+        channel: bytes,
+        control: bytes,
+        on_data: Callable[[bytes], None],
+        on_control: Callable[[bytes], None],
+        on_batch: OnBatchEnd | None = None,
+        batch_interval: float = 0.0,
+    ) -> None:
+        self._channel = channel
+        self._control = control
+        self._on_data = on_data
+        self._on_control = on_control
+        self._on_batch = on_batch
+        self._batch_interval = batch_interval
+        self._resume = PreciseTimer(asyncio.get_running_loop())  # ends a rest (resume reading)
+        self._window_start = -1e9  # the current interval's start (monotonic s) and bytes received
+        self._window_bytes = 0
+        self._previous_bytes = 0  # bytes received in the interval before it
+        self._last_delivery = -1e9  # start of the last read that delivered here (monotonic s)
+        self._count = 0  # publications on the data channel since the last paced delivering read
+        self.received = 0  # publications on the data channel, ever (read by the delivery probe)
+        self._waiter: asyncio.Future[None] | None = None  # resolved by the next publication (probe)
+        self._waiter_mark = 0  # ``received`` when the waiter was made
+        self._confirmations = 0
+        self._reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+        self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for fut in (self.subscribed, self.lost):
+            fut.add_done_callback(_retrieve)
+        self.last_seen = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but implement it
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_seen = started = time.monotonic()
+        reader = self._reader
+        reader.feed(data)
+        try:
+            while (reply := reader.gets()) is not False:
+                try:
+                    self._handle(reply)
+                except Exception:  # one bad publication must never cost the link
+                    log.exception("publication_dropped")
+        except hiredis.ProtocolError as exc:
+            self._fail(RuntimeError(f"redis protocol error: {exc}"))
+            return
+        waiter = self._waiter
+        if waiter is not None and self.received != self._waiter_mark:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        # a quiet link (< 32 KiB per interval): write the batch now and pace the next read. A
+        # busy one keeps reading, and the flush scheduler paces the writes.
+        interval = self._batch_interval
+        if started - self._window_start >= interval:
+            recent = started - self._window_start < 2 * interval
+            self._previous_bytes = self._window_bytes if recent else 0
+            self._window_start, self._window_bytes = started, 0
+        self._window_bytes += len(data)
+        if interval > 0 and max(self._window_bytes, self._previous_bytes) < _PACE_BELOW and self._on_batch:
+            try:
+                wrote = self._on_batch()
+            except Exception:  # a failed flush must never cost the link
+                log.exception("batch_flush_failed")
+                return
+            if not wrote:
+                return
+            # rest only where a rest gathers two or more publications (one wake-up, one read and
+            # one write per listener for all of them): two or more arrived since the previous
+            # delivering read (this read's, or reads that delivered nothing here), or that read
+            # began less than half an interval before (a stream of two or more per interval).
+            # A rest that gathered a single publication is not repeated (the read after a rest
+            # is an interval after the one before it), and an isolated publication is not
+            # followed by one: its timer would only cost a second wake-up per publication. A
+            # stalled loop (the previous delivering read _STREAM_GAP intervals back or more)
+            # skips a rest.
+            gap = started - self._last_delivery
+            count, self._count = self._count, 0
+            rest = (count >= 2 or gap < interval / 2) and gap < _STREAM_GAP * interval
+            self._last_delivery = started
+            # the interval counts from the start of this read: a batch that took longer to fan
+            # out than the interval is followed by an immediate read, never by an idle rest
+            until = started + interval
+            transport = self.transport
+            if rest and until > time.monotonic() and transport is not None and not transport.is_closing():
+                transport.pause_reading()
+                self._resume.call_at(until, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _handle(self, reply: Any) -> None:
+        if isinstance(reply, list) and len(reply) == 3:
+            kind = reply[0]
+            if kind == b"message":
+                if reply[1] == self._channel:
+                    self._count += 1
+                    self.received += 1
+                    self._on_data(reply[2])
+                elif reply[1] == self._control:
+                    self._on_control(reply[2])
+                return
+            if kind == b"subscribe":
+                self._confirmations += 1
+                if self._confirmations == 2 and not self.subscribed.done():
+                    self.subscribed.set_result(None)
+                return
+        if isinstance(reply, hiredis.ReplyError):
+            self._fail(RuntimeError(f"redis refused: {reply}"))
+        # +OK (AUTH), ["pong", ""] (health check): nothing to do
+
+    def next_delivery(self) -> asyncio.Future[None]:
+        """A future resolved when the next publication arrives on the data channel."""
+        if self._waiter is None or self._waiter.done():
+            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter_mark = self.received
+        return self._waiter
+
+    def drop(self, reason: str) -> None:
+        """Abort the link (``lost`` fails with ``reason``); the supervisor reconnects."""
+        self._fail(RuntimeError(reason))
+
+    def _fail(self, exc: BaseException) -> None:
+        for fut in (self.subscribed, self.lost):
+            if not fut.done():
+                fut.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._resume.close()
+        error = exc or ConnectionError("redis closed the connection")
+        for fut in (self.subscribed, self.lost):
+            if not fut.done():
+                fut.set_exception(error)
+
+
+async def open_link(
+    params: Mapping[str, Any],
+    *,
+    channel: str,
+    control: str,
+    client_name: str,
+    connect_timeout: float,
+    on_data: Callable[[bytes], None],
+    on_control: Callable[[bytes], None],
+    on_batch: OnBatchEnd | None = None,
+    batch_interval: float = 0.0,
+) -> SubscriberLink:
+    """Connect, authenticate, name the connection and subscribe to both channels.
+
+    Args:
+        params: the parsed Redis URL (``redis.asyncio.connection.parse_url``): TCP, TLS
+            (``rediss://``) or a Unix socket.
+        channel: the data channel.
+        control: the control channel.
+        client_name: the ``CLIENT SETNAME`` (so operators can spot the link in ``CLIENT LIST``).
+        connect_timeout: for connecting, and again for the subscription, seconds.
+        on_data: called with each payload on ``channel``.
+        on_control: called with each payload on ``control``.
+        on_batch: called after a read that handed publications on (see the module docstring).
+        batch_interval: the pacing interval, seconds (0: never pause).
+
+    Returns:
+        The subscribed link.
+
+    Raises:
+        OSError, TimeoutError, ConnectionError: Redis cannot be reached in time.
+        RuntimeError: Redis refused a command (e.g. a wrong password).
+    """
+    loop = asyncio.get_running_loop()
+    data_channel, control_channel = channel.encode(), control.encode()
+
+    def factory() -> SubscriberLink:
+        return SubscriberLink(data_channel, control_channel, on_data, on_control, on_batch, batch_interval)
+
+    if params.get("connection_class") is UnixDomainSocketConnection:
+        connect = loop.create_unix_connection(factory, params["path"])
+    else:
+        tls = None
+        if params.get("connection_class") is SSLConnection:
+            tls = ssl.create_default_context()
+            if params.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+                tls.check_hostname = False
+                tls.verify_mode = ssl.CERT_NONE
+        host, port = params.get("host", "localhost"), params.get("port", 6379)
+        connect = loop.create_connection(factory, host, port, ssl=tls)
+    _, link = await asyncio.wait_for(connect, connect_timeout)
+    assert link.transport is not None
+    commands = []
+    if params.get("password"):
+        auth = [params["username"]] if params.get("username") else []
+        commands.append(encode_command("AUTH", *auth, params["password"]))
+    commands.append(encode_command("CLIENT", "SETNAME", client_name))
+    commands.append(encode_command("SUBSCRIBE", data_channel, control_channel))
+    link.transport.write(b"".join(commands))
+    try:
+        await asyncio.wait_for(asyncio.shield(link.subscribed), connect_timeout)
+    except BaseException:
+        link.transport.abort()
+        raise
+    return link
+
+
+def redis_address(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Where a parsed Redis URL points, for log lines: ``{"host", "port"}`` or ``{"path"}``
+    (never the password)."""
+    if params.get("connection_class") is UnixDomainSocketConnection:
+        return {"path": params.get("path", "")}
+    return {"host": params.get("host", "localhost"), "port": params.get("port", 6379)}
