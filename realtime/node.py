@@ -10,7 +10,7 @@ dropped and the client receives ``AUTH_REVOKED``.
 
 It is made of named parts, each in its own module:
 
-- :class:`realtime.hub.TopicIndex`: topic -> local listeners;
+- :class:`realtime.topic_index.TopicIndex`: topic -> local listeners;
 - :class:`realtime.stats.NodeStats`: the counters (read by ``/metrics`` and the console);
 - :class:`realtime.revocations.RevocationTable`: the revoked tokens remembered;
 - :class:`realtime.grant_expiry.GrantExpiry`: the expiry heap and its timer;
@@ -37,11 +37,11 @@ from realtime.broker import Broker
 from realtime.connection import CLOSE_BAD_TOKENS, Connection, FlushScheduler, encode_text_frame
 from realtime.envelope import InvalidEnvelope, UnknownControl, message_text, parse_control, revocation_message
 from realtime.grant_expiry import GrantExpiry
-from realtime.hub import TopicIndex
 from realtime.limits import TokenBucket
 from realtime.protocol import Session, auth_revoked_payload, gap_payload, message_payload
 from realtime.revocations import CLOCK_MARGIN, RevocationTable
 from realtime.stats import NodeStats
+from realtime.topic_index import TopicIndex
 from realtime.user_slots import UserSlots
 from realtime.verification import BadTokens, TokenChecks, TooManyChecks, VerifiedTokens
 from topics import Topic, TopicPolicy
