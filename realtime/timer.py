@@ -2,15 +2,14 @@
 
 The loops' own timers are millisecond timers: uvloop rounds a delay to whole milliseconds
 against a loop clock cached at the start of the pass, asyncio rounds its ``epoll_wait``
-timeout up to one. Measured on our 2-core box, a 2-4 ms ``call_later`` from inside a
-callback fired from 1.3 ms early to 0.7 ms late on uvloop (p99 +0.67 ms) and up to 1.2 ms
-late (p99) on asyncio. For write pacing both errors cost: a late fire adds to every
-batched frame's latency bound, an early one adds a socket write per connection.
+timeout up to one, so a few-millisecond ``call_later`` fires up to about a millisecond early
+or late (figures in docs/benchmarks.md). For write pacing both errors cost: a late fire adds
+to every batched frame's latency bound, an early one adds a socket write per connection.
 
 :class:`PreciseTimer` arms a ``timerfd`` (timerfd_create(2); CLOCK_MONOTONIC, the clock of
 :func:`time.monotonic`) with an absolute expiry and lets the loop watch it like a socket: on
-both loops it fired 0.04-0.2 ms late (p99 0.19 ms). Arming is one ``timerfd_settime`` call
-(~2 us through ctypes), so it is meant for a few hundred arms a second, not per message.
+both loops it fires well under a millisecond late. Arming is one ``timerfd_settime`` call
+through ctypes, so it is meant for a few hundred arms a second, not per message.
 Where there is no timerfd (not Linux, no libc), it falls back to ``loop.call_at``.
 """
 

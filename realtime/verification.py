@@ -1,10 +1,9 @@
 """What a LISTEN's token may cost: failed tokens remembered, and budgets of token checks.
 
-Checking a WS token's ES256 signature costs the server ~0.1-0.3 ms of CPU, far more than
-anything else a client can ask for with one frame. Without a bound, 1,000 connections from
-one address sending 10 LISTENs per second with a forged token (a real ``kid``, a bad
-signature) cost 10,000 checks per second: ``/health`` went from 2 ms to 3.2 s and
-publish-to-deliver from 2 ms to 8 s. So:
+Checking a WS token's ES256 signature is the costliest thing a client can ask for with one
+frame. Without a bound, a flood of LISTENs with forged tokens (a real ``kid``, a bad
+signature) from many connections starves everything else (figures: "Hostile clients" in
+docs/benchmarks.md). So:
 
 - :class:`BadTokens`: a token that failed is remembered by its hash for
   :data:`BAD_TOKEN_TTL` seconds (at most :data:`BAD_TOKEN_CACHE_SIZE` of them, oldest
@@ -96,7 +95,7 @@ class BadTokens:
 
 class VerifiedTokens:
     """Grants of tokens that passed verification, by token, at most ``size`` of them (the
-    oldest forgotten first). A signature check costs ~0.1 ms: reconnect storms reuse tokens.
+    oldest forgotten first): reconnect storms reuse tokens, and a signature check is costly.
 
     FIFO eviction: an ``OrderedDict`` pops its oldest in O(1), where a dict's first key is
     found by skipping every deleted slot before it.

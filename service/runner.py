@@ -92,10 +92,8 @@ def freeze_startup_heap() -> int:
     keys: they live as long as the process) out of the garbage collector's reach
     (``gc.freeze``), so its full collections walk only what connections allocate since.
 
-    Measured on the 2-core machine, 3,000 connections with a token LISTEN each, 9 runs each
-    way, interleaved: median 2,846 connections/s without (2,356-3,048), 3,022 with
-    (2,163-3,134); handshake p99 median 117 ms without, 92 with (a full collection walked
-    ~100,000 startup objects, ~15-20 ms each).
+    Without it every full collection during a connection storm walks the ~100,000 startup
+    objects again (the paired connect figures are in docs/benchmarks.md).
 
     Returns:
         The number of objects frozen.
