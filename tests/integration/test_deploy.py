@@ -35,11 +35,11 @@ from realtime.settings import Settings
 from service.app import create_app
 from service.cli import main as realtime_main
 from tests.conftest import listen, recv
+from tests.integration.test_faults import PrivateRedis
 from tests.pg import create_database, drop_database
 from tests.procs import REALTIME, Server, free_port
-from tests.test_faults import PrivateRedis
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = Settings()
 NAMES = [f.name.upper() for f in fields(Settings)]
 #: Variables in .env.example that are not server settings.

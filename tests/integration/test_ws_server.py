@@ -44,7 +44,7 @@ from tests.conftest import (
     ws_token,
 )
 from tests.procs import Server
-from tests.test_websocket import client_frame
+from tests.unit.test_websocket import client_frame
 
 HANDSHAKE = (
     "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
