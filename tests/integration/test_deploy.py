@@ -404,7 +404,8 @@ async def test_caddyfile_round_robins_websockets_and_fails_over(
     spawn: type[Server], redis_url: str, channel: str, tmp_path: Path
 ) -> None:
     (tmp_path / "keys.d").mkdir()
-    subprocess.run([*REALTIME, "keys", "generate", "--dir", str(tmp_path / "keys.d")], check=True, capture_output=True)
+    generate = [*REALTIME, "keys", "generate", "--dir", str(tmp_path / "keys.d")]
+    await asyncio.to_thread(subprocess.run, generate, check=True, capture_output=True)
     env = {
         "REDIS_URL": redis_url,
         "REDIS_CHANNEL": channel,
