@@ -400,6 +400,7 @@ async def wait_http_ok(url: str, proc: subprocess.Popen[bytes], log: Path) -> No
     raise AssertionError("load balancer did not start: " + log.read_text())
 
 
+@pytest.mark.slow
 async def test_caddyfile_round_robins_websockets_and_fails_over(
     spawn: type[Server], redis_url: str, channel: str, tmp_path: Path
 ) -> None:
@@ -474,6 +475,7 @@ async def kid_of(http: aiohttp.ClientSession, url: str) -> str:
         return kid
 
 
+@pytest.mark.slow
 async def test_caddyfile_routes_by_readiness_and_hides_metrics(
     spawn: type[Server], redis_url: str, channel: str, tmp_path: Path
 ) -> None:

@@ -73,6 +73,7 @@ async def exchange(port: int, frames: list[Any]) -> list[Any]:
     return outcomes
 
 
+@pytest.mark.slow
 @given(frames=st.lists(FRAMES, min_size=1, max_size=8))
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_real_server_survives_random_frames(server_port: int, frames: list[Any]) -> None:

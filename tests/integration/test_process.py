@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import WSMsgType
 
 from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, auth, listen, recv
@@ -49,6 +50,7 @@ async def test_key_reused_across_restarts(spawn: type[Server], tmp_path: Path) -
     assert jwks1 == jwks2
 
 
+@pytest.mark.slow
 async def test_two_instances_share_redis_and_cli_publish(
     spawn: type[Server], redis_url: str, channel: str, tmp_path: Path
 ) -> None:

@@ -123,6 +123,7 @@ STALLS = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
 async def test_health_answers_with_the_fd_limit_used_up_by_stalled_sockets(
     limited: type[LimitedServer], event_loop: str

@@ -318,6 +318,7 @@ async def test_ws_closes_on_server_close_code(make_client: AppFactory) -> None:
         assert msg.type is WSMsgType.CLOSE and msg.data == 4001 and msg.extra == "no LISTEN in time"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
 async def test_real_process_on_each_event_loop(spawn: type[Server], event_loop: str) -> None:
     """``realtime serve`` on asyncio and on uvloop: fast path, handoff, adoption, shutdown."""
