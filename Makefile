@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint format check clean hooks bench
+.PHONY: install run test test-fast lint format check clean hooks bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -23,8 +23,11 @@ lint: install  ## ruff (lint + format check), mypy --strict, and the import cont
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint  ## lint, then the whole test suite (needs Redis at REDIS_URL, default 127.0.0.1:6379)
-	$(BIN)/pytest -q
+test: lint  ## lint, then the whole test suite with coverage (needs Redis at REDIS_URL and PostgreSQL)
+	$(BIN)/pytest -q --cov --cov-report=term:skip-covered $(PYTEST_ARGS)
+
+test-fast: install  ## the unit tests only (tests/unit: pure, no I/O, a few seconds); no lint, no services
+	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
 format: install
 	$(BIN)/ruff format .
@@ -38,4 +41,4 @@ bench: install  ## the benchmark (docs/benchmarks.md): installs the bench extra 
 	VENV=$(VENV) bench/run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache *.egg-info .coverage .coverage.*

@@ -51,7 +51,11 @@ class ProbedLink(Protocol):
 
 
 async def probe_delivery(
-    link: ProbedLink, publish: Callable[[], Awaitable[None]], *, interval: float, timeout: float
+    link: ProbedLink,
+    publish: Callable[[], Awaitable[None]],
+    *,
+    interval: float,
+    timeout: float,  # noqa: ASYNC109 - each probe's deadline, not a bound on this call
 ) -> None:
     """Probe ``link`` until it stops delivering (then drop it and return) or the task is
     cancelled.

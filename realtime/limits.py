@@ -75,14 +75,22 @@ class ConnectionLimiter:
 
     __slots__ = ("_attempts", "_max_per_ip", "_open")
 
-    def __init__(self, *, max_per_ip: int, attempts_per_second: float, burst: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_per_ip: int,
+        attempts_per_second: float,
+        burst: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """Args:
         max_per_ip: open connections allowed per IP (0: no limit).
         attempts_per_second: new connections per IP per second (0: no limit).
         burst: attempts allowed at once before the rate applies.
+        clock: monotonic clock in seconds.
         """
         self._max_per_ip = max_per_ip
-        self._attempts = KeyedBuckets(attempts_per_second, burst) if attempts_per_second > 0 else None
+        self._attempts = KeyedBuckets(attempts_per_second, burst, clock) if attempts_per_second > 0 else None
         self._open: dict[str, int] = {}
 
     def admit(self, ip: str) -> str | None:

@@ -113,7 +113,7 @@ class RevocationTable:
             )
         return None
 
-    def add(self, *, jti: str | None, sub: str | None, at: float, now: float) -> bool:
+    def add(self, *, jti: str | None, sub: str | None, at: float, now: float) -> bool:  # noqa: C901 - by jti or sub, each new or newer
         """Remember a revocation made at ``at``; ``False`` when the table is full (it was not
         remembered: nothing is ever evicted for it).
 

@@ -93,11 +93,11 @@ def empty_url() -> Iterator[str]:
 
 
 @pytest.fixture
-async def database_url(migrated_url: str) -> AsyncIterator[str]:
+async def database_url(migrated_url: str) -> str:
     """The module's migrated database, emptied before the test."""
     async with connection(migrated_url) as conn:
         await conn.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
-    yield migrated_url
+    return migrated_url
 
 
 @pytest.fixture

@@ -93,6 +93,7 @@ def _playwright_importable() -> bool:
     return True
 
 
+@pytest.mark.slow
 async def test_console_end_to_end_in_chromium(make_client: AppFactory, tmp_path: Path) -> None:
     chromium = chromium_or_skip()
     from playwright.async_api import async_playwright, expect

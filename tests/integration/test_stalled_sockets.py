@@ -2,7 +2,8 @@
 per-address cap on pending sockets, shedding the oldest under file-descriptor pressure, and
 aiohttp's own 400s answered as JSON.
 
-The file-descriptor test runs a real server process with ``RLIMIT_NOFILE`` lowered to 256.
+The file-descriptor test runs a real server process with ``RLIMIT_NOFILE`` lowered to 256. The
+registry alone, on a fake clock: tests/unit/test_stall.py.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ import orjson
 import pytest
 
 from http_api.security import SECURITY_HEADERS
-from realtime.errors import SettingsError
 from realtime.server import WS_CONTEXT
-from realtime.settings import Settings
-from realtime.stall import BODY, IDLE, StallGuard
+from realtime.stall import IDLE
 from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, AppFactory
 from tests.procs import REALTIME, free_port
 
@@ -124,6 +123,7 @@ STALLS = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
 async def test_health_answers_with_the_fd_limit_used_up_by_stalled_sockets(
     limited: type[LimitedServer], event_loop: str
@@ -276,60 +276,3 @@ async def test_unparsable_requests_get_the_apis_json_400(make_client: AppFactory
     parsed = orjson.loads(body)
     assert parsed["error"] == "bad_request" and parsed["message"].startswith("malformed request")
     assert b"script" not in data  # the request is never echoed
-
-
-async def test_stall_guard_sweeps_in_order_and_sheds_the_oldest() -> None:
-    """The registry alone (no sockets): deadlines, the per-address cap, the fd budget."""
-    now = [100.0]
-
-    class Key:
-        aborted = False
-
-        def abort(self) -> None:
-            self.aborted = True
-
-    guard = StallGuard(head_timeout=10, body_timeout=30, max_per_ip=2, clock=lambda: now[0])
-    a, b, c, d = Key(), Key(), Key(), Key()
-    guard.accepted(a, "1.1.1.1")
-    now[0] += 1
-    guard.accepted(b, "1.1.1.1")
-    expired: list[str] = []
-    guard.waiting(c, "2.2.2.2", BODY, lambda: expired.append("c"))
-    e = Key()
-    guard.accepted(e, "1.1.1.1")  # over the cap, but a and b are fresh (under PER_IP_GRACE)
-    assert guard.pending_from("1.1.1.1") == 3 and not a.aborted
-    guard.done(e)
-    now[0] += 1
-    guard.accepted(d, "1.1.1.1")  # over the cap of 2: the address's oldest (a) goes
-    assert a.aborted and not b.aborted and guard.pending_from("1.1.1.1") == 2
-    now[0] = 111.5  # b's deadline (111) passed, d's (112) not
-    guard.sweep()
-    assert b.aborted and not d.aborted and expired == []
-    now[0] = 131.0
-    guard.sweep()
-    assert expired == ["c"] and not c.aborted and d.aborted and guard.pending() == 0
-    assert guard.closed == {"per_ip": 1, "head_timeout": 2, "body_timeout": 1}
-
-    guard = StallGuard(head_timeout=10, body_timeout=30, max_per_ip=0, clock=lambda: now[0])
-    guard.limit_descriptors(100, 20)  # budget: 100 - 20 - 32 reserved = 48
-    assert guard.budget == 48
-    keys = [Key() for _ in range(49)]
-    for key in keys:
-        guard.accepted(key, "3.3.3.3")
-        now[0] += 0.01
-    assert [k.aborted for k in keys].count(True) == 1 and keys[0].aborted
-    guard.stop()
-
-
-@pytest.mark.parametrize(
-    ("name", "value"),
-    [
-        ("HTTP_HEAD_TIMEOUT", "0"),
-        ("HTTP_BODY_TIMEOUT", "-1"),
-        ("HTTP_KEEPALIVE_TIMEOUT", "0"),
-        ("MAX_PENDING_PER_IP", "-1"),
-    ],
-)
-def test_settings_out_of_range_are_refused(name: str, value: str) -> None:
-    with pytest.raises(SettingsError, match=name):
-        Settings.from_env({name: value})

@@ -51,6 +51,7 @@ def stop(proc: subprocess.Popen[bytes]) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in out.splitlines() if line.startswith(b"{")]
 
 
+@pytest.mark.slow
 async def test_embedded_database_starts_migrates_and_keeps_data(workdir: Path) -> None:
     port = free_port()
     proc = start(workdir, port)

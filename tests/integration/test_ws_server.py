@@ -44,7 +44,7 @@ from tests.conftest import (
     ws_token,
 )
 from tests.procs import Server
-from tests.test_websocket import client_frame
+from tests.unit.test_websocket import client_frame
 
 HANDSHAKE = (
     "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -318,6 +318,7 @@ async def test_ws_closes_on_server_close_code(make_client: AppFactory) -> None:
         assert msg.type is WSMsgType.CLOSE and msg.data == 4001 and msg.extra == "no LISTEN in time"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
 async def test_real_process_on_each_event_loop(spawn: type[Server], event_loop: str) -> None:
     """``realtime serve`` on asyncio and on uvloop: fast path, handoff, adoption, shutdown."""

@@ -35,11 +35,11 @@ from realtime.settings import Settings
 from service.app import create_app
 from service.cli import main as realtime_main
 from tests.conftest import listen, recv
+from tests.integration.test_faults import PrivateRedis
 from tests.pg import create_database, drop_database
 from tests.procs import REALTIME, Server, free_port
-from tests.test_faults import PrivateRedis
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = Settings()
 NAMES = [f.name.upper() for f in fields(Settings)]
 #: Variables in .env.example that are not server settings.
@@ -400,11 +400,13 @@ async def wait_http_ok(url: str, proc: subprocess.Popen[bytes], log: Path) -> No
     raise AssertionError("load balancer did not start: " + log.read_text())
 
 
+@pytest.mark.slow
 async def test_caddyfile_round_robins_websockets_and_fails_over(
     spawn: type[Server], redis_url: str, channel: str, tmp_path: Path
 ) -> None:
     (tmp_path / "keys.d").mkdir()
-    subprocess.run([*REALTIME, "keys", "generate", "--dir", str(tmp_path / "keys.d")], check=True, capture_output=True)
+    generate = [*REALTIME, "keys", "generate", "--dir", str(tmp_path / "keys.d")]
+    await asyncio.to_thread(subprocess.run, generate, check=True, capture_output=True)
     env = {
         "REDIS_URL": redis_url,
         "REDIS_CHANNEL": channel,
@@ -473,6 +475,7 @@ async def kid_of(http: aiohttp.ClientSession, url: str) -> str:
         return kid
 
 
+@pytest.mark.slow
 async def test_caddyfile_routes_by_readiness_and_hides_metrics(
     spawn: type[Server], redis_url: str, channel: str, tmp_path: Path
 ) -> None:

@@ -1,6 +1,6 @@
 """The delivery probe's rule, on a stand-in link (no sockets): probe only a quiet link, keep a
 link whose probe comes back, drop one whose probe does not, and never judge the subscription
-by a probe Redis refused. The real thing, over a real socket: tests/test_faults.py."""
+by a probe Redis refused. The real thing, over a real socket: tests/integration/test_faults.py."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 import uvloop
@@ -19,12 +19,12 @@ LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Iterator[Callable[[Callable[[], Awaitable[None]]], None]]:
+def run(request: pytest.FixtureRequest) -> Callable[[Callable[[], Awaitable[None]]], None]:
     def runner(main: Callable[[], Awaitable[None]]) -> None:
         with asyncio.Runner(loop_factory=LOOPS[request.param]) as r:
             r.run(main())  # type: ignore[arg-type]
 
-    yield runner
+    return runner
 
 
 @pytest.fixture(params=["timerfd", "fallback"])

@@ -22,10 +22,10 @@ from realtime.errors import SettingsError
 from realtime.settings import parse_api_keys
 from service.cli import main
 from tests.conftest import AppFactory
+from tests.integration.test_console import CHROMIUM_ARGS, chromium_or_skip
 from tests.procs import REALTIME, Server, free_port
-from tests.test_console import CHROMIUM_ARGS, chromium_or_skip
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, auth, listen
@@ -75,6 +76,7 @@ async def test_every_path_reaches_both_instances_once_in_order(
         assert await asyncio.to_thread(server.stop) == 0
 
 
+@pytest.mark.slow
 async def test_load_check_two_instances_200_listeners(
     spawn: type[Server],
     redis_url: str,

@@ -86,6 +86,7 @@ async def poll_status(http: aiohttp.ClientSession, url: str, expected: int, time
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_redis_outage_clients_stay_and_delivery_resumes(
     spawn: type[Server],
     private_redis: PrivateRedis,
@@ -292,6 +293,7 @@ class WedgingProxy:
         client_w.close()
 
 
+@pytest.mark.slow
 async def test_a_subscription_that_stops_delivering_is_renewed_with_a_gap(
     spawn: type[Server], private_redis: PrivateRedis
 ) -> None:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import jwt
+import pytest
 
 from http_api.appkeys import NODE
 from keys import KeyStore
@@ -53,6 +54,7 @@ async def test_token_expiry_sends_auth_revoked(make_client: AppFactory) -> None:
         assert (await listen(ws, ["remote-control:command.7"], token))["error"] == "ERR_BADAUTH"
 
 
+@pytest.mark.slow
 async def test_relisten_with_newer_token_keeps_the_topic(make_client: AppFactory) -> None:
     client = await make_client(ws_token_ttl=3)
     old = await ws_token(client)

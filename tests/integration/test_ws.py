@@ -151,6 +151,7 @@ def _masked_text(payload: bytes) -> bytes:
     return bytes([0x81, 0x80 | len(payload)]) + mask + body
 
 
+@pytest.mark.slow
 async def test_slow_consumer_is_closed_and_others_get_everything(make_client: AppFactory) -> None:
     client = await make_client()  # default queue bounds: 1 MiB, 1,000 frames
     node = client.app[NODE]

@@ -1,51 +1,13 @@
-"""Limits: LISTEN rate, connections per IP and per user, attempts per IP, proxy headers."""
+"""Limits on a real app: LISTEN rate, connections per IP and per user, attempts per IP, proxy headers.
+
+The pure parts (buckets, the connection limiter, ``client_ip``): tests/unit/test_limits.py."""
 
 from __future__ import annotations
 
 import aiohttp
 import pytest
 
-from realtime.limits import ConnectionLimiter, KeyedBuckets, TokenBucket, client_ip
 from tests.conftest import USER_KEY, AppFactory, auth, listen, recv, ws_token
-
-
-def test_token_bucket() -> None:
-    now = [0.0]
-    bucket = TokenBucket(2.0, 3, clock=lambda: now[0])
-    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
-    now[0] = 0.5
-    assert bucket.take() and not bucket.take()
-    now[0] = 100.0
-    assert bucket.full()
-
-
-def test_keyed_buckets_are_independent() -> None:
-    buckets = KeyedBuckets(1.0, 1, clock=lambda: 0.0)
-    assert buckets.take("a") and not buckets.take("a") and buckets.take("b")
-
-
-def test_connection_limiter() -> None:
-    limiter = ConnectionLimiter(max_per_ip=2, attempts_per_second=0, burst=1)
-    assert limiter.admit("1.1.1.1") is None and limiter.admit("1.1.1.1") is None
-    refused = limiter.admit("1.1.1.1")
-    assert refused is not None and "at most 2" in refused
-    assert limiter.admit("2.2.2.2") is None
-    limiter.release("1.1.1.1")
-    assert limiter.admit("1.1.1.1") is None
-    assert limiter.open_count("1.1.1.1") == 2
-
-
-@pytest.mark.parametrize(
-    ("header", "headers", "expected"),
-    [
-        ("", {"X-Forwarded-For": "6.6.6.6", "Fly-Client-IP": "7.7.7.7"}, "10.0.0.1"),
-        ("Fly-Client-IP", {"Fly-Client-IP": "7.7.7.7"}, "7.7.7.7"),
-        ("X-Forwarded-For", {"X-Forwarded-For": "6.6.6.6, 8.8.8.8"}, "8.8.8.8"),
-        ("X-Forwarded-For", {}, "10.0.0.1"),
-    ],
-)
-def test_client_ip_honours_headers_only_when_configured(header: str, headers: dict[str, str], expected: str) -> None:
-    assert client_ip("10.0.0.1", headers, header) == expected
 
 
 async def test_listen_rate_limit(make_client: AppFactory) -> None:

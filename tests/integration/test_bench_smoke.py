@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FANOUT_FIELDS = {
     "server", "case", "listeners", "topics", "size", "offered_msgs_per_s", "published", "expected",
     "delivered", "lost", "duplicated", "deliveries_per_s", "latency_ms", "server_cpu",

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import WSMsgType
 
 from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, auth, listen, recv
@@ -49,12 +50,14 @@ async def test_key_reused_across_restarts(spawn: type[Server], tmp_path: Path) -
     assert jwks1 == jwks2
 
 
+@pytest.mark.slow
 async def test_two_instances_share_redis_and_cli_publish(
     spawn: type[Server], redis_url: str, channel: str, tmp_path: Path
 ) -> None:
     env = {"API_KEYS": API_KEYS_JSON, "REDIS_URL": redis_url, "REDIS_CHANNEL": channel, "SHUTDOWN_GRACE": "0"}
     (tmp_path / "keys.d").mkdir()
-    subprocess.run([*REALTIME, "keys", "generate", "--dir", str(tmp_path / "keys.d")], check=True, capture_output=True)
+    generate = [*REALTIME, "keys", "generate", "--dir", str(tmp_path / "keys.d")]
+    await asyncio.to_thread(subprocess.run, generate, check=True, capture_output=True)
     a, b = spawn(env=env), spawn(env=env)
     async with aiohttp.ClientSession() as http:
         token_resp = await http.post(a.url + "/auth/ws", headers=auth("user-key-0123456789abcdef"))
