@@ -24,7 +24,7 @@ from http_api.render import (
     render_plain,
 )
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+README = (Path(__file__).parents[2] / "README.md").read_text()
 PLAIN_CHALLENGE = {"WWW-Authenticate": 'Api-Key realm="realtime"'}
 ENVELOPE_CHALLENGE = {"WWW-Authenticate": 'Api-Key realm="realtime", Bearer realm="realtime"'}
 
