@@ -12,8 +12,10 @@ from http_api import setup_routes
 from http_api.auth import API_KEYS, ApiKeyAuthenticator
 from http_api.console import setup_console
 from http_api.metrics import setup_metrics
+from http_api.security import SECURITY_HEADERS
 from http_api.upstream import UPSTREAM, UpstreamVerifier, upstream_context
 from keys import KeyStore, NoSigningKey, TokenIssuer, TokenVerifier, generate_key
+from realtime.aiohttp_adapter import WS_CONTEXT, websocket_handler
 from realtime.appkeys import ISSUER, KEY_STORE, LIMITER, NODE, SETTINGS, VERIFIER
 from realtime.broker import Broker, MemoryBroker
 from realtime.limits import ConnectionLimiter
@@ -21,7 +23,7 @@ from realtime.node import Node
 from realtime.redis_broker import RedisBroker
 from realtime.revocations import CLOCK_MARGIN, RevocationTable
 from realtime.sentry import setup_sentry
-from realtime.server import WS_CONTEXT, WsContext, shutdown_peers, websocket_handler
+from realtime.server import WsContext, shutdown_peers
 from realtime.settings import Settings
 from realtime.verification import TokenChecks
 from topics import load_policy
@@ -116,7 +118,7 @@ def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.
         attempts_per_second=settings.connect_rate_per_ip,
         burst=settings.connect_burst_per_ip,
     )
-    app[WS_CONTEXT] = WsContext(node, settings, app[LIMITER])
+    app[WS_CONTEXT] = WsContext(node, settings, app[LIMITER], security_headers=SECURITY_HEADERS)
     app[API_KEYS] = ApiKeyAuthenticator(settings.api_keys)
     if settings.database_url and settings.database_url != "none":
         app[DATABASE] = Database(settings.database_url)

@@ -26,7 +26,8 @@ import structlog
 
 from keys import Grant, InvalidToken
 from realtime.broker import Broker
-from realtime.connection import CLOSE_BAD_TOKENS, Connection, FlushScheduler, encode_text_frame
+from realtime.connection import Connection, FlushScheduler, encode_text_frame
+from realtime.disconnect import CloseCode
 from realtime.errors import BadMessage
 from realtime.hub import TopicIndex
 from realtime.limits import TokenBucket
@@ -269,7 +270,7 @@ class Node:
             peer = self.peers.get(key)
             if peer is not None:
                 log.info("ws_closed_for_bad_tokens", conn_id=key.id, address=peer.address)
-                asyncio.get_running_loop().call_soon(peer.close_soon, CLOSE_BAD_TOKENS, "too many invalid tokens")
+                asyncio.get_running_loop().call_soon(peer.close_soon, CloseCode.BAD_TOKENS, "too many invalid tokens")
 
     def new_session(self, conn: Connection, *, max_topics: int, rate: TokenBucket | None) -> Session:
         """A protocol :class:`Session` for ``conn`` with this node as its owner: token checks

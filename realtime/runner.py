@@ -16,9 +16,9 @@ import structlog
 from aiohttp import web
 
 from db.serving import prepare_database
+from realtime.aiohttp_adapter import RealtimeRunner
 from realtime.app import create_app, load_keys
 from realtime.errors import SettingsError
-from realtime.server import RealtimeRunner
 from realtime.settings import Settings
 
 log = structlog.get_logger("realtime")

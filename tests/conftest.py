@@ -18,8 +18,8 @@ from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from keys import KeyStore, generate_key
+from realtime.aiohttp_adapter import RealtimeRunner
 from realtime.app import create_app
-from realtime.server import RealtimeRunner
 from realtime.settings import Settings, parse_api_keys
 from tests import procs
 from tests.skip_summary import pytest_terminal_summary  # noqa: F401 - a hook: why tests skipped, also under -q

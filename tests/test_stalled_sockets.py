@@ -21,8 +21,8 @@ import orjson
 import pytest
 
 from http_api.security import SECURITY_HEADERS
+from realtime.aiohttp_adapter import WS_CONTEXT
 from realtime.errors import SettingsError
-from realtime.server import WS_CONTEXT
 from realtime.settings import Settings
 from realtime.stall import BODY, IDLE, StallGuard
 from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, AppFactory

@@ -27,10 +27,10 @@ from aiohttp import WSMsgType, web
 
 from keys import KeyStore
 from realtime import server as ws_server
+from realtime.aiohttp_adapter import WS_CONTEXT, RealtimeRunner
 from realtime.app import create_app
 from realtime.appkeys import NODE
 from realtime.connection import Connection
-from realtime.server import WS_CONTEXT, RealtimeRunner
 from tests.conftest import (
     API_KEYS_JSON,
     PUBLISHER_KEY,
