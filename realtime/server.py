@@ -299,6 +299,8 @@ class WsProtocol(asyncio.Protocol):
         conn = self.conn
         session = self.session
         for opcode, payload in messages:
+            if conn.closed:
+                return  # closed while handling (a slow consumer): the rest is ignored
             if opcode == OP_TEXT:
                 conn.send_payload(session.receive(payload))
             elif opcode == OP_BINARY:

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from realtime.appkeys import NODE
 from realtime.client import (
+    Disconnected,
     Event,
     ListenRefused,
     RealtimeClient,
@@ -111,6 +112,21 @@ async def test_refused_listen_and_refused_key_raise(make_client: AppFactory) -> 
     assert refused.value.code == "ERR_BADTOPIC"
     with pytest.raises(TokenRefused, match="401"):
         await RealtimeClient(url, ["dream:update.a"], api_key="wrong-key-0123456789abcdef", **FAST).start()
+
+
+async def test_a_close_code_that_says_do_not_reconnect_stops_the_client(make_client: AppFactory) -> None:
+    """1009 (message too big) is in the disconnect table as "do not reconnect": sending the
+    same LISTEN again would fail the same way, so the client raises instead of looping."""
+    url = base_url(await make_client(max_frame_bytes=1024))
+    async with RealtimeClient(url, ["dream:update.a"], **FAST) as client:
+        big = [f"dream:update.{'x' * 60}{i}" for i in range(30)]  # ~2.5 KB LISTEN > MAX_FRAME_BYTES
+        listening = asyncio.create_task(client.listen(big))
+        with pytest.raises(Disconnected) as stopped:
+            await next_event(client)
+        assert stopped.value.code == 1009 and "message too big" in str(stopped.value)
+        assert client.reconnects == 0
+        with pytest.raises(Exception):  # noqa: B017 - the LISTEN lost its connection
+            await listening
 
 
 async def test_token_is_refreshed_before_expiry(make_client: AppFactory) -> None:
