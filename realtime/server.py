@@ -40,7 +40,7 @@ from realtime.protocol import RECONNECT, Session
 from realtime.settings import Settings
 from realtime.stall import StallGuard
 from realtime.websocket import OP_BINARY, OP_TEXT
-from realtime.wsconn import Closing, Head, State, WsConnection
+from realtime.wsconn import CLOSED, CLOSING, CONNECTING, OPEN, Closing, Head, WsConnection
 
 log = structlog.get_logger("realtime.ws")
 _ids = itertools.count(1)
@@ -146,9 +146,9 @@ class WsProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Frames once open; the request head before."""
         state = self.ws.state
-        if state is State.OPEN or state is State.CLOSING:
+        if state is OPEN or state is CLOSING:
             self._frames(data)
-        elif state is State.CONNECTING:
+        elif state is CONNECTING:
             self._head_received(data)
 
     def eof_received(self) -> bool | None:
@@ -165,10 +165,10 @@ class WsProtocol(asyncio.Protocol):
         opened = hasattr(self, "conn")  # set when the WebSocket opened
         if self._http is not None:  # accepted here (an adopted socket is counted by aiohttp's handler)
             guard = self._ctx.guard
-            if ws.state is State.CONNECTING and self._transport is not None:
+            if ws.state is CONNECTING and self._transport is not None:
                 guard.done(self._transport)
             guard.lost()
-        ws.state = State.CLOSED
+        ws.state = CLOSED
         self._transport = None
         if opened:
             ctx = self._ctx
@@ -332,7 +332,7 @@ class WsProtocol(asyncio.Protocol):
         transport = self._transport
         if closing.data and transport is not None and not transport.is_closing():
             transport.write(closing.data)
-        if closing.state is State.CLOSED:
+        if closing.state is CLOSED:
             self._close_transport()  # the server closes TCP first (RFC 6455 section 7.1.1)
         else:
             self._arm_abort()
@@ -361,7 +361,7 @@ class WsProtocol(asyncio.Protocol):
     def _deadline(self) -> None:
         """Close after ``LISTEN_TIMEOUT`` without a LISTEN or ``IDLE_TIMEOUT`` without a frame."""
         self._timer = None
-        if self.ws.state is not State.OPEN:
+        if self.ws.state is not OPEN:
             return
         settings = self._ctx.settings
         if not self.session.listening:
