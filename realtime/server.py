@@ -6,13 +6,10 @@ valid WebSocket opening handshake for ``/ws`` (RFC 6455 section 4), the protocol
 :class:`realtime.wsconn.WsConnection` (the connection's state, the close handshake) into
 the sans-I/O :class:`realtime.protocol.Session`, frames out through the merged-write
 :class:`realtime.connection.Connection` (the send queue). Anything else (every other route,
-a malformed or refused handshake) is handed, with the bytes read so far, to aiohttp
-(``transport.set_protocol``), which serves HTTP as usual: :mod:`realtime.aiohttp_adapter`
-wires that up, and adopts ``/ws`` handshakes aiohttp answered into a :class:`WsProtocol` too.
-
-:class:`WsProtocol` only moves bytes and runs timers; what to write and which state to enter
-come from :class:`realtime.wsconn.WsConnection`. Close codes and reasons:
-:mod:`realtime.disconnect`.
+a malformed or refused handshake) is handed, with the bytes read so far, to aiohttp, wired
+up by :mod:`realtime.aiohttp_adapter`. :class:`WsProtocol` only moves bytes and runs timers;
+what to write and which state to enter come from :class:`realtime.wsconn.WsConnection`; close
+codes and reasons from :mod:`realtime.disconnect`.
 
 Why not aiohttp's ``WebSocketResponse``: it keeps an HTTP request, its handler task, a
 reader, a queue and parser state alive for the life of the socket (~11 KB per idle
