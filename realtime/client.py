@@ -20,125 +20,62 @@ What it does for you:
   stopped; they are dropped from the client's set; call :meth:`RealtimeClient.listen` again
   to retry).
 
-Errors: :class:`ClientError` (root, a :class:`realtime.errors.RealtimeError`) >
-:class:`ListenRefused` (the server answered a LISTEN with an error code) and
-:class:`TokenRefused` (``/auth/ws`` refused the credentials: 401/403).
+- stops (raising :class:`Disconnected` from the iterator) when the server closes with a code
+  after which reconnecting would fail the same way (:data:`realtime.disconnect.DISCONNECTS`).
+
+Errors (:mod:`realtime.client_events`): :class:`ClientError` (root, a
+:class:`realtime.errors.RealtimeError`) > :class:`ListenRefused` (the server answered a LISTEN
+with an error code), :class:`TokenRefused` (``/auth/ws`` refused the credentials: 401/403) and
+:class:`Disconnected`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import random
-import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Self, TextIO
+from typing import Any, Self
 
 import aiohttp
 import orjson
 
 from realtime.backoff import backoff_delay
-from realtime.errors import RealtimeError
+from realtime.client_events import ClientError, Disconnected, Event, ListenRefused, TokenRefused
+from realtime.client_tokens import fetch_token, refresh_deadline, token_expiry
+from realtime.disconnect import should_reconnect
+
+__all__ = [
+    "ClientError",
+    "Disconnected",
+    "Event",
+    "ListenRefused",
+    "RealtimeClient",
+    "TokenProvider",
+    "TokenRefused",
+    "backoff_delay",
+    "refresh_deadline",
+    "token_expiry",
+]
 
 TokenProvider = Callable[[], Awaitable[str]]
 """A coroutine function returning a WS token (a JWT whose ``exp`` schedules the refresh)."""
 
 
-class ClientError(RealtimeError):
-    """Base of the client's errors."""
+#: LISTEN refusals that may pass later (a rate limit, a user slot in use, a server fault):
+#: while (re)connecting they are retried with backoff instead of ending the client.
+TRANSIENT_REFUSALS = frozenset({"ERR_RATELIMIT", "ERR_SERVER"})
 
 
-class ListenRefused(ClientError):
-    """The server refused a LISTEN.
+class _Reconnect(ClientError):
+    """The connection must be replaced (closed, RECONNECT, no PONG, a LISTEN refused for
+    now). Raised to a caller of :meth:`RealtimeClient.listen` whose request was cut short;
+    its topics are LISTENed again on reconnect."""
 
-    Attributes:
-        code: the protocol error code (``ERR_BADTOPIC``, ``ERR_BADAUTH``, ...).
-    """
-
-    def __init__(self, code: str, description: str) -> None:
-        super().__init__(f"LISTEN refused: {code} {description}".strip())
-        self.code = code
-
-
-class TokenRefused(ClientError):
-    """``/auth/ws`` refused the credentials (HTTP 401 or 403); retrying will not help."""
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """Something the caller should see.
-
-    Attributes:
-        type: ``MESSAGE``, ``GAP``, ``AUTH_REVOKED`` or ``RECONNECTED``.
-        topic: the topic of a ``MESSAGE``.
-        message: the ``MESSAGE`` text, as published (JSON values arrive JSON-encoded).
-        topics: the topics a ``GAP``, ``AUTH_REVOKED`` or ``RECONNECTED`` is about.
-    """
-
-    type: str
-    topic: str = ""
-    message: str = ""
-    topics: tuple[str, ...] = ()
-
-    def json(self) -> Any:
-        """The message parsed as JSON.
-
-        Raises:
-            orjson.JSONDecodeError: the message is not JSON.
-        """
-        return orjson.loads(self.message)
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"type": ..., "topic": ..., "message": ...}`` or ``{"type": ..., "topics": [...]}``."""
-        if self.type == "MESSAGE":
-            return {"type": self.type, "topic": self.topic, "message": self.message}
-        return {"type": self.type, "topics": list(self.topics)}
-
-
-def _claims(token: str) -> dict[str, object]:
-    """A JWT's claims, read without verification (for scheduling only); ``{}`` if unreadable."""
-    try:
-        payload = token.split(".")[1]
-        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
-        return {}
-    return claims if isinstance(claims, dict) else {}
-
-
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def token_expiry(token: str) -> float | None:
-    """The ``exp`` claim (epoch seconds) of a JWT, read without verification (for scheduling
-    the refresh only), or ``None`` if there is none."""
-    return _number(_claims(token).get("exp"))
-
-
-def refresh_deadline(token: str, expires_in: object, now: float) -> float | None:
-    """When a token from ``/auth/ws`` received at ``now`` expires, on this client's clock:
-    ``now`` plus the shorter of ``expires_in`` and the token's own lifetime (``exp - iat``).
-    ``expires_in`` alone can be up to a second long (``exp`` is whole seconds, RFC 7519
-    NumericDate, counted from the issue second), enough to lose a short-lived token's topics
-    before its refresh; the claims are compared only with each other, so a client clock that
-    is off does not move the refresh. Falls back to the ``exp`` claim; ``None`` when nothing
-    is known."""
-    claims = _claims(token)
-    exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
-    lifetimes = [_number(expires_in)]
-    if exp is not None and iat is not None:
-        lifetimes.append(exp - iat)
-    known = [x for x in lifetimes if x is not None]
-    return now + min(known) if known else exp
-
-
-class _Reconnect(Exception):
-    """Internal: the connection must be replaced (closed, RECONNECT, no PONG)."""
+    def __init__(self, reason: str = "the connection was lost; the topics are LISTENed again on reconnect") -> None:
+        super().__init__(reason)
 
 
 def _describe(exc: BaseException) -> str:
@@ -303,7 +240,7 @@ class RealtimeClient:
             try:
                 immediate = await self._connect_once()
                 attempt = 0
-            except (TokenRefused, ListenRefused) as exc:
+            except (TokenRefused, ListenRefused, Disconnected) as exc:
                 self._fail(exc)
                 return
             except (aiohttp.ClientError, OSError, TimeoutError, _Reconnect) as exc:
@@ -332,13 +269,21 @@ class RealtimeClient:
         reader = asyncio.create_task(self._read(ws))
         try:
             if self.topics:
-                await self._listen(ws, list(self.topics))
+                try:
+                    await self._listen(ws, list(self.topics))
+                except ListenRefused as exc:
+                    if exc.code not in TRANSIENT_REFUSALS:
+                        raise
+                    raise _Reconnect(str(exc)) from None  # e.g. a reconnect storm's token-check budget
             tasks = [asyncio.create_task(self._pinger(ws)), asyncio.create_task(self._refresher(ws))]
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
             elif self.topics:
                 await self._events.put(Event("RECONNECTED", topics=tuple(self.topics)))
-            return await reader
+            now = await reader
+            if not now and not should_reconnect(ws.close_code):
+                raise Disconnected(ws.close_code or 0)
+            return now
         finally:
             for task in (*tasks, reader):
                 task.cancel()
@@ -358,7 +303,7 @@ class RealtimeClient:
             self._events.put_nowait(exc)
             self._events.put_nowait(None)
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> bool:  # noqa: C901 - one branch per server message type
         """Read frames until the connection ends; ``True`` if the server sent RECONNECT.
         Frames that are not what the protocol says are ignored."""
         async for msg in ws:
@@ -455,60 +400,8 @@ class RealtimeClient:
             token = await self._provider()
             self._token = (token, token_expiry(token))
         elif self._api_key is not None:
-            self._token = await self._fetch_token()
+            assert self._http is not None
+            self._token = await fetch_token(self._http, self.url, self._api_key, self._scope)
         else:
             return None
         return self._token[0]
-
-    async def _fetch_token(self) -> tuple[str, float | None]:
-        assert self._http is not None
-        params = {"scope": self._scope} if self._scope else {}
-        headers = {"Authorization": f"Api-Key {self._api_key}"}
-        async with self._http.post(self.url + "/auth/ws", headers=headers, params=params) as resp:
-            if resp.status in (401, 403):
-                raise TokenRefused(f"/auth/ws answered {resp.status}: {(await resp.text())[:300]}")
-            if resp.status != 200:
-                raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status, message="/auth/ws failed")
-            body = await resp.json()
-        token = str(body["token"])
-        return token, refresh_deadline(token, body.get("expires_in"), time.time())
-
-
-async def listen_command(
-    url: str, topics: list[str], *, api_key: str = "", scope: str | None = None, out: TextIO | None = None
-) -> int:
-    """``realtime listen``: print every event as one JSON line until SIGINT/SIGTERM.
-
-    Lines: ``{"type":"MESSAGE","topic":"...","message":"..."}``, or ``{"type":"GAP"|
-    "AUTH_REVOKED"|"RECONNECTED","topics":[...]}``. Status goes to stderr, one line each:
-    listening, and every failed or lost connection with the delay before the next try
-    (``not listening: ClientConnectorError: Cannot connect to host ... (URL); retrying in 1.2 s``).
-
-    Returns:
-        0 when stopped by a signal, 2 when the LISTEN or the token was refused.
-    """
-    out = out or sys.stdout
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    assert task is not None
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, task.cancel)
-
-    def report(reason: str, delay: float) -> None:
-        print(f"not listening: {reason} ({url}); retrying in {delay:.1f} s", file=sys.stderr, flush=True)
-
-    try:
-        async with RealtimeClient(url, topics, api_key=api_key or None, scope=scope, on_retry=report) as client:
-            print(f"listening to {' '.join(topics)} on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-            async for event in client:
-                out.write(orjson.dumps(event.to_dict()).decode() + "\n")
-                out.flush()
-    except ClientError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except asyncio.CancelledError:
-        task.uncancel()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-    return 0

@@ -12,8 +12,11 @@ buffers after the kernel's socket buffer is full. While the transport buffer is 
 the client is keeping up (frames queued in the current pass go out at its end). Once
 it is not, and the queue would exceed ``max_bytes`` or ``max_messages``, the
 connection is a *slow consumer*: its pending frames are dropped, nothing more is
-queued, and it is closed with :data:`CLOSE_SLOW_CONSUMER`. Other listeners are not
-slowed.
+queued, and it is closed with :attr:`realtime.disconnect.CloseCode.SLOW_CONSUMER`. Other
+listeners are not slowed.
+
+This is the send queue only: the connection's state (open, closing, closed) and its close
+code are kept by :class:`realtime.wsconn.WsConnection`.
 """
 
 from __future__ import annotations
@@ -29,20 +32,6 @@ import structlog
 from realtime.timer import PreciseTimer
 
 log = structlog.get_logger("realtime.connection")
-
-CLOSE_GOING_AWAY: Final = 1001
-"""Server shutting down (RFC 6455); reconnect elsewhere."""
-CLOSE_MESSAGE_TOO_BIG: Final = 1009
-"""An inbound frame was larger than ``MAX_FRAME_BYTES`` (RFC 6455)."""
-CLOSE_LISTEN_TIMEOUT: Final = 4001
-"""No successful LISTEN within ``LISTEN_TIMEOUT`` seconds of connecting."""
-CLOSE_IDLE_TIMEOUT: Final = 4002
-"""Nothing received for ``IDLE_TIMEOUT`` seconds (PING at least every 5 minutes)."""
-CLOSE_SLOW_CONSUMER: Final = 4008
-"""The send queue overflowed: the client did not read fast enough. Reconnect."""
-CLOSE_BAD_TOKENS: Final = 4003
-"""``MAX_BAD_TOKENS_PER_CONNECTION`` LISTENs in a row refused for their token (invalid,
-expired or revoked). Get a fresh token before reconnecting."""
 
 _OP_TEXT: Final = 0x81  # FIN + text opcode
 _pack2 = struct.Struct("!BB").pack
@@ -165,14 +154,14 @@ class Connection:
 
     Attributes:
         id: connection id for logs.
-        closed: ``True`` once nothing more may be queued.
-        close_code: the close code chosen when the server decided to close, if any.
+        closed: ``True`` once nothing more may be queued (the connection is closing).
+        sent: frames written so far.
     """
 
     __slots__ = (
         "_backlog", "_buffered", "_max_bytes", "_max_messages", "_on_overflow",
-        "_pending", "_pending_bytes", "_scheduler", "_transport", "close_code",
-        "closed", "id", "sent",
+        "_pending", "_pending_bytes", "_scheduler", "_transport", "closed", "id",
+        "sent",
     )  # fmt: skip
 
     def __init__(
@@ -204,7 +193,6 @@ class Connection:
         self._buffered = 0  # transport buffer size after the last write, bytes
         self._backlog = 0  # frames written since the transport buffer was last empty
         self.closed = False
-        self.close_code: int | None = None
         self.sent = 0
 
     def send(self, frame: bytes) -> None:
@@ -246,10 +234,8 @@ class Connection:
         self._backlog = 0 if buffered == 0 else self._backlog + count
         return count
 
-    def stop(self, code: int) -> None:
-        """Stop queueing (first caller's code wins); pending frames are still flushable."""
-        if self.close_code is None:
-            self.close_code = code
+    def stop(self) -> None:
+        """Stop queueing; pending frames are still flushable."""
         self.closed = True
 
     def detach(self) -> None:
@@ -257,19 +243,19 @@ class Connection:
         close the cycle protocol -> connection -> transport -> protocol, so without this a
         closed connection (~22 objects) waits for the cyclic garbage collector instead of
         being freed by reference counting when the last reference goes."""
-        self._discard(1006)
+        self._discard()
         self._transport = None
         self._on_overflow = _ignore_overflow
 
     def _overflow(self) -> None:
-        self._discard(CLOSE_SLOW_CONSUMER)
+        self._discard()
         self._on_overflow(self)
 
-    def _discard(self, code: int) -> None:
-        """Drop the pending frames and stop queueing with ``code``."""
+    def _discard(self) -> None:
+        """Drop the pending frames and stop queueing."""
         self._pending.clear()
         self._pending_bytes = 0
-        self.stop(code)
+        self.closed = True
 
 
 def _ignore_overflow(conn: Connection) -> None:

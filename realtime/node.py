@@ -34,7 +34,8 @@ import structlog
 
 from keys import Grant, InvalidToken
 from realtime.broker import Broker
-from realtime.connection import CLOSE_BAD_TOKENS, Connection, FlushScheduler, encode_text_frame
+from realtime.connection import Connection, FlushScheduler, encode_text_frame
+from realtime.disconnect import CloseCode
 from realtime.envelope import InvalidEnvelope, UnknownControl, message_text, parse_control, revocation_message
 from realtime.grant_expiry import GrantExpiry
 from realtime.limits import TokenBucket
@@ -288,7 +289,7 @@ class Node:
         refused again without a check; any other takes one check from the budgets of
         ``key`` and its address (:class:`realtime.verification.TokenChecks`). After
         ``MAX_BAD_TOKENS_PER_CONNECTION`` failures in a row ``key`` is closed with
-        :data:`realtime.connection.CLOSE_BAD_TOKENS` once this reply is queued.
+        :attr:`realtime.disconnect.CloseCode.BAD_TOKENS` once this reply is queued.
 
         Raises:
             realtime.verification.TooManyChecks: a budget is spent (the token was not checked).
@@ -329,7 +330,7 @@ class Node:
             peer = self.peers.get(key)
             if peer is not None:
                 log.info("ws_closed_for_bad_tokens", conn_id=key.id, address=peer.address)
-                asyncio.get_running_loop().call_soon(peer.close_soon, CLOSE_BAD_TOKENS, "too many invalid tokens")
+                asyncio.get_running_loop().call_soon(peer.close_soon, CloseCode.BAD_TOKENS, "too many invalid tokens")
 
     def listen(self, key: Connection, topic: Topic) -> None:
         """Index ``key`` under ``topic`` (its session LISTENed)."""

@@ -30,7 +30,6 @@ fault). A LISTEN is all-or-nothing.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -50,17 +49,6 @@ MAX_NONCE_LENGTH = 256
 
 PONG = orjson.dumps({"type": "PONG"})
 RECONNECT = orjson.dumps({"type": "RECONNECT"})
-
-
-class State(enum.Enum):
-    """Where a session is in its life."""
-
-    CONNECTED = "connected"
-    """Open, no successful LISTEN yet (the listen timeout applies)."""
-    LISTENING = "listening"
-    """At least one LISTEN succeeded (the idle timeout applies)."""
-    CLOSED = "closed"
-    """Closed; every further frame is refused."""
 
 
 class Refused(Exception):
@@ -136,14 +124,18 @@ class Owner(Protocol):
 class Session:
     """Protocol state of one connection.
 
+    The connection's life (open, closing, closed) is not kept here but in
+    :class:`realtime.wsconn.WsConnection`, which hands the session frames only while open.
+
     Attributes:
-        state: the :class:`State`.
+        listening: ``True`` once a LISTEN succeeded (the idle timeout applies instead of
+            the listen timeout).
         topics: topic -> the grant (token) that allowed it, or ``None`` for a public
             topic (public topics never expire).
         sub: the ``sub`` of the last token accepted, if any.
     """
 
-    __slots__ = ("_key", "_max_topics", "_owner", "_policy", "_rate", "state", "sub", "topics")
+    __slots__ = ("_key", "_max_topics", "_owner", "_policy", "_rate", "listening", "sub", "topics")
 
     def __init__(
         self,
@@ -166,18 +158,16 @@ class Session:
         self._key = key
         self._max_topics = max_topics
         self._rate = rate
-        self.state = State.CONNECTED
+        self.listening = False
         self.topics: dict[Topic, Grant | None] = {}
         self.sub: str | None = None
 
-    def receive(self, text: str | bytes) -> bytes:  # noqa: C901 - one branch per frame type and failure, per the spec
+    def receive(self, text: str | bytes) -> bytes:
         """Handle one inbound text frame and return the reply payload (JSON bytes).
 
         Never raises for anything a client sends: a bad frame yields an
         ``ERR_BADMESSAGE`` RESPONSE; an unexpected failure yields ``ERR_SERVER``.
         """
-        if self.state is State.CLOSED:
-            return self._refuse("", ERR_BADMESSAGE, "connection is closing")
         try:
             request = orjson.loads(text)
         except orjson.JSONDecodeError:
@@ -214,13 +204,12 @@ class Session:
         return response(nonce, code, description)
 
     def close(self) -> list[Topic]:
-        """Mark the session closed and unlisten everything; returns the dropped topics."""
+        """Unlisten everything (the connection is gone); returns the dropped topics."""
         dropped = list(self.topics)
         owner, key = self._owner, self._key
         for topic in dropped:
             owner.unlisten(key, topic)
         self.topics.clear()
-        self.state = State.CLOSED
         return dropped
 
     def expire(self, now: float) -> list[Topic]:
@@ -306,7 +295,7 @@ class Session:
             owner.listen(key, topic)
         if grant is not None and holds_grant:
             owner.granted(key, grant)
-        self.state = State.LISTENING
+        self.listening = True
 
     def _do_unlisten(self, request: dict[str, Any]) -> None:
         _, raw_topics = self._topics_of(request)

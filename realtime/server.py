@@ -2,20 +2,18 @@
 
 Every accepted TCP connection starts as a :class:`WsProtocol`. If its first request is a
 valid WebSocket opening handshake for ``/ws`` (RFC 6455 section 4), the protocol answers
-``101`` itself and serves the connection from then on: frames in through
-:class:`realtime.websocket.FrameReader` into the sans-I/O :class:`realtime.protocol.Session`,
-frames out through the merged-write :class:`realtime.connection.Connection`. Anything else
-(every other route, a malformed or refused handshake) is handed, with the bytes read so far,
-to aiohttp's request handler (``transport.set_protocol``), which serves HTTP as usual.
-
-aiohttp's route for ``/ws`` (:func:`websocket_handler`) answers handshakes that reach it on a
-reused keep-alive connection, and the errors: 429 (limits), 400 and 426 (bad handshakes), as
-JSON with the usual headers. On success it adopts the socket into a :class:`WsProtocol` too,
-so there is one implementation of the WebSocket side.
+``101`` itself and serves the connection from then on: frames in through the sans-I/O
+:class:`realtime.wsconn.WsConnection` (the connection's state, the close handshake) into
+the sans-I/O :class:`realtime.protocol.Session`, frames out through the merged-write
+:class:`realtime.connection.Connection` (the send queue). Anything else (every other route,
+a malformed or refused handshake) is handed, with the bytes read so far, to aiohttp, wired
+up by :mod:`realtime.aiohttp_adapter`. :class:`WsProtocol` only moves bytes and runs timers;
+what to write and which state to enter come from :class:`realtime.wsconn.WsConnection`; close
+codes and reasons from :mod:`realtime.disconnect`.
 
 Why not aiohttp's ``WebSocketResponse``: it keeps an HTTP request, its handler task, a
 reader, a queue and parser state alive for the life of the socket (~11 KB per idle
-connection here). Close codes are listed in :mod:`realtime.connection` and the README.
+connection here).
 """
 
 from __future__ import annotations
@@ -24,61 +22,28 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import cast
 
-import orjson
 import sentry_sdk
 import structlog
-from aiohttp import web
 
-from http_api.errors import json_error, request_id_from
-from realtime.connection import (
-    CLOSE_GOING_AWAY,
-    CLOSE_IDLE_TIMEOUT,
-    CLOSE_LISTEN_TIMEOUT,
-    CLOSE_SLOW_CONSUMER,
-    Connection,
-)
-from realtime.http_handoff import GuardedRequestHandler
+from realtime.connection import Connection
+from realtime.disconnect import CloseCode, reason_of
+from realtime.http_errors import refusal
 from realtime.limits import ConnectionLimiter, TokenBucket, client_ip
 from realtime.node import Node
-from realtime.protocol import RECONNECT, Session, State
+from realtime.protocol import RECONNECT, Session
 from realtime.settings import Settings
-from realtime.stall import StallGuard, limit_descriptors
-from realtime.websocket import (
-    CLOSE_INTERNAL_ERROR,
-    CLOSE_INVALID_DATA,
-    MAX_HEAD_BYTES,
-    OP_BINARY,
-    OP_CLOSE,
-    OP_PING,
-    OP_TEXT,
-    FrameReader,
-    HandshakeError,
-    ProtocolError,
-    close_frame,
-    parse_close,
-    parse_head,
-    pong_frame,
-    switching_protocols,
-    upgrade_key,
-)
+from realtime.stall import StallGuard
+from realtime.websocket import OP_BINARY, OP_TEXT
+from realtime.wsconn import CLOSED, CLOSING, CONNECTING, OPEN, Closing, Head, WsConnection
 
 log = structlog.get_logger("realtime.ws")
 _ids = itertools.count(1)
 _PREFIX = f"{os.getpid():x}"
-_REASONS = {
-    CLOSE_LISTEN_TIMEOUT: "no LISTEN in time",
-    CLOSE_IDLE_TIMEOUT: "idle timeout",
-    CLOSE_SLOW_CONSUMER: "slow consumer",
-    CLOSE_GOING_AWAY: "server shutting down",
-}
 CLOSE_TIMEOUT = 5.0
 """Seconds to wait for the client's CLOSE after ours before dropping the socket."""
-_WS_PREFIX = b"GET /ws"
-
-_HEAD, _OPEN, _CLOSING, _CLOSED = range(4)
 
 
 class WsContext:
@@ -90,15 +55,29 @@ class WsContext:
         limiter: connections and attempts per client address.
         guard: sockets that have not completed a request (deadlines, per-address cap,
             shedding near the descriptor limit).
+        security_headers: headers added to the HTTP errors the engine answers itself
+            (given by the composition root: the HTTP API's security headers).
+        hsts: add ``Strict-Transport-Security`` to those errors (not in development).
     """
 
-    __slots__ = ("client_ip_header", "guard", "limiter", "node", "settings", "shutting_down")
+    __slots__ = (
+        "client_ip_header", "guard", "hsts", "limiter", "node", "security_headers", "settings", "shutting_down",
+    )  # fmt: skip
 
-    def __init__(self, node: Node, settings: Settings, limiter: ConnectionLimiter) -> None:
+    def __init__(
+        self,
+        node: Node,
+        settings: Settings,
+        limiter: ConnectionLimiter,
+        *,
+        security_headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.node = node
         self.settings = settings
         self.limiter = limiter
         self.client_ip_header = settings.client_ip_header.lower()
+        self.security_headers: Mapping[str, str] = security_headers or {}
+        self.hsts = settings.environment != "development"
         self.guard = StallGuard(
             head_timeout=settings.http_head_timeout,
             body_timeout=settings.http_body_timeout,
@@ -114,21 +93,19 @@ class WsContext:
         self.node.stats.count_handshake(status)
 
 
-WS_CONTEXT = web.AppKey("ws_context", WsContext)
-
-
 class WsProtocol(asyncio.Protocol):
     """One client connection: first its HTTP request head, then (after ``101``) its
     WebSocket frames. Implements :class:`realtime.node.Peer`.
 
     Attributes:
-        conn: the outgoing side (set once the WebSocket is open).
+        ws: the connection's state machine (state, close code, frame reader).
+        conn: the send queue (set once the WebSocket is open).
         session: the protocol session (set once the WebSocket is open).
     """
 
     __slots__ = (
-        "_adopted", "_ctx", "_done", "_head", "_http", "_ip", "_last_rx", "_opened", "_reader",
-        "_state", "_timer", "_transport", "conn", "session",
+        "_adopted", "_ctx", "_done", "_http", "_ip", "_last_rx", "_opened", "_timer", "_transport",
+        "conn", "session", "ws",
     )  # fmt: skip
 
     conn: Connection
@@ -142,11 +119,9 @@ class WsProtocol(asyncio.Protocol):
         """
         self._ctx = ctx
         self._http = http
-        self._state = _HEAD
-        self._head = b""
+        self.ws = WsConnection(ctx.settings.max_frame_bytes)
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._reader: FrameReader | None = None
         self._ip = ""
         self._opened = 0.0
         self._last_rx = 0.0
@@ -166,10 +141,10 @@ class WsProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Frames once open; the request head before."""
-        state = self._state
-        if state in (_OPEN, _CLOSING):
+        state = self.ws.state
+        if state is OPEN or state is CLOSING:
             self._frames(data)
-        elif state == _HEAD:
+        elif state is CONNECTING:
             self._head_received(data)
 
     def eof_received(self) -> bool | None:
@@ -182,13 +157,14 @@ class WsProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        opened = self._reader is not None
+        ws = self.ws
+        opened = hasattr(self, "conn")  # set when the WebSocket opened
         if self._http is not None:  # accepted here (an adopted socket is counted by aiohttp's handler)
             guard = self._ctx.guard
-            if self._state == _HEAD and self._transport is not None:
+            if ws.state is CONNECTING and self._transport is not None:
                 guard.done(self._transport)
             guard.lost()
-        self._state = _CLOSED
+        ws.state = CLOSED
         self._transport = None
         if opened:
             ctx = self._ctx
@@ -196,7 +172,8 @@ class WsProtocol(asyncio.Protocol):
             conn.detach()
             ctx.node.remove_peer(self)
             ctx.limiter.release(self._ip)
-            log.debug("ws_closed", conn_id=conn.id, code=conn.close_code, sent=conn.sent)
+            code = CloseCode.ABNORMAL if ws.close_code is None else ws.close_code
+            log.debug("ws_closed", conn_id=conn.id, code=code, sent=conn.sent)
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
         if self._adopted is not None:
@@ -206,66 +183,50 @@ class WsProtocol(asyncio.Protocol):
     # -- handshake ------------------------------------------------------------------
 
     def _head_received(self, data: bytes) -> None:
-        buf = self._head + data if self._head else data
-        size = len(buf)
-        if buf[: min(size, 7)] != _WS_PREFIX[: min(size, 7)] or (size > 7 and buf[7:8] not in (b" ", b"?")):
-            self._handoff(buf)
+        got = self.ws.receive_head(data)
+        if got is None:
             return
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if size > MAX_HEAD_BYTES:
-                self._handoff(buf)
-            else:
-                self._head = buf
+        if not isinstance(got, Head):
+            self._handoff(got)  # aiohttp answers it (a refused /ws handshake as JSON)
             return
-        self._head = b""
-        head = parse_head(buf[:end])
-        if head is None or head.path != "/ws":
-            self._handoff(buf)
-            return
-        try:
-            key = upgrade_key(head.method, head.headers)
-        except HandshakeError:
-            self._handoff(buf)  # aiohttp's /ws route answers it, as JSON with the usual headers
-            return
+        head = got.head
         ctx = self._ctx
         transport = self._transport
         assert transport is not None
         ctx.guard.done(transport)  # a complete WebSocket handshake: no longer pending
         ip = client_ip(self._ip, head.headers, ctx.client_ip_header)
-        request_id = head.headers.get("x-request-id", "")
         if ctx.shutting_down:
-            ctx.count(503)
-            transport.write(_json_error(503, "unavailable", "server shutting down; reconnect", request_id))
-            self._state = _CLOSED
-            self._close_transport()
+            self._refuse(transport, 503, "server shutting down; reconnect", head.headers)
             return
         refused = ctx.limiter.admit(ip)
         if refused is not None:
             log.info("ws_refused", reason=refused, ip=ip)
-            ctx.count(429)
-            transport.write(_json_error(429, "too_many_requests", refused, request_id))
-            self._state = _CLOSED
-            self._close_transport()
+            self._refuse(transport, 429, refused, head.headers)
             return
         ctx.count(101)
-        transport.write(switching_protocols(key))
+        transport.write(self.ws.accept(got.key))
         self._open(transport, ip)
-        rest = buf[end + 4 :]
-        if rest:
-            self._frames(rest)
+        if got.rest:
+            self._frames(got.rest)
+
+    def _refuse(self, transport: asyncio.Transport, status: int, message: str, headers: Mapping[str, str]) -> None:
+        """Answer the handshake with a JSON error (429, 503) and close."""
+        self._ctx.count(status)
+        transport.write(refusal(status, message, headers.get("x-request-id", "")))
+        self.ws.reject()
+        self._close_transport()
 
     def _handoff(self, data: bytes) -> None:
         """Give the connection, and what it sent so far, to aiohttp."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._state = _CLOSED
+        self.ws.handed_off()
         transport, self._transport = self._transport, None
         if transport is None or self._http is None:
             return
         if transport.is_closing():
-            self._ctx.guard.done(transport)  # its connection_lost comes here, in state _CLOSED
+            self._ctx.guard.done(transport)  # its connection_lost comes here, in state CLOSED
             return
         handler = self._http()
         transport.set_protocol(handler)
@@ -282,6 +243,7 @@ class WsProtocol(asyncio.Protocol):
         self._adopted = previous
         self._done = asyncio.get_running_loop().create_future()
         transport.set_protocol(self)
+        self.ws.open()
         self._open(transport, ip)
         if not transport.is_reading():
             transport.resume_reading()  # aiohttp pauses a socket whose unparsed tail grew large
@@ -307,9 +269,7 @@ class WsProtocol(asyncio.Protocol):
         )
         rate = TokenBucket(settings.listen_rate, settings.listen_burst) if settings.listen_rate > 0 else None
         self.session = node.new_session(self.conn, max_topics=settings.max_topics_per_connection, rate=rate)
-        self._reader = FrameReader(settings.max_frame_bytes)
         self._ip = ip
-        self._state = _OPEN
         loop = asyncio.get_running_loop()
         self._opened = self._last_rx = now = loop.time()
         self._timer = loop.call_at(now + min(settings.listen_timeout, settings.idle_timeout), self._deadline)
@@ -319,83 +279,59 @@ class WsProtocol(asyncio.Protocol):
     # -- frames ---------------------------------------------------------------------
 
     def _frames(self, data: bytes) -> None:
-        reader = self._reader
-        assert reader is not None
         self._last_rx = asyncio.get_running_loop().time()
-        try:
-            messages = reader.feed(data)
-        except ProtocolError as exc:
-            self._fail(exc.code, exc.reason)
-            return
-        if not messages:
-            return
-        try:
-            self._handle(messages)
-        except Exception as exc:
-            log.exception("ws_frame_failed", conn_id=self.conn.id)
-            sentry_sdk.capture_exception(exc)  # a no-op unless SENTRY_DSN is set
-            self.close(CLOSE_INTERNAL_ERROR, "internal error")
+        messages, closing = self.ws.receive_data(data)
+        if messages:
+            try:
+                self._handle(messages)
+            except Exception as exc:
+                log.exception("ws_frame_failed", conn_id=self.conn.id)
+                sentry_sdk.capture_exception(exc)  # a no-op unless SENTRY_DSN is set
+                closing = self.ws.close(CloseCode.INTERNAL_ERROR) or closing
+        if closing is not None:
+            self._enter(closing)
 
     def _handle(self, messages: list[tuple[int, bytes]]) -> None:
         conn = self.conn
         session = self.session
         for opcode, payload in messages:
-            state = self._state
-            if state != _OPEN:
-                if state == _CLOSING and opcode == OP_CLOSE:
-                    self._state = _CLOSED
-                    self._close_transport()  # the client answered our CLOSE
-                    return
-                if state == _CLOSING:
-                    continue  # sent before it saw our CLOSE: ignored
-                return
+            if conn.closed:
+                return  # closed while handling (a slow consumer): the rest is ignored
             if opcode == OP_TEXT:
-                try:
-                    text = payload.decode()
-                except UnicodeDecodeError:
-                    self._fail(CLOSE_INVALID_DATA, "text message is not UTF-8")
-                    return
-                conn.send_payload(session.receive(text))
+                conn.send_payload(session.receive(payload))
             elif opcode == OP_BINARY:
                 conn.send_payload(session.receive_binary())
-            elif opcode == OP_PING:
-                conn.send(pong_frame(payload))
-            elif opcode == OP_CLOSE:
-                self._closed_by_client(payload)
-                return
-
-    def _closed_by_client(self, payload: bytes) -> None:
-        try:
-            code, _ = parse_close(payload)
-        except ProtocolError as exc:
-            self._fail(exc.code, exc.reason)
-            return
-        conn = self.conn
-        conn.flush()
-        conn.stop(code)
-        self._state = _CLOSED
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.write(close_frame(1000 if code == 1005 else code))
-        self._close_transport()  # the server closes TCP first (RFC 6455 section 7.1.1)
+            else:  # OP_PONG: the answer to a PING, queued behind the replies before it
+                conn.send(payload)
 
     # -- closing --------------------------------------------------------------------
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str | None = None) -> None:
         """Start the closing handshake with ``code``: flush what is queued (not for a slow
         consumer), send CLOSE, and drop the socket if the client's CLOSE does not arrive
-        within ``CLOSE_TIMEOUT`` seconds. Idempotent; callable from anywhere."""
-        if self._state != _OPEN:
-            return
+        within ``CLOSE_TIMEOUT`` seconds. Idempotent; callable from anywhere.
+
+        Args:
+            code: a :class:`realtime.disconnect.CloseCode`.
+            reason: the CLOSE reason (default: the table's in :mod:`realtime.disconnect`).
+        """
+        closing = self.ws.close(code, reason)
+        if closing is not None:
+            self._enter(closing)
+
+    def _enter(self, closing: Closing) -> None:
+        """Carry out one close step of the state machine: pending frames, bytes, timers."""
         conn = self.conn
-        if code != CLOSE_SLOW_CONSUMER:
+        if closing.flush:
             conn.flush()
-        conn.stop(code)
-        self._state = _CLOSING
+        conn.stop()
         transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.write(close_frame(code, reason))
-        self._arm_abort()
+        if closing.data and transport is not None and not transport.is_closing():
+            transport.write(closing.data)
+        if closing.state is CLOSED:
+            self._close_transport()  # the server closes TCP first (RFC 6455 section 7.1.1)
+        else:
+            self._arm_abort()
 
     def _close_transport(self) -> None:
         """Close TCP once the buffer drains; drop it if that takes ``CLOSE_TIMEOUT`` seconds
@@ -409,12 +345,6 @@ class WsProtocol(asyncio.Protocol):
             self._timer.cancel()
         self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
 
-    def _fail(self, code: int, reason: str) -> None:
-        """Fail the connection (RFC 6455 section 7.1.7): CLOSE with ``code``, then drop TCP."""
-        self.close(code, reason)
-        self._state = _CLOSED
-        self._close_transport()
-
     @property
     def address(self) -> str:
         """The client's address (:func:`realtime.limits.client_ip`; the :class:`realtime.node.Peer` interface)."""
@@ -427,16 +357,16 @@ class WsProtocol(asyncio.Protocol):
     def _deadline(self) -> None:
         """Close after ``LISTEN_TIMEOUT`` without a LISTEN or ``IDLE_TIMEOUT`` without a frame."""
         self._timer = None
-        if self._state != _OPEN:
+        if self.ws.state is not OPEN:
             return
         settings = self._ctx.settings
-        if self.session.state is State.CONNECTED:
-            deadline, code = self._opened + settings.listen_timeout, CLOSE_LISTEN_TIMEOUT
+        if not self.session.listening:
+            deadline, code = self._opened + settings.listen_timeout, CloseCode.LISTEN_TIMEOUT
         else:
-            deadline, code = self._last_rx + settings.idle_timeout, CLOSE_IDLE_TIMEOUT
+            deadline, code = self._last_rx + settings.idle_timeout, CloseCode.IDLE_TIMEOUT
         loop = asyncio.get_running_loop()
         if loop.time() >= deadline:
-            self.close(code, _REASONS[code])
+            self.close(code)
         else:
             self._timer = loop.call_at(deadline, self._deadline)
 
@@ -448,112 +378,7 @@ class WsProtocol(asyncio.Protocol):
     def _slow_consumer(self, conn: Connection) -> None:
         self._ctx.node.stats.count_slow_consumer()
         log.warning("slow_consumer_closed", conn_id=conn.id)
-        self.close(CLOSE_SLOW_CONSUMER, _REASONS[CLOSE_SLOW_CONSUMER])
-
-
-_STATUS_LINES = {429: b"429 Too Many Requests", 503: b"503 Service Unavailable"}
-
-
-def _json_error(status: int, error: str, message: str, request_id: str) -> bytes:
-    """A complete ``Connection: close`` HTTP response with a JSON error body (as the HTTP
-    API's errors: ``{"error", "message"}`` and an ``X-Request-ID``)."""
-    body = orjson.dumps({"error": error, "message": message})
-    rid = request_id_from(request_id)
-    return (
-        b"HTTP/1.1 %s\r\nContent-Type: application/json; charset=utf-8\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\nX-Request-ID: %s\r\n"
-        b"X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n\r\n"
-        % (_STATUS_LINES[status], len(body), rid.encode())
-    ) + body
-
-
-class _FrontServer:
-    """aiohttp's protocol factory, wrapped: every connection starts as a :class:`WsProtocol`,
-    which hands what is not a ``/ws`` handshake to a :class:`GuardedRequestHandler`."""
-
-    def __init__(self, http: web.Server, ctx: WsContext) -> None:
-        self._http = http
-        self._ctx = ctx
-        settings = ctx.settings
-        # aiohttp's own handler options (keepalive_timeout, access_log...), as web.Server passes them
-        self._options: dict[str, Any] = {
-            **getattr(http, "_kwargs", {}),
-            "loop": asyncio.get_running_loop(),
-            "guard": ctx.guard,
-            "body_timeout": settings.http_body_timeout,
-            "hsts": settings.environment != "development",
-        }
-
-    def __call__(self) -> WsProtocol:
-        return WsProtocol(self._ctx, self._handler)
-
-    def _handler(self) -> GuardedRequestHandler:
-        return GuardedRequestHandler(self._http, **self._options)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._http, name)
-
-
-class RealtimeRunner(web.AppRunner):
-    """``web.AppRunner`` whose server serves ``/ws`` handshakes with :class:`WsProtocol`
-    and everything else with aiohttp. Use it wherever an ``AppRunner`` would be used.
-
-    aiohttp's ``keepalive_timeout`` defaults to ``HTTP_KEEPALIVE_TIMEOUT``; the pending-socket
-    budget is set from ``RLIMIT_NOFILE`` once the app has started (its Redis and database
-    connections are open by then)."""
-
-    def __init__(self, app: web.Application, **kwargs: Any) -> None:
-        kwargs.setdefault("keepalive_timeout", app[WS_CONTEXT].settings.http_keepalive_timeout)
-        super().__init__(app, **kwargs)
-
-    async def _make_server(self) -> web.Server:
-        http = await super()._make_server()
-        ctx = self.app[WS_CONTEXT]
-        limit_descriptors(ctx.guard)
-        return cast(web.Server, _FrontServer(http, ctx))
-
-
-async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    """``GET /ws`` through aiohttp: the errors, and handshakes on reused connections.
-
-    Raises:
-        web.HTTPException: 429 (JSON) when the client's address has too many connections
-            or attempts; 400 for a malformed handshake; 426 for a version other than 13.
-    """
-    ctx = request.app[WS_CONTEXT]
-    if ctx.shutting_down:
-        ctx.count(503)
-        raise json_error(503, "server shutting down; reconnect")
-    ip = client_ip(request.remote, request.headers, ctx.settings.client_ip_header)
-    refused = ctx.limiter.admit(ip)
-    if refused is not None:
-        log.info("ws_refused", reason=refused, ip=ip)
-        ctx.count(429)
-        raise json_error(429, refused)
-    transport = request.transport
-    try:
-        key = upgrade_key(request.method, request.headers)
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("the client went away")
-    except HandshakeError as exc:
-        ctx.limiter.release(ip)
-        ctx.count(exc.status)
-        error = json_error(exc.status, exc.message)
-        if exc.status == 426:
-            error.headers["Sec-WebSocket-Version"] = "13"
-        raise error from None
-    except ConnectionResetError:
-        ctx.limiter.release(ip)
-        raise
-    ctx.count(101)
-    transport.write(switching_protocols(key))
-    # bytes the client sent right behind its handshake, already read by aiohttp (private
-    # attribute of aiohttp's RequestHandler; absent in other versions: then nothing is lost
-    # for clients that wait for the 101, as RFC 6455 requires)
-    tail = getattr(request.protocol, "_message_tail", b"")
-    done = WsProtocol(ctx, None).adopt(transport, ip, request.protocol, tail if isinstance(tail, bytes) else b"")
-    await done
-    return web.Response(status=101)  # never sent (the socket was ours and is closed); counted as 101
+        self.close(CloseCode.SLOW_CONSUMER)
 
 
 async def shutdown_peers(ctx: WsContext, grace: float) -> None:
@@ -570,7 +395,7 @@ async def shutdown_peers(ctx: WsContext, grace: float) -> None:
     while node.peers and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     for peer in list(node.peers.values()):
-        peer.close_soon(CLOSE_GOING_AWAY, _REASONS[CLOSE_GOING_AWAY])
+        peer.close_soon(CloseCode.GOING_AWAY, reason_of(CloseCode.GOING_AWAY))
     deadline = time.monotonic() + CLOSE_TIMEOUT + 1.0
     while node.peers and time.monotonic() < deadline:
         await asyncio.sleep(0.05)

@@ -13,7 +13,7 @@ docs/benchmarks.md). So:
   bursts). With either empty the LISTEN is answered ``ERR_RATELIMIT`` without a check
   (:class:`TooManyChecks`). A connection whose LISTENs fail ``MAX_BAD_TOKENS_PER_CONNECTION``
   times in a row (invalid, expired or revoked tokens) is closed with
-  :data:`realtime.connection.CLOSE_BAD_TOKENS`.
+  :attr:`realtime.disconnect.CloseCode.BAD_TOKENS`.
 
 - :class:`VerifiedTokens`: tokens verified lately are remembered with their grant (at most
   :data:`VERIFIED_CACHE_SIZE`, until they expire), so a reconnect storm with valid tokens

@@ -20,7 +20,7 @@ import struct
 from collections.abc import Mapping
 from typing import Final
 
-from realtime.connection import CLOSE_MESSAGE_TOO_BIG
+from realtime.disconnect import CloseCode
 
 OP_CONTINUATION: Final = 0x0
 OP_TEXT: Final = 0x1
@@ -28,13 +28,6 @@ OP_BINARY: Final = 0x2
 OP_CLOSE: Final = 0x8
 OP_PING: Final = 0x9
 OP_PONG: Final = 0xA
-
-CLOSE_NORMAL: Final = 1000
-CLOSE_PROTOCOL_ERROR: Final = 1002
-"""The client broke RFC 6455 (unmasked frame, RSV bits, bad opcode or fragmentation)."""
-CLOSE_INVALID_DATA: Final = 1007
-"""A text message (or a close reason) that is not valid UTF-8."""
-CLOSE_INTERNAL_ERROR: Final = 1011
 
 MAX_HEAD_BYTES: Final = 8192
 """Largest opening handshake (request line and headers) read, bytes."""
@@ -201,14 +194,14 @@ def parse_close(payload: bytes) -> tuple[int, str]:
     if not payload:
         return 1005, ""
     if len(payload) == 1:
-        raise ProtocolError(CLOSE_PROTOCOL_ERROR, "close frame body of one byte")
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, "close frame body of one byte")
     code = int.from_bytes(payload[:2], "big")
     if not (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999):
-        raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"close code {code} may not be sent")
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"close code {code} may not be sent")
     try:
         reason = payload[2:].decode()
     except UnicodeDecodeError:
-        raise ProtocolError(CLOSE_INVALID_DATA, "close reason is not UTF-8") from None
+        raise ProtocolError(CloseCode.INVALID_DATA, "close reason is not UTF-8") from None
     return code, reason
 
 
@@ -233,7 +226,7 @@ class FrameReader:
         self._frag_op = 0
         self._frag = b""
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:  # noqa: C901 - RFC 6455 framing in one hot loop
         """Read ``data``; return the messages completed by it.
 
         Raises:
@@ -250,9 +243,9 @@ class FrameReader:
             b1 = buf[pos + 1]
             opcode = b0 & 0x0F
             if b0 & 0x70:
-                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "RSV bits set; no extension was negotiated")
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV bits set; no extension was negotiated")
             if not b1 & 0x80:
-                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
             size = b1 & 0x7F
             head = 6
             if size == 126:
@@ -268,11 +261,11 @@ class FrameReader:
             fin = b0 & 0x80
             if opcode in _CONTROL_OPCODES:
                 if not fin or size > 125:
-                    raise ProtocolError(CLOSE_PROTOCOL_ERROR, "control frames must be final and at most 125 bytes")
+                    raise ProtocolError(CloseCode.PROTOCOL_ERROR, "control frames must be final and at most 125 bytes")
             elif opcode not in _DATA_OPCODES:
-                raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode}")
             elif size + len(self._frag) > self._max:
-                raise ProtocolError(CLOSE_MESSAGE_TOO_BIG, f"message larger than {self._max} bytes")
+                raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message larger than {self._max} bytes")
             if end - pos < head + size:
                 break
             start = pos + head
@@ -280,7 +273,7 @@ class FrameReader:
             pos = start + size
             if opcode == OP_CONTINUATION:
                 if not self._frag_op:
-                    raise ProtocolError(CLOSE_PROTOCOL_ERROR, "continuation frame without a message to continue")
+                    raise ProtocolError(CloseCode.PROTOCOL_ERROR, "continuation frame without a message to continue")
                 self._frag += payload
                 if fin:
                     out.append((self._frag_op, self._frag))
@@ -288,7 +281,7 @@ class FrameReader:
                     self._frag = b""
             elif opcode in (OP_TEXT, OP_BINARY):
                 if self._frag_op:
-                    raise ProtocolError(CLOSE_PROTOCOL_ERROR, "new message before the fragmented one ended")
+                    raise ProtocolError(CloseCode.PROTOCOL_ERROR, "new message before the fragmented one ended")
                 if fin:
                     out.append((opcode, payload))
                 else:

@@ -13,14 +13,16 @@ from http_api.appkeys import DATABASE, ISSUER, KEY_STORE, LIMITER, NODE, SETTING
 from http_api.auth import API_KEYS, ApiKeyAuthenticator
 from http_api.console import setup_console
 from http_api.metrics import setup_metrics
+from http_api.security import SECURITY_HEADERS
 from http_api.upstream import UPSTREAM, UpstreamVerifier, upstream_context
 from keys import KeyStore, NoSigningKey, TokenIssuer, TokenVerifier, generate_key
+from realtime.aiohttp_adapter import WS_CONTEXT, websocket_handler
 from realtime.broker import Broker, MemoryBroker
 from realtime.limits import ConnectionLimiter
 from realtime.node import Node
 from realtime.redis_broker import RedisBroker
 from realtime.revocations import CLOCK_MARGIN, RevocationTable
-from realtime.server import WS_CONTEXT, WsContext, shutdown_peers, websocket_handler
+from realtime.server import WsContext, shutdown_peers
 from realtime.settings import Settings
 from realtime.verification import TokenChecks
 from service.sentry import setup_sentry
@@ -116,7 +118,7 @@ def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.
         attempts_per_second=settings.connect_rate_per_ip,
         burst=settings.connect_burst_per_ip,
     )
-    app[WS_CONTEXT] = WsContext(node, settings, app[LIMITER])
+    app[WS_CONTEXT] = WsContext(node, settings, app[LIMITER], security_headers=SECURITY_HEADERS)
     app[API_KEYS] = ApiKeyAuthenticator(settings.api_keys)
     if settings.database_url and settings.database_url != "none":
         app[DATABASE] = Database(settings.database_url)

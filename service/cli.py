@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 on_revoked=lambda sub: _announce_revocation(settings, sub),
             )
         if args.command == "listen":
-            from realtime.client import listen_command
+            from realtime.client_cli import listen_command
 
             return asyncio.run(listen_command(args.url, args.topics, api_key=args.api_key, scope=args.scope))
         return asyncio.run(_publish(args))

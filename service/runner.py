@@ -16,8 +16,8 @@ import structlog
 from aiohttp import web
 
 from db.serving import prepare_database
+from realtime.aiohttp_adapter import RealtimeRunner
 from realtime.errors import SettingsError
-from realtime.server import RealtimeRunner
 from realtime.settings import Settings
 from service.app import create_app, load_keys
 

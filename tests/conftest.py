@@ -18,7 +18,7 @@ from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from keys import KeyStore, generate_key
-from realtime.server import RealtimeRunner
+from realtime.aiohttp_adapter import RealtimeRunner
 from realtime.settings import Settings, parse_api_keys
 from service.app import create_app
 from tests import procs

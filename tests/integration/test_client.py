@@ -22,6 +22,8 @@ from aiohttp.test_utils import TestServer
 from http_api.appkeys import NODE
 from realtime.backoff import backoff_delay
 from realtime.client import (
+    ClientError,
+    Disconnected,
     Event,
     ListenRefused,
     RealtimeClient,
@@ -31,7 +33,7 @@ from realtime.client import (
 )
 from realtime.redis_broker import RedisBroker
 from tests import procs
-from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, USER_KEY, AppFactory, auth, kill_subscriber
+from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, USER_KEY, AppFactory, auth, kill_subscriber, wait_for
 
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.4, "response_timeout": 3.0}
 NO_DB = {"DATABASE_URL": "none"}  # the realtime core only: no embedded PostgreSQL per process
@@ -111,6 +113,37 @@ async def test_refused_listen_and_refused_key_raise(make_client: AppFactory) -> 
     assert refused.value.code == "ERR_BADTOPIC"
     with pytest.raises(TokenRefused, match="401"):
         await RealtimeClient(url, ["dream:update.a"], api_key="wrong-key-0123456789abcdef", **FAST).start()
+
+
+async def test_a_close_code_that_says_do_not_reconnect_stops_the_client(make_client: AppFactory) -> None:
+    """1009 (message too big) is in the disconnect table as "do not reconnect": sending the
+    same LISTEN again would fail the same way, so the client raises instead of looping."""
+    url = base_url(await make_client(max_frame_bytes=1024))
+    async with RealtimeClient(url, ["dream:update.a"], **FAST) as client:
+        big = [f"dream:update.{'x' * 60}{i}" for i in range(30)]  # ~2.5 KB LISTEN > MAX_FRAME_BYTES
+        listening = asyncio.create_task(client.listen(big))
+        with pytest.raises(Disconnected) as stopped:
+            await next_event(client)
+        assert stopped.value.code == 1009 and "message too big" in str(stopped.value)
+        assert client.reconnects == 0
+        with pytest.raises(ClientError, match="LISTENed again on reconnect"):  # it lost its connection
+            await listening
+
+
+async def test_a_listen_refused_for_now_is_retried_not_fatal(make_client: AppFactory) -> None:
+    """ERR_RATELIMIT while (re)connecting (here the user's one slot is in use; after a deploy,
+    a reconnect storm's budget of token checks) is retried with backoff, not raised: the
+    client starts once the slot is free."""
+    url = base_url(await make_client(max_connections_per_user=1))
+    retries: list[str] = []
+    topics = ["remote-control:command.7"]
+    async with RealtimeClient(url, topics, api_key=USER_KEY, **FAST):
+        second = RealtimeClient(url, topics, api_key=USER_KEY, on_retry=lambda r, _: retries.append(r), **FAST)
+        starting = asyncio.create_task(second.start())
+        await wait_for(lambda: len(retries) >= 2)
+        assert "ERR_RATELIMIT" in retries[0] and not starting.done()
+    await asyncio.wait_for(starting, 5)  # the first client left: its slot is free
+    await second.close()
 
 
 async def test_token_is_refreshed_before_expiry(make_client: AppFactory) -> None:

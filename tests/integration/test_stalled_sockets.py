@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from http_api.security import SECURITY_HEADERS
-from realtime.server import WS_CONTEXT
+from realtime.aiohttp_adapter import WS_CONTEXT
 from realtime.stall import IDLE
 from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, AppFactory
 from tests.procs import REALTIME, free_port

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from http_api.appkeys import NODE
-from realtime.connection import CLOSE_IDLE_TIMEOUT, CLOSE_LISTEN_TIMEOUT, CLOSE_SLOW_CONSUMER
+from realtime.disconnect import CloseCode
 from tests.conftest import (
     OTHER_KEY,
     PUBLISHER_KEY,
@@ -99,7 +99,7 @@ async def test_listen_timeout_closes_4001(make_client: AppFactory) -> None:
         await send(ws, type="PING")  # a PING does not count as a LISTEN
         assert await recv(ws) == {"type": "PONG"}
         msg = await ws.receive(timeout=3)
-        assert msg.type is WSMsgType.CLOSE and msg.data == CLOSE_LISTEN_TIMEOUT
+        assert msg.type is WSMsgType.CLOSE and msg.data == CloseCode.LISTEN_TIMEOUT
         assert msg.extra == "no LISTEN in time"
 
 
@@ -112,7 +112,7 @@ async def test_idle_timeout_closes_4002(make_client: AppFactory) -> None:
             await send(ws, type="PING")
             assert await recv(ws) == {"type": "PONG"}
         msg = await ws.receive(timeout=3)
-        assert msg.type is WSMsgType.CLOSE and msg.data == CLOSE_IDLE_TIMEOUT
+        assert msg.type is WSMsgType.CLOSE and msg.data == CloseCode.IDLE_TIMEOUT
 
 
 async def test_many_publications_arrive_in_order(make_client: AppFactory) -> None:
@@ -178,7 +178,7 @@ async def test_slow_consumer_is_closed_and_others_get_everything(make_client: Ap
         assert received[1] == list(range(1000)) and received[2] == list(range(1000))
         await wait_for(lambda: len(node.index.get("dream:update.a") or ()) == 2)
         assert node.stats.slow_consumers == 1
-        closed = [c for c in node.peers if c.close_code == CLOSE_SLOW_CONSUMER]
+        closed = [p for p in node.peers.values() if p.ws.close_code == CloseCode.SLOW_CONSUMER]
         assert closed == []  # the slow peer is gone from the node entirely
     slow.close()
 

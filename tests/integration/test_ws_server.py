@@ -28,8 +28,8 @@ from aiohttp import WSMsgType, web
 from http_api.appkeys import NODE
 from keys import KeyStore
 from realtime import server as ws_server
+from realtime.aiohttp_adapter import WS_CONTEXT, RealtimeRunner
 from realtime.connection import Connection
-from realtime.server import WS_CONTEXT, RealtimeRunner
 from service.app import create_app
 from tests.conftest import (
     API_KEYS_JSON,

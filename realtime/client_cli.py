@@ -1,0 +1,52 @@
+"""``realtime listen``: the client SDK (:mod:`realtime.client`) as a command."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import TextIO
+
+import orjson
+
+from realtime.client import ClientError, RealtimeClient
+
+
+async def listen_command(
+    url: str, topics: list[str], *, api_key: str = "", scope: str | None = None, out: TextIO | None = None
+) -> int:
+    """``realtime listen``: print every event as one JSON line until SIGINT/SIGTERM.
+
+    Lines: ``{"type":"MESSAGE","topic":"...","message":"..."}``, or ``{"type":"GAP"|
+    "AUTH_REVOKED"|"RECONNECTED","topics":[...]}``. Status goes to stderr, one line each:
+    listening, and every failed or lost connection with the delay before the next try
+    (``not listening: ClientConnectorError: Cannot connect to host ... (URL); retrying in 1.2 s``).
+
+    Returns:
+        0 when stopped by a signal, 2 when the LISTEN or the token was refused.
+    """
+    out = out or sys.stdout
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    assert task is not None
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
+
+    def report(reason: str, delay: float) -> None:
+        print(f"not listening: {reason} ({url}); retrying in {delay:.1f} s", file=sys.stderr, flush=True)
+
+    try:
+        async with RealtimeClient(url, topics, api_key=api_key or None, scope=scope, on_retry=report) as client:
+            print(f"listening to {' '.join(topics)} on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            async for event in client:
+                out.write(orjson.dumps(event.to_dict()).decode() + "\n")
+                out.flush()
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except asyncio.CancelledError:
+        task.uncancel()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return 0

@@ -1,0 +1,84 @@
+"""What the client SDK (:mod:`realtime.client`) yields and raises.
+
+Errors: :class:`ClientError` (root, a :class:`realtime.errors.RealtimeError`) >
+:class:`ListenRefused` (the server answered a LISTEN with an error code),
+:class:`TokenRefused` (``/auth/ws`` refused the credentials: 401/403) and
+:class:`Disconnected` (the server closed with a code after which reconnecting would fail the
+same way: :data:`realtime.disconnect.DISCONNECTS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from realtime.disconnect import DISCONNECTS
+from realtime.errors import RealtimeError
+
+
+class ClientError(RealtimeError):
+    """Base of the client's errors."""
+
+
+class ListenRefused(ClientError):
+    """The server refused a LISTEN.
+
+    Attributes:
+        code: the protocol error code (``ERR_BADTOPIC``, ``ERR_BADAUTH``, ...).
+    """
+
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(f"LISTEN refused: {code} {description}".strip())
+        self.code = code
+
+
+class TokenRefused(ClientError):
+    """``/auth/ws`` refused the credentials (HTTP 401 or 403); retrying will not help."""
+
+
+class Disconnected(ClientError):
+    """The server closed the connection with a code whose row in
+    :data:`realtime.disconnect.DISCONNECTS` says not to reconnect (1002, 1007, 1009: the
+    client sent something the server refuses; sending it again would fail the same way).
+
+    Attributes:
+        code: the close code.
+    """
+
+    def __init__(self, code: int) -> None:
+        row = DISCONNECTS.get(code)  # type: ignore[call-overload]
+        super().__init__(f"the server closed the connection with {code}" + (f" ({row.reason})" if row else ""))
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something the caller should see.
+
+    Attributes:
+        type: ``MESSAGE``, ``GAP``, ``AUTH_REVOKED`` or ``RECONNECTED``.
+        topic: the topic of a ``MESSAGE``.
+        message: the ``MESSAGE`` text, as published (JSON values arrive JSON-encoded).
+        topics: the topics a ``GAP``, ``AUTH_REVOKED`` or ``RECONNECTED`` is about.
+    """
+
+    type: str
+    topic: str = ""
+    message: str = ""
+    topics: tuple[str, ...] = ()
+
+    def json(self) -> Any:
+        """The message parsed as JSON.
+
+        Raises:
+            orjson.JSONDecodeError: the message is not JSON.
+        """
+        return orjson.loads(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"type": ..., "topic": ..., "message": ...}`` or ``{"type": ..., "topics": [...]}``."""
+        if self.type == "MESSAGE":
+            return {"type": self.type, "topic": self.topic, "message": self.message}
+        return {"type": self.type, "topics": list(self.topics)}
