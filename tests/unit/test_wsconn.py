@@ -7,7 +7,7 @@ import pytest
 from realtime.disconnect import CloseCode
 from realtime.websocket import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, close_frame, pong_frame, switching_protocols
 from realtime.wsconn import Closing, Head, State, WsConnection
-from tests.test_websocket import client_frame
+from tests.unit.test_websocket import client_frame
 
 HANDSHAKE = (
     b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
