@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import os
 import platform
@@ -109,11 +108,11 @@ def _floor(**kwargs: Any) -> dict[str, Any]:
 
 def _write_interval() -> float:
     """Our server's ``WRITE_INTERVAL`` in this run (``--server-env``, else its default), seconds."""
-    from realtime.settings import Settings
+    from realtime.settings import ServerSettings
 
     if "WRITE_INTERVAL" in OUR_EXTRA_ENV:
         return float(OUR_EXTRA_ENV["WRITE_INTERVAL"])
-    return float(next(f.default for f in dataclasses.fields(Settings) if f.name == "write_interval"))  # type: ignore[arg-type]
+    return ServerSettings().write_interval
 
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"

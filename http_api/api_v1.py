@@ -26,7 +26,12 @@ def setup_api_v1(app: web.Application) -> None:
     if DATABASE not in app:
         return
     app.middlewares.append(database_unavailable_middleware)
-    app[LOGIN_LIMITS] = LoginLimits(app[SETTINGS])
+    limits = app[SETTINGS].limits
+    app[LOGIN_LIMITS] = LoginLimits(
+        attempts_per_account=limits.login_attempts_per_account,
+        attempts_per_ip=limits.login_attempts_per_ip,
+        window=limits.login_window,
+    )
     app.router.add_post("/auth/login", login.login)
     app.router.add_post("/auth/logout", login.logout)
     app.router.add_get(f"{PREFIX}/dream", dreams.list_dreams)

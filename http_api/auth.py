@@ -82,10 +82,10 @@ async def authenticate(request: web.Request) -> Principal:
 
 
 async def _cookie_principal(request: web.Request) -> Principal | None:
-    settings = request.app[SETTINGS]
+    auth = request.app[SETTINGS].auth
     _refuse_cross_site(request)
-    principal = await session_principal(request.app, request.cookies.get(settings.session_cookie, ""))
-    token = request.cookies.get(settings.auth_cookie, "") if settings.auth_cookie else ""
+    principal = await session_principal(request.app, request.cookies.get(auth.session_cookie, ""))
+    token = request.cookies.get(auth.cookie, "") if auth.cookie else ""
     if principal is None and token and UPSTREAM in request.app:
         principal = await request.app[UPSTREAM].principal(request.app, token)
     return principal
@@ -144,7 +144,7 @@ async def issue_ws_token(request: web.Request) -> web.Response:
         message = f"scope not granted to this caller: {' '.join(missing)}"
         raise AuthError(AuthReason.FORBIDDEN, message, missing_scopes=missing)
     issued = request.app[ISSUER].issue(principal.user_id, wanted)
-    ttl = request.app[SETTINGS].ws_token_ttl
+    ttl = request.app[SETTINGS].auth.ws_token_ttl
     return json_response(
         {"token": issued.token, "expires_in": ttl, "scope": issued.scope},
         headers={"Cache-Control": "no-store", "Pragma": "no-cache"},

@@ -40,13 +40,17 @@ class LoginLimits:
 
     An attempt refused by its IP's limit is not counted against the account: otherwise one
     address over its limit could keep spending (and so lock) any account it names.
+
+    Args:
+        attempts_per_account: failed logins per account per ``window`` (``LOGIN_ATTEMPTS_PER_ACCOUNT``).
+        attempts_per_ip: failed logins per client IP per ``window`` (``LOGIN_ATTEMPTS_PER_IP``).
+        window: the window, seconds (``LOGIN_WINDOW``).
     """
 
-    def __init__(self, settings: Settings) -> None:
-        window = settings.login_window
-        self.retry_after = window / settings.login_attempts_per_account
-        self._account = KeyedBuckets(settings.login_attempts_per_account / window, settings.login_attempts_per_account)
-        self._ip = KeyedBuckets(settings.login_attempts_per_ip / window, settings.login_attempts_per_ip)
+    def __init__(self, *, attempts_per_account: int, attempts_per_ip: int, window: float) -> None:
+        self.retry_after = window / attempts_per_account
+        self._account = KeyedBuckets(attempts_per_account / window, attempts_per_account)
+        self._ip = KeyedBuckets(attempts_per_ip / window, attempts_per_ip)
 
     def admit(self, email: str, ip: str) -> bool:
         """Reserve one attempt; ``False`` when the IP or the account is over its limit.
@@ -68,14 +72,15 @@ LOGIN_LIMITS = web.AppKey("login_limits", LoginLimits)
 
 
 def _set_cookie(response: web.Response, settings: Settings, session_id: str) -> None:
+    auth = settings.auth
     response.set_cookie(
-        settings.session_cookie,
+        auth.session_cookie,
         session_id,
-        max_age=settings.session_ttl,
+        max_age=auth.session_ttl,
         path="/",
-        domain=settings.session_domain or None,
+        domain=auth.session_domain or None,
         httponly=True,
-        secure=settings.environment != "development",
+        secure=settings.server.environment != "development",
         samesite="Lax",
     )
 
@@ -93,7 +98,7 @@ async def login(request: web.Request) -> web.Response:
     """
     settings = request.app[SETTINGS]
     body = await load_json(request, LoginRequest())
-    ip = client_ip(request.remote, request.headers, settings.client_ip_header)
+    ip = client_ip(request.remote, request.headers, settings.server.client_ip_header)
     if not request.app[LOGIN_LIMITS].admit(body["email"], ip):
         retry_after = str(math.ceil(request.app[LOGIN_LIMITS].retry_after))
         raise ApiError(429, "too many login attempts; try again later", headers={"Retry-After": retry_after})
@@ -101,12 +106,12 @@ async def login(request: web.Request) -> web.Response:
         user = await check_password(conn, body["email"], body["password"])
         if user is None:
             raise AuthError(AuthReason.INVALID_CREDENTIALS, "wrong email or password")
-        session_id = await create_session(conn, user.id, timedelta(seconds=settings.session_ttl))
+        session_id = await create_session(conn, user.id, timedelta(seconds=settings.auth.session_ttl))
     request.app[LOGIN_LIMITS].succeeded(body["email"], ip)
     response = json_response(
         {
             "user": {"uuid": user.id, "name": user.name, "email": user.email, "role": user.role},
-            "expires_in": settings.session_ttl,
+            "expires_in": settings.auth.session_ttl,
         },
         headers={"Cache-Control": "no-store"},
     )
@@ -120,11 +125,11 @@ async def logout(request: web.Request) -> web.Response:
     Returns:
         200 ``{"status": "logged_out"}`` (also when there was no session).
     """
-    settings = request.app[SETTINGS]
-    session_id = request.cookies.get(settings.session_cookie, "")
+    auth = request.app[SETTINGS].auth
+    session_id = request.cookies.get(auth.session_cookie, "")
     if session_id:
         async with request.app[DATABASE].acquire() as conn:
             await end_session(conn, session_id)
     response = json_response({"status": "logged_out"}, headers={"Cache-Control": "no-store"})
-    response.del_cookie(settings.session_cookie, path="/", domain=settings.session_domain or None)
+    response.del_cookie(auth.session_cookie, path="/", domain=auth.session_domain or None)
     return response

@@ -308,13 +308,13 @@ def setup_metrics(app: web.Application) -> None:
     Call after the node is in ``app[NODE]``; does nothing when ``METRICS_ENABLED`` is false.
     """
     settings = app[SETTINGS]
-    if not settings.metrics_enabled:
+    if not settings.observability.metrics_enabled:
         return
-    app[METRICS] = HttpMetrics(app[NODE], settings.metrics_probe_interval)
+    app[METRICS] = HttpMetrics(app[NODE], settings.observability.metrics_probe_interval)
     app.middlewares.insert(0, metrics_middleware)
     if app[METRICS].probe is not None:
         app.cleanup_ctx.append(_probe_ctx)
-    if settings.metrics_port:
+    if settings.observability.metrics_port:
         app.cleanup_ctx.append(_metrics_server)
     else:
         app.router.add_get("/metrics", metrics_handler)
@@ -340,9 +340,9 @@ async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
     side.router.add_get("/metrics", metrics_handler)
     runner = web.AppRunner(side, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.metrics_port, reuse_address=True)
+    site = web.TCPSite(runner, settings.server.host, settings.observability.metrics_port, reuse_address=True)
     await site.start()
-    log.info("metrics_listening", host=settings.host, port=settings.metrics_port)
+    log.info("metrics_listening", host=settings.server.host, port=settings.observability.metrics_port)
     try:
         yield
     finally:

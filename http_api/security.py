@@ -32,8 +32,7 @@ ORIGINS = web.AppKey("cors_origins", frozenset)
 
 def setup_security(app: web.Application) -> None:
     """Install the preflight middleware and the header hook on ``app``."""
-    settings = app[SETTINGS]
-    app[ORIGINS] = frozenset(settings.cors_origins.replace(",", " ").split())
+    app[ORIGINS] = frozenset(app[SETTINGS].server.cors_origins.replace(",", " ").split())
     app.middlewares.append(preflight_middleware)
     app.on_response_prepare.append(_add_headers)
 
@@ -58,7 +57,7 @@ def own_origin(request: web.Request) -> str:
     ``Secure`` cookies for ``http://localhost``.
     """
     host = request.host.lower()
-    local = request.app[SETTINGS].environment == "development" or _loopback(host)
+    local = request.app[SETTINGS].server.environment == "development" or _loopback(host)
     return f"{request.scheme if local else 'https'}://{host}"
 
 
@@ -89,7 +88,7 @@ async def _add_headers(request: web.Request, response: web.StreamResponse) -> No
     headers = response.headers
     for name, value in SECURITY_HEADERS.items():
         headers.setdefault(name, value)
-    if request.app[SETTINGS].environment != "development":
+    if request.app[SETTINGS].server.environment != "development":
         headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
     origin = request.headers.get("Origin")
     if origin is None:

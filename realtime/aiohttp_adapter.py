@@ -241,7 +241,7 @@ class _FrontServer:
             **getattr(http, "_kwargs", {}),
             "loop": asyncio.get_running_loop(),
             "guard": ctx.guard,
-            "body_timeout": ctx.settings.http_body_timeout,
+            "body_timeout": ctx.settings.server.http_body_timeout,
             "hsts": ctx.hsts,
             "security_headers": ctx.security_headers,
         }
@@ -265,7 +265,7 @@ class RealtimeRunner(web.AppRunner):
     connections are open by then)."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
-        kwargs.setdefault("keepalive_timeout", app[WS_CONTEXT].settings.http_keepalive_timeout)
+        kwargs.setdefault("keepalive_timeout", app[WS_CONTEXT].settings.server.http_keepalive_timeout)
         super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:
@@ -294,7 +294,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if ctx.shutting_down:
         ctx.count(503)
         raise json_error(503, "server shutting down; reconnect")
-    ip = client_ip(request.remote, request.headers, ctx.settings.client_ip_header)
+    ip = client_ip(request.remote, request.headers, ctx.settings.server.client_ip_header)
     refused = ctx.limiter.admit(ip)
     if refused is not None:
         ws_log.info("ws_refused", reason=refused, ip=ip)

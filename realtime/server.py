@@ -75,14 +75,14 @@ class WsContext:
         self.node = node
         self.settings = settings
         self.limiter = limiter
-        self.client_ip_header = settings.client_ip_header.lower()
+        self.client_ip_header = settings.server.client_ip_header.lower()
         self.security_headers: Mapping[str, str] = security_headers or {}
-        self.hsts = settings.environment != "development"
+        self.hsts = settings.server.environment != "development"
         self.guard = StallGuard(
-            head_timeout=settings.http_head_timeout,
-            body_timeout=settings.http_body_timeout,
+            head_timeout=settings.server.http_head_timeout,
+            body_timeout=settings.server.http_body_timeout,
             # behind a proxy (CLIENT_IP_HEADER) every socket comes from the proxy's address
-            max_per_ip=0 if settings.client_ip_header else settings.max_pending_per_ip,
+            max_per_ip=0 if settings.server.client_ip_header else settings.limits.max_pending_per_ip,
         )
         self.shutting_down = False
         """Set when shutdown starts: new handshakes get 503 (no client is upgraded after the
@@ -119,7 +119,7 @@ class WsProtocol(asyncio.Protocol):
         """
         self._ctx = ctx
         self._http = http
-        self.ws = WsConnection(ctx.settings.max_frame_bytes)
+        self.ws = WsConnection(ctx.settings.limits.max_frame_bytes)
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._ip = ""
@@ -263,16 +263,22 @@ class WsProtocol(asyncio.Protocol):
             conn_id,
             transport,
             node.scheduler,
-            max_bytes=settings.send_queue_max_bytes,
-            max_messages=settings.send_queue_max_messages,
+            max_bytes=settings.limits.send_queue_max_bytes,
+            max_messages=settings.limits.send_queue_max_messages,
             on_overflow=self._slow_consumer,
         )
-        rate = TokenBucket(settings.listen_rate, settings.listen_burst) if settings.listen_rate > 0 else None
-        self.session = node.new_session(self.conn, max_topics=settings.max_topics_per_connection, rate=rate)
+        rate = (
+            TokenBucket(settings.limits.listen_rate, settings.limits.listen_burst)
+            if settings.limits.listen_rate > 0
+            else None
+        )
+        self.session = node.new_session(self.conn, max_topics=settings.limits.max_topics_per_connection, rate=rate)
         self._ip = ip
         loop = asyncio.get_running_loop()
         self._opened = self._last_rx = now = loop.time()
-        self._timer = loop.call_at(now + min(settings.listen_timeout, settings.idle_timeout), self._deadline)
+        self._timer = loop.call_at(
+            now + min(settings.limits.listen_timeout, settings.limits.idle_timeout), self._deadline
+        )
         node.add_peer(self)
         log.debug("ws_connected", conn_id=conn_id, peer=ip)
 
@@ -361,9 +367,9 @@ class WsProtocol(asyncio.Protocol):
             return
         settings = self._ctx.settings
         if not self.session.listening:
-            deadline, code = self._opened + settings.listen_timeout, CloseCode.LISTEN_TIMEOUT
+            deadline, code = self._opened + settings.limits.listen_timeout, CloseCode.LISTEN_TIMEOUT
         else:
-            deadline, code = self._last_rx + settings.idle_timeout, CloseCode.IDLE_TIMEOUT
+            deadline, code = self._last_rx + settings.limits.idle_timeout, CloseCode.IDLE_TIMEOUT
         loop = asyncio.get_running_loop()
         if loop.time() >= deadline:
             self.close(code)

@@ -23,7 +23,7 @@ from realtime.node import Node
 from realtime.redis_broker import RedisBroker
 from realtime.revocations import CLOCK_MARGIN, RevocationTable
 from realtime.server import WsContext, shutdown_peers
-from realtime.settings import Settings
+from realtime.settings import BrokerSettings, Settings
 from realtime.verification import TokenChecks
 from service.sentry import setup_sentry
 from topics import load_policy
@@ -31,21 +31,25 @@ from topics import load_policy
 log = structlog.get_logger("realtime")
 
 
-def load_keys(settings: Settings) -> KeyStore:
+def load_keys(*, ws_signing_keys: str, keys_dir: str) -> KeyStore:
     """Keys from ``WS_SIGNING_KEYS``, else ``KEYS_DIR``; generate a development key into
     an empty ``KEYS_DIR`` (with a warning) so a fresh machine just works.
+
+    Args:
+        ws_signing_keys: PEM private keys (``WS_SIGNING_KEYS``); ``""``: read ``keys_dir``.
+        keys_dir: the signing key directory (``KEYS_DIR``).
 
     Raises:
         keys.NoSigningKey: a configured key does not load.
     """
-    if settings.ws_signing_keys:
-        return KeyStore.from_pems(settings.ws_signing_keys)
+    if ws_signing_keys:
+        return KeyStore.from_pems(ws_signing_keys)
     try:
-        return KeyStore.from_directory(settings.keys_dir)
+        return KeyStore.from_directory(keys_dir)
     except NoSigningKey as exc:
         if "no signing key in" not in str(exc):
             raise
-    key = generate_key(settings.keys_dir)
+    key = generate_key(keys_dir)
     log.warning(
         "development_signing_key_generated",
         kid=key.kid,
@@ -56,15 +60,20 @@ def load_keys(settings: Settings) -> KeyStore:
     return KeyStore([key])
 
 
-def make_broker(settings: Settings) -> Broker:
-    """A :class:`RedisBroker` when ``REDIS_URL`` is set, else a :class:`MemoryBroker`."""
-    if settings.redis_url:
+def make_broker(broker: BrokerSettings, *, write_interval: float) -> Broker:
+    """A :class:`RedisBroker` when ``REDIS_URL`` is set, else a :class:`MemoryBroker`.
+
+    Args:
+        broker: the broker settings.
+        write_interval: ``WRITE_INTERVAL`` seconds, which also paces the subscriber's reads.
+    """
+    if broker.redis_url:
         return RedisBroker(
-            settings.redis_url,
-            channel=settings.redis_channel,
-            batch_interval=settings.write_interval,
-            probe_interval=settings.redis_probe_interval,
-            probe_timeout=settings.redis_probe_timeout,
+            broker.redis_url,
+            channel=broker.redis_channel,
+            batch_interval=write_interval,
+            probe_interval=broker.redis_probe_interval,
+            probe_timeout=broker.redis_probe_timeout,
         )
     return MemoryBroker()
 
@@ -83,53 +92,54 @@ def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.
         topics.PolicyError: ``TOPICS_FILE`` does not load.
         keys.NoSigningKey: a configured key does not load.
     """
-    store = key_store or load_keys(settings)
-    verifier = TokenVerifier(store, issuer=settings.ws_token_issuer, audience=settings.ws_token_audience)
+    server, limits, auth, database = settings.server, settings.limits, settings.auth, settings.database
+    store = key_store or load_keys(ws_signing_keys=auth.ws_signing_keys, keys_dir=auth.keys_dir)
+    verifier = TokenVerifier(store, issuer=auth.ws_token_issuer, audience=auth.ws_token_audience)
     node = Node(
-        broker=make_broker(settings),
-        policy=load_policy(settings.topics_file),
+        broker=make_broker(settings.broker, write_interval=server.write_interval),
+        policy=load_policy(auth.topics_file),
         verify=verifier.verify,
-        max_connections_per_user=settings.max_connections_per_user,
-        token_ttl=settings.ws_token_ttl,
+        max_connections_per_user=limits.max_connections_per_user,
+        token_ttl=auth.ws_token_ttl,
         revocations=RevocationTable(
-            lifetime=settings.ws_token_ttl + CLOCK_MARGIN,
-            capacity=settings.max_revocations,
-            per_user=settings.max_revocations_per_user,
+            lifetime=auth.ws_token_ttl + CLOCK_MARGIN,
+            capacity=limits.max_revocations,
+            per_user=limits.max_revocations_per_user,
         ),
-        write_interval=settings.write_interval,
+        write_interval=server.write_interval,
         checks=TokenChecks(
-            rate_per_address=settings.token_check_rate_per_ip,
-            burst_per_address=settings.token_check_burst_per_ip,
-            rate_per_connection=settings.token_check_rate_per_connection,
-            burst_per_connection=settings.token_check_burst_per_connection,
-            max_failures=settings.max_bad_tokens_per_connection,
+            rate_per_address=limits.token_check_rate_per_ip,
+            burst_per_address=limits.token_check_burst_per_ip,
+            rate_per_connection=limits.token_check_rate_per_connection,
+            burst_per_connection=limits.token_check_burst_per_connection,
+            max_failures=limits.max_bad_tokens_per_connection,
         ),
     )
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    app = web.Application(client_max_size=limits.max_body_bytes)
     app[SETTINGS] = settings
     app[KEY_STORE] = store
     app[VERIFIER] = verifier
     app[ISSUER] = TokenIssuer(
-        store, issuer=settings.ws_token_issuer, audience=settings.ws_token_audience, ttl=settings.ws_token_ttl
+        store, issuer=auth.ws_token_issuer, audience=auth.ws_token_audience, ttl=auth.ws_token_ttl
     )
     app[NODE] = node
     app[LIMITER] = ConnectionLimiter(
-        max_per_ip=settings.max_connections_per_ip,
-        attempts_per_second=settings.connect_rate_per_ip,
-        burst=settings.connect_burst_per_ip,
+        max_per_ip=limits.max_connections_per_ip,
+        attempts_per_second=limits.connect_rate_per_ip,
+        burst=limits.connect_burst_per_ip,
     )
     app[WS_CONTEXT] = WsContext(node, settings, app[LIMITER], security_headers=SECURITY_HEADERS)
-    app[API_KEYS] = ApiKeyAuthenticator(settings.api_keys)
-    if settings.database_url and settings.database_url != "none":
-        app[DATABASE] = Database(settings.database_url)
+    app[API_KEYS] = ApiKeyAuthenticator(auth.api_keys)
+    if database.url and database.enabled:
+        app[DATABASE] = Database(database.url)
         app.cleanup_ctx.append(database_context(app[DATABASE]))
-        if settings.auth_jwks_url:
+        if auth.jwks_url:
             app[UPSTREAM] = UpstreamVerifier(
-                jwks_url=settings.auth_jwks_url,
-                issuer=settings.auth_issuer,
-                audience=settings.auth_audience,
-                algorithms=settings.auth_algorithms.replace(",", " ").split(),
-                default_scopes=settings.default_user_scopes,
+                jwks_url=auth.jwks_url,
+                issuer=auth.issuer,
+                audience=auth.audience,
+                algorithms=auth.algorithm_list,
+                default_scopes=auth.default_user_scopes,
             )
             app.cleanup_ctx.append(upstream_context)
     app.router.add_get("/ws", websocket_handler)
@@ -163,4 +173,4 @@ def database_context(db: Database) -> Callable[[web.Application], AsyncIterator[
 
 
 async def _on_shutdown(app: web.Application) -> None:
-    await shutdown_peers(app[WS_CONTEXT], app[SETTINGS].shutdown_grace)
+    await shutdown_peers(app[WS_CONTEXT], app[SETTINGS].server.shutdown_grace)

@@ -13,19 +13,19 @@ from db import DatabaseError
 from db import cli as db_cli
 from keys import cli as keys_cli
 from realtime.errors import RealtimeError, SettingsError
-from realtime.settings import Settings
+from realtime.settings import BrokerSettings, Settings
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realtime", description="Twitch-PubSub-style realtime server")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server")
+    # --host, --port and --workers override HOST, PORT and WORKERS (see _serve); None: the environment's
     serve.add_argument("--host", help="bind address (env HOST, default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port (env PORT, default 4444)")
     serve.add_argument(
         "--workers",
         type=int,
-        default=int(os.environ.get("WORKERS", "1")),
         help="worker processes sharing the port with SO_REUSEPORT (env WORKERS, default 1; >1 needs REDIS_URL)",
     )
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             settings = Settings.from_env()
             return db_cli.run(
                 args,
-                settings.database_url,
-                settings.default_user_scopes,
-                on_revoked=lambda sub: _announce_revocation(settings, sub),
+                settings.database.url,
+                settings.auth.default_user_scopes,
+                on_revoked=lambda sub: _announce_revocation(settings.broker, sub),
             )
         if args.command == "listen":
             from realtime.client_cli import listen_command
@@ -93,19 +93,21 @@ def _serve(args: argparse.Namespace) -> int:
     from service.logs import configure_logging
     from service.runner import run_workers, serve
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    settings = Settings.from_env(**overrides)
-    if args.workers > 1 and settings.metrics_enabled and settings.metrics_port:
+    # the one place where the command line overrides the environment
+    flags = {"host": args.host, "port": args.port, "workers": args.workers}
+    settings = Settings.from_env(**{name: value for name, value in flags.items() if value is not None})
+    workers = settings.server.workers
+    if workers > 1 and settings.observability.metrics_enabled and settings.observability.metrics_port:
         raise SettingsError("METRICS_PORT cannot be shared by --workers > 1: leave it 0 (each worker answers /metrics)")
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.observability.log_format, settings.observability.log_level)
     from service.sentry import init_sentry
 
     init_sentry(settings)
-    if args.workers > 1 and not args.worker:
-        return run_workers(settings, args.workers, migrate=args.migrate)
+    if workers > 1 and not args.worker:
+        return run_workers(settings, migrate=args.migrate)
     from service.runner import loop_factory
 
-    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+    with asyncio.Runner(loop_factory=loop_factory(settings.server.event_loop)) as runner:
         runner.run(serve(settings, reuse_port=args.worker, migrate=args.migrate))
     return 0
 
@@ -123,14 +125,15 @@ async def _publish(args: argparse.Namespace) -> int:
             return 2
     if args.url:
         return await _publish_http(args.url, args.api_key, args.topic, message)
-    if not settings.redis_url:
+    broker_settings = settings.broker
+    if not broker_settings.redis_url:
         print(
             "error: REDIS_URL is not set. The memory broker lives inside one server process; "
             "set REDIS_URL, or pass --url http://host:port --api-key KEY to publish through a server.",
             file=sys.stderr,
         )
         return 2
-    policy = load_policy(settings.topics_file) if settings.topics_file else DEFAULT_POLICY
+    policy = load_policy(settings.auth.topics_file) if settings.auth.topics_file else DEFAULT_POLICY
     try:
         policy.check(args.topic)
     except BadTopic as exc:
@@ -139,7 +142,7 @@ async def _publish(args: argparse.Namespace) -> int:
     from realtime.envelope import message_text
     from realtime.redis_broker import RedisBroker
 
-    broker = RedisBroker(settings.redis_url, channel=settings.redis_channel)
+    broker = RedisBroker(broker_settings.redis_url, channel=broker_settings.redis_channel)
     broker.start_publisher()
     try:
         await broker.publish(args.topic, message_text(message))
@@ -149,9 +152,9 @@ async def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _announce_revocation(settings: Settings, sub: str) -> None:
+async def _announce_revocation(redis: BrokerSettings, sub: str) -> None:
     """Tell every running instance (through Redis) to end the WS tokens of ``sub``."""
-    if not settings.redis_url:
+    if not redis.redis_url:
         print(
             "note: REDIS_URL is not set, so running servers were not told: WS tokens already issued to "
             f"user {sub} stay valid until they expire (WS_TOKEN_TTL), unless revoked with POST /auth/ws/revoke",
@@ -161,7 +164,7 @@ async def _announce_revocation(settings: Settings, sub: str) -> None:
     from realtime.envelope import revocation_message
     from realtime.redis_broker import RedisBroker
 
-    broker = RedisBroker(settings.redis_url, channel=settings.redis_channel)
+    broker = RedisBroker(redis.redis_url, channel=redis.redis_channel)
     broker.start_publisher()
     try:
         await broker.publish_control(revocation_message(sub=sub))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import errno
 import gc
 import os
@@ -43,27 +42,26 @@ async def serve(settings: Settings, *, reuse_port: bool = False, migrate: bool =
         db.PendingMigrations: migrations are pending and ``migrate`` is false.
         db.DatabaseError: the database cannot be reached or prepared.
     """
-    settings = dataclasses.replace(
-        settings, database_url=await prepare_database(settings.database_url, migrate=migrate)
-    )
+    settings = settings.with_overrides(database_url=await prepare_database(settings.database.url, migrate=migrate))
+    server = settings.server
     app = create_app(settings)
-    runner = RealtimeRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace + 5)
+    runner = RealtimeRunner(app, access_log=None, shutdown_timeout=server.shutdown_grace + 5)
     await runner.setup()
     freeze_startup_heap()  # before the socket opens: readiness and signal handling stay immediate
     # a deep accept queue: while the loop verifies a burst of LISTEN tokens, the kernel's
     # default 128 overflowed and each dropped SYN cost a client a 1 s retry
     site = web.TCPSite(
-        runner, settings.host, settings.port, reuse_address=True, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG
+        runner, server.host, server.port, reuse_address=True, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG
     )
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
         if exc.errno == errno.EADDRINUSE:
-            raise AddressInUse(settings.host, settings.port) from None
+            raise AddressInUse(server.host, server.port) from None
         raise
     loop_kind = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
-    log.info("listening", host=settings.host, port=settings.port, pid=os.getpid(), loop=loop_kind)
+    log.info("listening", host=server.host, port=server.port, pid=os.getpid(), loop=loop_kind)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -122,33 +120,41 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-def run_workers(settings: Settings, workers: int, *, migrate: bool = False) -> int:
-    """Start ``workers`` server processes on one port (``SO_REUSEPORT``), all sharing Redis.
+def run_workers(settings: Settings, *, migrate: bool = False) -> int:
+    """Start ``WORKERS`` server processes on one port (``SO_REUSEPORT``), all sharing Redis.
 
     Keys are loaded (or the development key generated) once, here, before the workers
     start, so every worker signs and verifies with the same keys. SIGTERM/SIGINT are
     forwarded; returns the worst exit status.
 
+    Args:
+        settings: the settings; ``server.workers`` processes are started, each one
+            ``realtime serve --worker`` on ``server.host`` and ``server.port``.
+        migrate: each worker applies pending migrations first (one does; the rest find none).
+
     Raises:
         SettingsError: ``REDIS_URL`` is not set (memory brokers cannot share messages).
     """
-    if not settings.redis_url:
+    server, auth = settings.server, settings.auth
+    if not settings.broker.redis_url:
         raise SettingsError("--workers > 1 needs REDIS_URL: each worker is a separate process")
-    load_keys(settings)
+    load_keys(ws_signing_keys=auth.ws_signing_keys, keys_dir=auth.keys_dir)
     argv = [
         sys.executable,
         "-m",
         "realtime",
         "serve",
         "--worker",
+        "--workers",
+        "1",
         "--host",
-        settings.host,
+        server.host,
         "--port",
-        str(settings.port),
+        str(server.port),
         *(["--migrate"] if migrate else []),
     ]
-    procs = [subprocess.Popen(argv) for _ in range(workers)]  # noqa: S603 - our own interpreter and module
-    log.info("workers_started", workers=workers, pids=[p.pid for p in procs])
+    procs = [subprocess.Popen(argv) for _ in range(server.workers)]  # noqa: S603 - our own interpreter and module
+    log.info("workers_started", workers=server.workers, pids=[p.pid for p in procs])
 
     def forward(signum: int, _frame: object) -> None:
         for proc in procs:

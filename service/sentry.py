@@ -184,20 +184,21 @@ def init_sentry(settings: Settings, *, transport: type[Transport] | Transport | 
     """Start the Sentry client when ``SENTRY_DSN`` is set (process-wide, as Sentry is).
 
     Args:
-        settings: the settings (``sentry_dsn``, ``sentry_environment``, ``environment``,
-            ``api_keys`` whose secrets are scrubbed).
+        settings: the settings (``observability.sentry_dsn`` and ``sentry_environment``,
+            ``server.environment``, ``auth.api_keys`` whose secrets are scrubbed).
         transport: a custom transport (tests capture events with one).
 
     Returns:
         ``True`` if Sentry was started.
     """
-    if not settings.sentry_dsn:
+    observability = settings.observability
+    if not observability.sentry_dsn:
         return False
-    scrubber = Scrubber(entry.api_key for entry in settings.api_keys)
+    scrubber = Scrubber(entry.api_key for entry in settings.auth.api_keys)
     sentry_sdk.init(
-        dsn=settings.sentry_dsn,
+        dsn=observability.sentry_dsn,
         release=release(),
-        environment=settings.sentry_environment or settings.environment,
+        environment=observability.sentry_environment or settings.server.environment,
         integrations=[AioHttpIntegration(failed_request_status_codes=set())],
         include_local_variables=False,
         max_request_body_size="never",
@@ -222,5 +223,5 @@ async def sentry_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 def setup_sentry(app: web.Application, settings: Settings) -> None:
     """Add :func:`sentry_middleware` (outermost) when ``SENTRY_DSN`` is set."""
-    if settings.sentry_dsn:
+    if settings.observability.sentry_dsn:
         app.middlewares.insert(0, sentry_middleware)

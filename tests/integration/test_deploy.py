@@ -19,7 +19,6 @@ import sys
 import time
 import tomllib
 import urllib.request
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ import yaml
 from yarl import URL
 
 from keys import KeyStore
-from realtime.settings import Settings
+from realtime.settings import ENV_NAMES, Settings
 from service.app import create_app
 from service.cli import main as realtime_main
 from tests.conftest import listen, recv
@@ -41,9 +40,11 @@ from tests.procs import REALTIME, Server, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = Settings()
-NAMES = [f.name.upper() for f in fields(Settings)]
+NAMES = list(ENV_NAMES)
 #: Variables in .env.example that are not server settings.
-EXTRA_ENV = {"WORKERS", "REALTIME_URL", "REALTIME_API_KEY", "LB_PORT", "POSTGRES_PASSWORD"}
+EXTRA_ENV = {"REALTIME_URL", "REALTIME_API_KEY", "LB_PORT", "POSTGRES_PASSWORD"}
+#: Settings docker-compose.yml does not pass through: it scales by instances, one process each.
+NOT_IN_COMPOSE = {"WORKERS"}
 SECRETS = {"WS_SIGNING_KEYS", "API_KEYS", "DATABASE_URL", "REDIS_URL", "SENTRY_DSN"}
 INSTANCES = ("realtime-1", "realtime-2")
 
@@ -117,7 +118,7 @@ def test_every_setting_is_in_env_example_readme_and_compose() -> None:
     documented = {
         ".env.example": set(env_example()),
         "README.md Settings table": set(readme_settings()),
-        "docker-compose.yml x-realtime.environment": set(compose()["x-realtime"]["environment"]),
+        "docker-compose.yml x-realtime.environment": set(compose()["x-realtime"]["environment"]) | NOT_IN_COMPOSE,
     }
     missing = {where: [n for n in NAMES if n not in names] for where, names in documented.items()}
     assert not any(missing.values()), (
@@ -176,7 +177,7 @@ def test_dockerfile_multi_stage_non_root_and_runtime_only() -> None:
 def test_dockerfile_runtime_contract() -> None:
     final = dockerfile_stages()[-1]
     assert instruction(final, "STOPSIGNAL") == ["SIGTERM"]
-    assert instruction(final, "EXPOSE") == [str(SETTINGS.port)]
+    assert instruction(final, "EXPOSE") == [str(SETTINGS.server.port)]
     (cmd,) = instruction(final, "CMD")
     assert orjson.loads(cmd) == ["realtime", "serve"]  # exec form: the server is PID 1 and gets SIGTERM
     assert not instruction(final, "ENTRYPOINT")
@@ -184,7 +185,7 @@ def test_dockerfile_runtime_contract() -> None:
     (health,) = instruction(final, "HEALTHCHECK")
     assert "/health" in health and "urllib" in health and "curl" not in health
     env = " ".join(instruction(final, "ENV"))
-    assert f"PORT={SETTINGS.port}" in env and "KEYS_DIR=" in env
+    assert f"PORT={SETTINGS.server.port}" in env and "KEYS_DIR=" in env
 
 
 def healthcheck_command() -> str:
@@ -227,12 +228,12 @@ def test_fly_toml_agrees_with_the_code(tmp_path: Path) -> None:
     config = fly()
     env = config["env"]
     service = config["http_service"]
-    assert int(env["PORT"]) == service["internal_port"] == SETTINGS.port
+    assert int(env["PORT"]) == service["internal_port"] == SETTINGS.server.port
     assert service["force_https"] is True
     assert Settings.from_env(env)  # every [env] value parses and validates
     assert not SECRETS & set(env), "secrets go to `fly secrets set`, never to fly.toml"
     assert config["kill_signal"] == "SIGTERM"
-    assert seconds(config["kill_timeout"]) > SETTINGS.shutdown_grace
+    assert seconds(config["kill_timeout"]) > SETTINGS.server.shutdown_grace
     (check,) = service["checks"]  # routing: only ready machines get new clients
     assert check["path"] in routes(tmp_path) and check["path"] == "/ready"
     alive = config["checks"]["alive"]  # liveness, for `fly checks list`
@@ -242,7 +243,7 @@ def test_fly_toml_agrees_with_the_code(tmp_path: Path) -> None:
     assert concurrency["type"] == "connections"
     assert 0 < concurrency["soft_limit"] < concurrency["hard_limit"]
     assert (ROOT / config["build"]["dockerfile"]).is_file()
-    assert config["metrics"]["port"] == int(env.get("METRICS_PORT", 0) or SETTINGS.port)
+    assert config["metrics"]["port"] == int(env.get("METRICS_PORT", 0) or SETTINGS.server.port)
     assert config["metrics"]["port"] != service["internal_port"], "/metrics has no auth: keep it off the public port"
 
 
@@ -284,7 +285,7 @@ def test_compose_with_env_example_gives_valid_settings() -> None:
     for name in INSTANCES:
         env = {k: str(v) for k, v in services[name]["environment"].items()}
         settings = Settings.from_env(env)
-        assert settings.redis_url == "redis://redis:6379/0" and settings.port == SETTINGS.port
+        assert settings.broker.redis_url == "redis://redis:6379/0" and settings.server.port == SETTINGS.server.port
 
 
 def test_compose_wiring(tmp_path: Path) -> None:
@@ -300,14 +301,14 @@ def test_compose_wiring(tmp_path: Path) -> None:
         assert depends["keys"]["condition"] == "service_completed_successfully"
         env = {k: interpolate(v) for k, v in service["environment"].items()}
         settings = Settings.from_env(env)
-        assert settings.port == SETTINGS.port
-        assert settings.redis_url == "redis://redis:6379/0"
-        assert settings.database_url.endswith("@postgres:5432/realtime")
-        assert f"keys:{settings.keys_dir}" in service["volumes"]  # one key for both instances
-        assert seconds(service["stop_grace_period"]) > SETTINGS.shutdown_grace
+        assert settings.server.port == SETTINGS.server.port
+        assert settings.broker.redis_url == "redis://redis:6379/0"
+        assert settings.database.url.endswith("@postgres:5432/realtime")
+        assert f"keys:{settings.auth.keys_dir}" in service["volumes"]  # one key for both instances
+        assert seconds(service["stop_grace_period"]) > SETTINGS.server.shutdown_grace
         assert service.get("stop_signal", "SIGTERM") == "SIGTERM"
         health = " ".join(service["healthcheck"]["test"])
-        assert f"127.0.0.1:{settings.port}/health" in health
+        assert f"127.0.0.1:{settings.server.port}/health" in health
         assert "migrate" not in str(service.get("command", ""))
     assert "/health" in routes(tmp_path)
 
@@ -321,7 +322,7 @@ def test_compose_load_balancer_round_robin_without_stickiness() -> None:
     caddyfile = (ROOT / source).read_text()
     assert {n: lb["depends_on"][n]["condition"] for n in INSTANCES} == dict.fromkeys(INSTANCES, "service_healthy")
     for name in INSTANCES:
-        assert f"{name}:{SETTINGS.port}" in caddyfile
+        assert f"{name}:{SETTINGS.server.port}" in caddyfile
     assert re.search(r"^\s*lb_policy round_robin$", caddyfile, flags=re.MULTILINE)
     assert re.search(r"^\s*health_uri /ready$", caddyfile, flags=re.MULTILINE)
     assert "cookie" not in caddyfile and "ip_hash" not in caddyfile and "client_ip_hash" not in caddyfile

@@ -118,8 +118,8 @@ def test_auth_failure_reason_prefers_a_stable_reason_field() -> None:
 async def test_metrics_can_be_turned_off(make_client: AppFactory) -> None:
     client = await make_client(metrics_enabled=False)
     assert (await client.get("/metrics")).status == 404
-    assert Settings.from_env({"METRICS_ENABLED": "false"}).metrics_enabled is False
-    assert Settings.from_env({"METRICS_ENABLED": "1"}).metrics_enabled is True
+    assert Settings.from_env({"METRICS_ENABLED": "false"}).observability.metrics_enabled is False
+    assert Settings.from_env({"METRICS_ENABLED": "1"}).observability.metrics_enabled is True
     with pytest.raises(SettingsError, match="METRICS_ENABLED"):
         Settings.from_env({"METRICS_ENABLED": "maybe"})
     with pytest.raises(SettingsError, match="METRICS_PORT"):

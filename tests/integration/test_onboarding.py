@@ -181,6 +181,7 @@ def test_packaging_prints_no_warnings(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"db/migrations/0001_identities.sql", "http_api/static/console.js", "http_api/static/console.html"} <= names
     assert "service/cli.py" in names  # the composition root, where the `realtime` script points
+    assert "realtime/settings/environment.py" in names  # subpackages are listed one by one
 
 
 def linked(html: str) -> list[str]:
