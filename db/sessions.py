@@ -66,17 +66,22 @@ async def check_password(conn: Any, email: str, password: str) -> User | None:
 
     Emails match when their :func:`~db.users.normalize_email` forms are equal (PostgreSQL's
     ``lower()`` only narrows the search through the index; rows stored before emails were
-    normalized match too). Unknown emails cost one argon2 verification too, so timing does
+    normalized match too, found by the spelling typed). Unknown emails cost one argon2 verification too, so timing does
     not tell them apart. The verification (tens of milliseconds of CPU) runs in a thread,
     off the event loop.
     """
     wanted = normalize_email(email)
-    row = await conn.fetchrow(
-        "SELECT * FROM users WHERE lower(email) = lower($1) AND deleted_at IS NULL AND password_hash IS NOT NULL",
+    # the typed spelling too: a row stored before normalization (``Straße``) is not found by
+    # the case-folded form (``strasse``), whose lower() differs from the row's
+    rows = await conn.fetch(
+        "SELECT * FROM users WHERE lower(email) IN (lower($1), lower($2))"
+        " AND deleted_at IS NULL AND password_hash IS NOT NULL",
         wanted,
+        email,
     )
-    if row is not None and normalize_email(row["email"]) != wanted:
-        row = None
+    matching = [r for r in rows if normalize_email(r["email"]) == wanted]
+    typed = [r for r in matching if r["email"].lower() == email.lower()]  # two old rows: the typed one
+    row = (typed or matching or [None])[0]
     stored = row["password_hash"] if row else await asyncio.to_thread(_dummy_hash)
     if not await asyncio.to_thread(_verify, stored, password):
         return None

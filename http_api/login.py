@@ -17,6 +17,7 @@ from datetime import timedelta
 from aiohttp import web
 from marshmallow import Schema, fields, validate
 
+from db.errors import UNAVAILABLE
 from db.sessions import check_password, create_session, end_session
 from db.users import normalize_email
 from http_api.api_error import ApiError, AuthError, AuthReason
@@ -102,11 +103,15 @@ async def login(request: web.Request) -> web.Response:
     if not request.app[LOGIN_LIMITS].admit(body["email"], ip):
         retry_after = str(math.ceil(request.app[LOGIN_LIMITS].retry_after))
         raise ApiError(429, "too many login attempts; try again later", headers={"Retry-After": retry_after})
-    async with request.app[DATABASE].acquire() as conn:
-        user = await check_password(conn, body["email"], body["password"])
-        if user is None:
-            raise AuthError(AuthReason.INVALID_CREDENTIALS, "wrong email or password")
-        session_id = await create_session(conn, user.id, timedelta(seconds=settings.auth.session_ttl))
+    try:
+        async with request.app[DATABASE].acquire() as conn:
+            user = await check_password(conn, body["email"], body["password"])
+            if user is None:
+                raise AuthError(AuthReason.INVALID_CREDENTIALS, "wrong email or password")
+            session_id = await create_session(conn, user.id, timedelta(seconds=settings.auth.session_ttl))
+    except UNAVAILABLE:  # not an attempt: the password was never judged (answered 503)
+        request.app[LOGIN_LIMITS].succeeded(body["email"], ip)
+        raise
     request.app[LOGIN_LIMITS].succeeded(body["email"], ip)
     response = json_response(
         {

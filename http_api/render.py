@@ -29,6 +29,7 @@ ENVELOPE_CODES: dict[int, tuple[str, str]] = {
     403: ("FORBIDDEN", "Action not allowed."),
     404: ("NOT_FOUND", "Not found."),
     405: ("METHOD_NOT_ALLOWED", "Method not allowed."),
+    408: ("REQUEST_TIMEOUT", "Request timeout."),
     413: ("PAYLOAD_TOO_LARGE", "Payload too large."),
     415: ("UNSUPPORTED_MEDIA_TYPE", "Send application/json."),
     429: ("TOO_MANY_REQUESTS", "Too many requests."),

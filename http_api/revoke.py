@@ -66,6 +66,8 @@ async def revoke_ws_tokens(request: web.Request) -> web.Response:
         sub = principal.user_id  # only the caller's own token with that jti
     try:
         await request.app[NODE].revoke(jti=jti, sub=sub, limited=not privileged)
+    except ValueError as exc:  # e.g. an API_KEYS userId too long to name in a revocation
+        raise ApiError(400, str(exc)) from None
     except RevocationRefused as exc:
         raise ApiError(503 if exc.full else 429, f"revocation refused: {exc}") from None
     except BrokerUnavailable as exc:

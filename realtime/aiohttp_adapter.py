@@ -30,7 +30,7 @@ that into aiohttp and back:
   socket into a ``WsProtocol`` (with the bytes aiohttp read behind the handshake,
   ``RequestHandler._message_tail``); its ``101`` response object is never sent.
 
-Those private names are valid for :data:`AIOHTTP_VERSIONS` (``tests/test_aiohttp_adapter.py``
+Those private names are valid for :data:`AIOHTTP_VERSIONS` (``tests/unit/test_aiohttp_adapter.py``
 fails on any other installed aiohttp, and ``pyproject.toml`` pins the same range): check
 them against ``aiohttp/web_protocol.py``, ``web_server.py`` and ``web_runner.py`` before
 widening it.

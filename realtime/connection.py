@@ -115,7 +115,7 @@ class FlushScheduler:
 
     def _due(self) -> None:
         # decided on the next pass, not in mark(): a broker that flushes at the end of its
-        # read batch (end_batch) has usually done so by now, and arming costs a syscall
+        # read batch (Node.on_batch_end) has usually done so by now, and arming costs a syscall
         self._handle = None
         due = self._last + self._spacing
         if not self._closed and due > time.monotonic():

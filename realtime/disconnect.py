@@ -4,7 +4,7 @@ Like centrifuge's ``disconnect.go``: every reason the server has to close a conn
 :class:`Disconnect` (code, the reason sent in the CLOSE frame, whether the client should
 reconnect). The server closes with these (:mod:`realtime.server`), the client SDK decides from
 :data:`DISCONNECTS` whether to reconnect (:mod:`realtime.client`), and the README's close-code
-table lists exactly these rows (``tests/test_disconnect.py`` checks it).
+table lists exactly these rows (``tests/unit/test_disconnect.py`` checks it).
 
 Codes 1000-1015 are RFC 6455 section 7.4.1; 4000-4999 are private use (section 7.4.2): ours
 are 4000-4499, all of them "you may reconnect".

@@ -242,13 +242,18 @@ class Node:
                 per-user bound and the reserve of the revocation table apply.
 
         Raises:
-            ValueError: neither given.
+            ValueError: neither given, or one that no instance would accept (too long).
             realtime.RevocationRefused: this instance's table could not remember it (full,
                 or the caller has too many live revocations); it was not sent.
             realtime.BrokerUnavailable: the revocation was not sent.
         """
         if jti is None and sub is None:
             raise ValueError("revoke needs a jti or a sub")
+        message = revocation_message(jti=jti, sub=sub)
+        try:
+            parse_control(message)  # what every instance will accept: never a 202 applied nowhere
+        except InvalidEnvelope as exc:
+            raise ValueError(f"cannot revoke: {exc}") from None
         refusal = self.revoked.refusal(jti=jti, sub=sub, limited=limited, now=time.time())
         if refusal is not None:
             log.warning(
@@ -259,7 +264,7 @@ class Node:
                 live=len(self.revoked),
             )
             raise refusal
-        await self.broker.publish_control(revocation_message(jti=jti, sub=sub))
+        await self.broker.publish_control(message)
 
     # -- peers --------------------------------------------------------------------
 

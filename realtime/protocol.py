@@ -290,7 +290,15 @@ class Session:
             if not owner.admit_sub(key, grant.sub):
                 raise Refused(ERR_RATELIMIT, "too many connections for this user")
             self.sub = grant.sub
-        self.topics.update(granted)
+        held = self.topics
+        # a re-LISTEN may move a topic to another user's token (or to none): the user whose
+        # token no longer holds any topic here frees its slot
+        replaced = {g.sub for t in granted if t in held and (g := held[t]) is not None}
+        held.update(granted)
+        if replaced:
+            replaced.difference_update(g.sub for g in held.values() if g is not None)
+            for sub in replaced:
+                owner.released(key, sub)
         for topic in new:
             owner.listen(key, topic)
         if grant is not None and holds_grant:

@@ -92,6 +92,8 @@ class RedisBroker:
         self._handler: BrokerEventHandler | None = None
         self._publisher = RedisPublisher(url, timeout=connect_timeout)
         self._task: asyncio.Task[None] | None = None
+        self._subscribing = False  # start() was called: publish only while subscribed, ever after
+        self._closing = False
         self._link: SubscriberLink | None = None
         self._ready = False
         self._serving = False  # start() returned: listeners may be accepted, subscribed or not
@@ -116,6 +118,7 @@ class RedisBroker:
         ready, if Redis is down; a subscription made after this returns is announced with
         ``handler.on_gap``)."""
         self._handler = handler
+        self._subscribing = True
         self.start_publisher()
         first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._supervise(first), name="redis-subscriber")
@@ -138,7 +141,7 @@ class RedisBroker:
         """
         if not self._publisher.started:
             raise BrokerUnavailable("broker is not started")
-        if self._task is not None and not self._ready:
+        if self._subscribing and not self._ready:
             raise BrokerUnavailable("this instance is not subscribed to redis")
         await self._publisher.publish(channel, payload)
 
@@ -165,10 +168,16 @@ class RedisBroker:
 
     async def close(self) -> None:
         """Stop the supervisor and close both connections."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        self._closing = True
+        task, self._task = self._task, None
+        if task is not None:
+            # Python 3.11's wait_for swallows a cancellation that arrives as the awaited
+            # connect fails (seen under load: the supervisor kept reconnecting after
+            # shutdown); cancel until the task ends, and the loop also checks _closing
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
+            await asyncio.gather(task, return_exceptions=True)
         if self._link is not None and self._link.transport is not None:
             self._link.transport.close()
         self._ready = False
@@ -191,7 +200,7 @@ class RedisBroker:
     async def _supervise(self, first: asyncio.Future[None]) -> None:
         attempt = 0
         connected_before = False
-        while True:
+        while not self._closing:
             try:
                 link = self._link = await self._open()
             except (OSError, TimeoutError, RuntimeError, ConnectionError) as exc:

@@ -47,6 +47,8 @@ from sentry_sdk.types import Event, Hint
 from realtime.settings import Settings
 
 FILTERED = "[Filtered]"
+MAX_SCRUBBED = 16384
+"""Longest string an event keeps (characters); longer ones are cut before scrubbing."""
 MIN_REQUEST_SECRET = 4
 """Shortest credential of the current request removed by exact value (characters):
 shorter ones would match everywhere and leave nothing to read."""
@@ -55,11 +57,6 @@ _SECRET_WORDS = (
     "password", "passwd", "secret", "token", "apikey", "authorization", "cookie",
     "session", "credential", "dsn", "signingkey", "privatekey", "databaseurl",
 )  # fmt: skip
-# the same words in text, where a key may keep its separators (api_key, API-Key, signing_key)
-_KEY = (
-    r"[A-Za-z0-9_-]*?(?i:password|passwd|secret|token|api[_-]?key|authorization|cookie|session|credential"
-    r"|dsn|signing[_-]?key|private[_-]?key|database[_-]?url)[A-Za-z0-9_-]*"
-)
 _B64 = "A-Za-z0-9_-"
 _SHAPES = (
     # JWTs (three base64url parts, the first two starting with '{"' -> eyJ): WS tokens
@@ -72,9 +69,12 @@ _SHAPES = (
 # credentials after an auth scheme
 _SCHEME = re.compile(r"(?i)\b(api-key|bearer|basic)(\s+)[^\s'\",;]+")
 # "password": "..." in JSON or Python reprs (either quote)
-_QUOTED = re.compile(rf"""(["'])({_KEY})\1(\s*[:=]\s*)(["'])(?:\\.|(?!\4).)*\4""")
+# Linear-time patterns: a key is a whole run of name characters (possessive: never given back),
+# tested with secret_key() in the replacement; a backslash is matched one way only (an
+# ambiguous `\\.|.` backtracks exponentially on a run of backslashes).
+_QUOTED = re.compile(r"""(["'])([A-Za-z0-9_-]++)\1(\s*[:=]\s*)(["'])((?:\\.|(?!\4)[^\\])*+)\4""")
 # password=... in query strings, form bodies and cookie headers
-_ASSIGNED = re.compile(rf"""(?<![A-Za-z0-9_-])({_KEY})=[^&\s'",;]+""")
+_ASSIGNED = re.compile(r"""(?<![A-Za-z0-9_-])([A-Za-z0-9_-]++)=([^&\s'",;]++)""")
 
 #: The request being handled (set by :func:`sentry_middleware`), whose credentials the
 #: scrubber removes by exact value.
@@ -124,14 +124,18 @@ class Scrubber:
         return cast(Event, self(cast(dict[str, Any], event), hint))
 
     def text(self, value: str, exact: Iterable[str] = ()) -> str:
-        """Scrub one string (``exact``: more strings to remove, longest first)."""
+        """Scrub one string (``exact``: more strings to remove, longest first). A string longer
+        than :data:`MAX_SCRUBBED` characters is cut to that first: the patterns then cost a
+        bounded time on the event loop whatever a client sent."""
+        if len(value) > MAX_SCRUBBED:
+            value = value[:MAX_SCRUBBED] + "[truncated]"
         for secret in exact or self._secrets:
             value = value.replace(secret, FILTERED)
         for shape in _SHAPES:
             value = shape.sub(FILTERED, value)
         value = _SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{FILTERED}", value)
-        value = _QUOTED.sub(lambda m: f"{m[1]}{m[2]}{m[1]}{m[3]}{m[4]}{FILTERED}{m[4]}", value)
-        return _ASSIGNED.sub(lambda m: f"{m.group(1)}={FILTERED}", value)
+        value = _QUOTED.sub(_quoted, value)
+        return _ASSIGNED.sub(_assigned, value)
 
     def _walk(self, value: Any, exact: list[str]) -> Any:
         if isinstance(value, str):
@@ -145,6 +149,16 @@ class Scrubber:
                 return [value[0], FILTERED]  # a header as a [name, value] pair
             return [self._walk(v, exact) for v in value]
         return value
+
+
+def _quoted(m: re.Match[str]) -> str:
+    if not secret_key(m[2]):
+        return m[0]
+    return f"{m[1]}{m[2]}{m[1]}{m[3]}{m[4]}{FILTERED}{m[4]}"
+
+
+def _assigned(m: re.Match[str]) -> str:
+    return f"{m[1]}={FILTERED}" if secret_key(m[1]) else m[0]
 
 
 def request_secrets(request: web.Request | None) -> Iterator[str]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from realtime.envelope import MAX_SUB_LENGTH
 from realtime.errors import SettingsError
 from topics import BadScope, parse_scopes
 
@@ -40,20 +41,24 @@ def parse_api_keys(text: str) -> tuple[ApiKeyEntry, ...]:
         raise SettingsError(f"API_KEYS is not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     if not isinstance(data, list):
         raise SettingsError("API_KEYS must be a JSON array of objects")
-    entries = []
-    for index, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise SettingsError(f"API_KEYS[{index}] must be an object")
-        user_id, api_key, scopes = item.get("userId"), item.get("apiKey"), item.get("scopes", [])
-        if isinstance(user_id, bool) or not isinstance(user_id, int | str) or user_id == "":
-            raise SettingsError(f"API_KEYS[{index}].userId must be a number or string")
-        if not isinstance(api_key, str) or len(api_key) < 16:
-            raise SettingsError(f"API_KEYS[{index}].apiKey must be a string of 16+ characters")
-        if not isinstance(scopes, list):
-            raise SettingsError(f"API_KEYS[{index}].scopes must be an array")
-        try:
-            parsed = parse_scopes(scopes)
-        except BadScope as exc:
-            raise SettingsError(f"API_KEYS[{index}].scopes: {exc}") from None
-        entries.append(ApiKeyEntry(str(user_id), api_key, frozenset(parsed)))
-    return tuple(entries)
+    return tuple(_entry(index, item) for index, item in enumerate(data))
+
+
+def _entry(index: int, item: object) -> ApiKeyEntry:
+    """One ``API_KEYS`` entry, checked (errors name ``API_KEYS[index].field``)."""
+    if not isinstance(item, dict):
+        raise SettingsError(f"API_KEYS[{index}] must be an object")
+    user_id, api_key, scopes = item.get("userId"), item.get("apiKey"), item.get("scopes", [])
+    if isinstance(user_id, bool) or not isinstance(user_id, int | str) or user_id == "":
+        raise SettingsError(f"API_KEYS[{index}].userId must be a number or string")
+    if len(str(user_id)) > MAX_SUB_LENGTH:  # it is the sub of the key's WS tokens
+        raise SettingsError(f"API_KEYS[{index}].userId must be at most {MAX_SUB_LENGTH} characters")
+    if not isinstance(api_key, str) or len(api_key) < 16:
+        raise SettingsError(f"API_KEYS[{index}].apiKey must be a string of 16+ characters")
+    if not isinstance(scopes, list):
+        raise SettingsError(f"API_KEYS[{index}].scopes must be an array")
+    try:
+        parsed = parse_scopes(scopes)
+    except BadScope as exc:
+        raise SettingsError(f"API_KEYS[{index}].scopes: {exc}") from None
+    return ApiKeyEntry(str(user_id), api_key, frozenset(parsed))

@@ -196,7 +196,8 @@ def test_headers_and_sentences_reach_both_families() -> None:
     }
     limited = ApiError(429, "too many login attempts", headers={"Retry-After": "60"})
     assert render_plain(limited).headers == render_envelope(limited).headers == {"Retry-After": "60"}
-    assert render_envelope(ApiError(408, "too slow")).body["errorCode"] == "ERROR"
+    assert render_envelope(ApiError(408, "too slow")).body["errorCode"] == "REQUEST_TIMEOUT"
+    assert render_envelope(ApiError(418, "teapot")).body["errorCode"] == "ERROR"  # a status without a code
 
 
 def test_rendered_error_keeps_the_error_for_outer_middlewares() -> None:

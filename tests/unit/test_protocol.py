@@ -220,3 +220,14 @@ def test_owner_is_told_in_order_and_a_refused_user_gets_nothing(h: Harness) -> N
     assert h.listen(["remote-control:command.7", "dream:update.a"], h.token())["error"] == ""
     assert h.owner.events == ["listen remote-control:command.7", "listen dream:update.a", "granted 7"]
     assert h.owner.refusals == ["ERR_RATELIMIT"]
+
+
+def test_a_relisten_with_another_users_token_frees_the_first_users_slot(h: Harness) -> None:
+    """A topic moved to user 8's token by a re-LISTEN: user 7's token holds nothing here any
+    more, so 7's slot (MAX_CONNECTIONS_PER_USER) is freed, not kept until the socket closes."""
+    scopes = ("moderator:read:followers",)
+    assert h.listen(["channel:follow.42"], h.token("7", scopes))["error"] == ""
+    assert h.listen(["channel:follow.42"], h.token("8", scopes))["error"] == ""
+    assert "released 7" in h.owner.events and "released 8" not in h.owner.events
+    grant = h.session.topics[Topic("channel:follow.42")]
+    assert grant is not None and grant.sub == "8"

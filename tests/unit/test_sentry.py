@@ -57,3 +57,13 @@ def test_scrubber_covers_headers_fields_and_free_text() -> None:
     text = orjson.dumps(out).decode()
     for secret in ("configured-key-0123456789", "hunter2", session_id, "s1"):
         assert secret not in text, secret
+
+
+def test_the_scrubber_takes_linear_time_on_hostile_text() -> None:
+    """Strings a client controls (a header, a query) reach the scrubber on the event loop:
+    runs of backslashes, or of a secret word with no ``=``, once backtracked for seconds."""
+    scrubber = Scrubber()
+    hostile = ['"password": "' + "\\" * 5000, "token" * 20000, "'" + "token" * 3000, "x" * 100_000]
+    for text in hostile:
+        assert len(scrubber.text(text)) <= 16384 + len("[truncated]")
+    assert scrubber.text('{"password": "a\\"b", "n": 1}') == '{"password": "[Filtered]", "n": 1}'

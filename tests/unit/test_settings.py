@@ -135,6 +135,9 @@ def test_api_keys_errors_say_where_and_never_the_key() -> None:
     assert secret not in str(caught.value)
     with pytest.raises(SettingsError, match=r"^API_KEYS\[0\]\.apiKey must be"):
         Settings.from_env({"API_KEYS": '[{"userId": 7, "apiKey": "short"}]'})
+    # the userId is the sub of the key's tokens: one too long to name in a revocation is refused
+    with pytest.raises(SettingsError, match=r"^API_KEYS\[0\]\.userId must be at most 128 characters"):
+        Settings.from_env({"API_KEYS": f'[{{"userId": "{"u" * 129}", "apiKey": "{secret}"}}]'})
 
 
 @pytest.mark.parametrize(
