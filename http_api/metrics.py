@@ -34,9 +34,9 @@ from prometheus_client.registry import Collector
 
 from http_api.appkeys import NODE, SETTINGS
 from http_api.render import auth_reason
-from realtime.connection import Connection
 from realtime.errors import BrokerUnavailable
 from realtime.node import Node
+from realtime.send_queue import SendQueue
 
 log = structlog.get_logger("http_api.metrics")
 
@@ -175,7 +175,7 @@ class LatencyProbe:
     async def run(self) -> None:
         """Probe until cancelled."""
         index = self._node.index
-        index.add(self.topic, cast(Connection, self))
+        index.add(self.topic, cast(SendQueue, self))
         try:
             while True:
                 await asyncio.sleep(self._interval)
@@ -187,7 +187,7 @@ class LatencyProbe:
                 except BrokerUnavailable:
                     self._sent = None
         finally:
-            index.discard(self.topic, cast(Connection, self))
+            index.discard(self.topic, cast(SendQueue, self))
 
 
 class HttpMetrics:

@@ -2,7 +2,7 @@
 
 Fan-out path, per publication: look up the topic's local listeners; if there are any,
 encode the MESSAGE frame once and queue the same bytes on every listener
-(:meth:`realtime.connection.Connection.send`, which never awaits).
+(:meth:`realtime.send_queue.SendQueue.send`, which never awaits).
 
 The node also ends grants: when the token behind a LISTEN expires, or is revoked on
 any instance (a control message through the broker), the topics it granted are
@@ -34,13 +34,13 @@ import structlog
 
 from keys import Grant, InvalidToken
 from realtime.broker import Broker
-from realtime.connection import Connection, FlushScheduler, encode_text_frame
 from realtime.disconnect import CloseCode
 from realtime.envelope import InvalidEnvelope, UnknownControl, message_text, parse_control, revocation_message
 from realtime.grant_expiry import GrantExpiry
 from realtime.limits import TokenBucket
 from realtime.protocol import Session, auth_revoked_payload, gap_payload, message_payload
 from realtime.revocations import CLOCK_MARGIN, RevocationTable
+from realtime.send_queue import FlushScheduler, SendQueue, encode_text_frame
 from realtime.stats import NodeStats
 from realtime.topic_index import TopicIndex
 from realtime.user_slots import UserSlots
@@ -53,7 +53,7 @@ log = structlog.get_logger("realtime.node")
 class Peer(Protocol):
     """One connected client as the node sees it (implemented by the WebSocket adapter)."""
 
-    conn: Connection
+    conn: SendQueue
     session: Session
 
     @property
@@ -103,7 +103,7 @@ class Node:
         token_ttl: longest token lifetime, seconds (how long revocations are remembered,
             unless ``revocations`` is given).
         write_interval: shortest time between two merged flushes, seconds (see
-            :class:`realtime.connection.FlushScheduler`).
+            :class:`realtime.send_queue.FlushScheduler`).
         checks: budgets of token checks (default: unlimited, never closes).
         revocations: the revocation table (default: :class:`realtime.revocations.RevocationTable`
             with its default bounds).
@@ -112,17 +112,17 @@ class Node:
         self.policy = policy
         self._verify = verify
         self._write_interval = write_interval
-        self.index: TopicIndex[Connection] = TopicIndex()
-        self.peers: dict[Connection, Peer] = {}
+        self.index: TopicIndex[SendQueue] = TopicIndex()
+        self.peers: dict[SendQueue, Peer] = {}
         self.stats = NodeStats()
         self._scheduler: FlushScheduler | None = None
         self._batch_delivered = False  # set by on_publication(), read and cleared by on_batch_end()
-        self.slots: UserSlots[Connection] = UserSlots(max_connections_per_user)
+        self.slots: UserSlots[SendQueue] = UserSlots(max_connections_per_user)
         self.revoked = RevocationTable(lifetime=token_ttl + CLOCK_MARGIN) if revocations is None else revocations
         self.verified = VerifiedTokens()
         self.bad_tokens = BadTokens()
         self.checks = TokenChecks() if checks is None else checks
-        self.expiries: GrantExpiry[Connection] = GrantExpiry(self._expire)
+        self.expiries: GrantExpiry[SendQueue] = GrantExpiry(self._expire)
 
     @property
     def scheduler(self) -> FlushScheduler:
@@ -280,14 +280,14 @@ class Node:
         self.checks.forget(peer.conn)
         self.slots.release_all(peer.conn)
 
-    def new_session(self, conn: Connection, *, max_topics: int, rate: TokenBucket | None) -> Session:
+    def new_session(self, conn: SendQueue, *, max_topics: int, rate: TokenBucket | None) -> Session:
         """A protocol :class:`Session` for ``conn`` with this node as its owner: token checks
         (with revocation), the topic index, per-user limits and expiry timers."""
         return Session(policy=self.policy, owner=self, key=conn, max_topics=max_topics, rate=rate)
 
     # -- the sessions' owner (realtime.protocol.Owner) ------------------------------
 
-    def verify(self, key: Connection, token: str) -> Grant:
+    def verify(self, key: SendQueue, token: str) -> Grant:
         """Verify a token LISTENed with on ``key`` and refuse revoked ones.
 
         A token verified before (and not expired) costs no check; one that failed before is
@@ -311,7 +311,7 @@ class Node:
         self.checks.succeeded(key)
         return grant
 
-    def _check(self, key: Connection, token: str) -> Grant:
+    def _check(self, key: SendQueue, token: str) -> Grant:
         reason = self.bad_tokens.reason(token)
         if reason is None:
             peer = self.peers.get(key)
@@ -329,7 +329,7 @@ class Node:
         self._failed(key)
         raise InvalidToken(reason)
 
-    def _failed(self, key: Connection) -> None:
+    def _failed(self, key: SendQueue) -> None:
         """Count a refused token on ``key``; close it once it failed too often in a row."""
         if self.checks.failed(key):
             peer = self.peers.get(key)
@@ -337,19 +337,19 @@ class Node:
                 log.info("ws_closed_for_bad_tokens", conn_id=key.id, address=peer.address)
                 asyncio.get_running_loop().call_soon(peer.close_soon, CloseCode.BAD_TOKENS, "too many invalid tokens")
 
-    def listen(self, key: Connection, topic: Topic) -> None:
+    def listen(self, key: SendQueue, topic: Topic) -> None:
         """Index ``key`` under ``topic`` (its session LISTENed)."""
         self.index.add(topic, key)
 
-    def unlisten(self, key: Connection, topic: Topic) -> None:
+    def unlisten(self, key: SendQueue, topic: Topic) -> None:
         """Drop ``key`` from ``topic`` (its session dropped the topic)."""
         self.index.discard(topic, key)
 
-    def granted(self, key: Connection, grant: Grant) -> None:
+    def granted(self, key: SendQueue, grant: Grant) -> None:
         """Arm the expiry of ``grant``'s topics on ``key``."""
         self.expiries.schedule(key, grant.exp)
 
-    def released(self, key: Connection, sub: str) -> None:
+    def released(self, key: SendQueue, sub: str) -> None:
         """Free ``key``'s slot of ``sub`` (its session holds no topic granted to ``sub`` now)."""
         self.slots.release(key, sub)
 
@@ -357,14 +357,14 @@ class Node:
         """Count an error RESPONSE by code."""
         self.stats.count_refusal(code)
 
-    def admit_sub(self, key: Connection, sub: str) -> bool:
+    def admit_sub(self, key: SendQueue, sub: str) -> bool:
         """Take a slot of ``sub``'s ``MAX_CONNECTIONS_PER_USER`` for ``key``; ``False`` when
         they are all taken (a connection that already holds one is admitted again)."""
         return self.slots.admit(key, sub)
 
     # -- expiry ---------------------------------------------------------------------
 
-    def _expire(self, conn: Connection, now: float) -> float | None:
+    def _expire(self, conn: SendQueue, now: float) -> float | None:
         """End ``conn``'s grants that expired by ``now`` (for :attr:`expiries`); returns its
         next expiry."""
         peer = self.peers.get(conn)

@@ -149,7 +149,7 @@ class Session:
         """Args:
         policy: the topic policy.
         owner: verifies tokens, keeps the topic index and the per-user limits.
-        key: what this session is to ``owner`` (the node's :class:`realtime.connection.Connection`).
+        key: what this session is to ``owner`` (the node's :class:`realtime.send_queue.SendQueue`).
         max_topics: most topics one connection may hold.
         rate: LISTEN/UNLISTEN rate limit (``None``: unlimited).
         """

@@ -5,7 +5,7 @@ valid WebSocket opening handshake for ``/ws`` (RFC 6455 section 4), the protocol
 ``101`` itself and serves the connection from then on: frames in through the sans-I/O
 :class:`realtime.wsconn.WsConnection` (the connection's state, the close handshake) into
 the sans-I/O :class:`realtime.protocol.Session`, frames out through the merged-write
-:class:`realtime.connection.Connection` (the send queue). Anything else (every other route,
+:class:`realtime.send_queue.SendQueue` (the send queue). Anything else (every other route,
 a malformed or refused handshake) is handed, with the bytes read so far, to aiohttp, wired
 up by :mod:`realtime.aiohttp_adapter`. :class:`WsProtocol` only moves bytes and runs timers;
 what to write and which state to enter come from :class:`realtime.wsconn.WsConnection`; close
@@ -28,12 +28,12 @@ from typing import cast
 import sentry_sdk
 import structlog
 
-from realtime.connection import Connection
 from realtime.disconnect import CloseCode, reason_of
 from realtime.http_errors import refusal
 from realtime.limits import ConnectionLimiter, TokenBucket, client_ip
 from realtime.node import Node
 from realtime.protocol import RECONNECT, Session
+from realtime.send_queue import SendQueue
 from realtime.settings import Settings
 from realtime.stall import StallGuard
 from realtime.websocket import OP_BINARY, OP_TEXT
@@ -108,7 +108,7 @@ class WsProtocol(asyncio.Protocol):
         "conn", "session", "ws",
     )  # fmt: skip
 
-    conn: Connection
+    conn: SendQueue
     session: Session
 
     def __init__(self, ctx: WsContext, http: Callable[[], asyncio.Protocol] | None) -> None:
@@ -259,7 +259,7 @@ class WsProtocol(asyncio.Protocol):
             self._timer.cancel()
         conn_id = f"{_PREFIX}-{next(_ids)}"
         self._transport = transport
-        self.conn = Connection(
+        self.conn = SendQueue(
             conn_id,
             transport,
             node.scheduler,
@@ -381,7 +381,7 @@ class WsProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def _slow_consumer(self, conn: Connection) -> None:
+    def _slow_consumer(self, conn: SendQueue) -> None:
         self._ctx.node.stats.count_slow_consumer()
         log.warning("slow_consumer_closed", conn_id=conn.id)
         self.close(CloseCode.SLOW_CONSUMER)

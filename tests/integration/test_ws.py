@@ -184,20 +184,20 @@ async def test_slow_consumer_is_closed_and_others_get_everything(make_client: Ap
 
 
 async def socket_connection(scheduler: Any) -> tuple[Any, asyncio.BaseTransport, socket.socket]:
-    """A :class:`Connection` writing to one end of a real socket pair; returns it, its
+    """A :class:`SendQueue` writing to one end of a real socket pair; returns it, its
     transport and the other end (non-blocking) to read what it wrote."""
-    from realtime.connection import Connection
+    from realtime.send_queue import SendQueue
 
     ours, theirs = socket.socketpair()
     transport, _ = await asyncio.get_running_loop().connect_accepted_socket(asyncio.Protocol, ours)
-    conn = Connection("t", transport, scheduler, max_bytes=1 << 20, max_messages=1000, on_overflow=lambda c: None)  # type: ignore[arg-type]
+    conn = SendQueue("t", transport, scheduler, max_bytes=1 << 20, max_messages=1000, on_overflow=lambda c: None)  # type: ignore[arg-type]
     theirs.setblocking(False)
     return conn, transport, theirs
 
 
 async def test_flush_scheduler_spaces_flushes_under_load() -> None:
     """First flush on the next pass; later ones at most once per interval."""
-    from realtime.connection import FlushScheduler
+    from realtime.send_queue import FlushScheduler
 
     scheduler = FlushScheduler(asyncio.get_running_loop(), interval=0.05)
     conn, transport, theirs = await socket_connection(scheduler)
@@ -218,7 +218,7 @@ async def test_flush_scheduler_spaces_flushes_under_load() -> None:
 
 def test_flush_spacing_stretches_for_long_flushes_up_to_a_cap() -> None:
     """Pure: the interval, or twice the last flush's duration, at most three intervals."""
-    from realtime.connection import flush_spacing
+    from realtime.send_queue import flush_spacing
 
     assert flush_spacing(0.008, 0.001) == 0.008  # 50 writes: the interval
     assert flush_spacing(0.008, 0.009) == 0.018  # 1,000 writes: writing takes half the time
@@ -230,7 +230,7 @@ async def test_a_long_merging_flush_stretches_the_spacing_of_the_next() -> None:
     """A flush that took 120 ms (wide fan-out) and merged three frames per write spaces the
     next one 240 ms after it began (twice 120 ms, under the cap of three 100 ms intervals),
     not 100 ms. One that wrote a single frame per connection (many topics) does not."""
-    from realtime.connection import FlushScheduler
+    from realtime.send_queue import FlushScheduler
 
     for frames_per_write, stretched in ((3, True), (1, False)):
         scheduler = FlushScheduler(asyncio.get_running_loop(), interval=0.1)
@@ -252,7 +252,7 @@ async def test_a_long_merging_flush_stretches_the_spacing_of_the_next() -> None:
 async def test_flush_now_writes_at_once_and_restarts_the_interval() -> None:
     """``FlushScheduler.flush`` (a broker's end of batch) writes now, replaces the
     scheduled pass, and the next scheduled flush is an interval later."""
-    from realtime.connection import FlushScheduler
+    from realtime.send_queue import FlushScheduler
 
     scheduler = FlushScheduler(asyncio.get_running_loop(), interval=0.05)
     conn, transport, theirs = await socket_connection(scheduler)

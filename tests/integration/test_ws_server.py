@@ -29,7 +29,7 @@ from http_api.appkeys import NODE
 from keys import KeyStore
 from realtime import server as ws_server
 from realtime.aiohttp_adapter import WS_CONTEXT, RealtimeRunner
-from realtime.connection import Connection
+from realtime.send_queue import SendQueue
 from service.app import create_app
 from tests.conftest import (
     API_KEYS_JSON,
@@ -477,7 +477,7 @@ def test_a_closed_connection_is_freed_without_the_cycle_collector(key_store: Key
             await asyncio.sleep(0.05)
             gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds unreachable goes to gc.garbage
             gc.collect()
-            return [o for o in gc.garbage if isinstance(o, ws_server.WsProtocol | Connection)]
+            return [o for o in gc.garbage if isinstance(o, ws_server.WsProtocol | SendQueue)]
         finally:
             gc.set_debug(0)
             gc.garbage.clear()

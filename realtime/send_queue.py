@@ -1,6 +1,6 @@
 """Per-connection outgoing path: pre-encoded frames, merged writes, bounded queues.
 
-Fan-out never awaits a client. :meth:`Connection.send` appends an already-encoded
+Fan-out never awaits a client. :meth:`SendQueue.send` appends an already-encoded
 WebSocket frame (RFC 6455 section 5.2, unmasked server frame) to the connection's
 pending list and marks the connection dirty; once per event-loop pass the
 :class:`FlushScheduler` joins every connection's pending frames into one
@@ -31,7 +31,7 @@ import structlog
 
 from realtime.timer import PreciseTimer
 
-log = structlog.get_logger("realtime.connection")
+log = structlog.get_logger("realtime.send_queue")
 
 _OP_TEXT: Final = 0x81  # FIN + text opcode
 _pack2 = struct.Struct("!BB").pack
@@ -97,7 +97,7 @@ class FlushScheduler:
         self._interval = interval
         self._spacing = interval  # flush_spacing() after the last flush
         self._last = -1e9  # time.monotonic() of the last flush's start
-        self._dirty: list[Connection] = []
+        self._dirty: list[SendQueue] = []
         self._handle: asyncio.Handle | None = None  # the next-pass flush, when one is due now
         self._timer = PreciseTimer(loop)  # the paced flush, when one is due later
         self._closed = False  # after close(): flush on the next pass, never arm the timer
@@ -107,7 +107,7 @@ class FlushScheduler:
         """``True`` when some connection has frames waiting for a flush."""
         return bool(self._dirty)
 
-    def mark(self, conn: Connection) -> None:
+    def mark(self, conn: SendQueue) -> None:
         """Queue ``conn`` for the next flush."""
         self._dirty.append(conn)
         if self._handle is None and not self._timer.armed:
@@ -149,8 +149,8 @@ class FlushScheduler:
             self._handle = self._loop.call_soon(self._due)
 
 
-class Connection:
-    """The outgoing side of one WebSocket connection.
+class SendQueue:
+    """The send queue of one WebSocket connection: its outgoing frames, bounded.
 
     Attributes:
         id: connection id for logs.
@@ -172,7 +172,7 @@ class Connection:
         *,
         max_bytes: int,
         max_messages: int,
-        on_overflow: Callable[[Connection], None],
+        on_overflow: Callable[[SendQueue], None],
     ) -> None:
         """Args:
         conn_id: id for logs.
@@ -258,5 +258,5 @@ class Connection:
         self.closed = True
 
 
-def _ignore_overflow(conn: Connection) -> None:
+def _ignore_overflow(conn: SendQueue) -> None:
     """The overflow callback of a detached connection (it queues nothing more)."""
