@@ -12,8 +12,8 @@ what to write and which state to enter come from :class:`realtime.wsconn.WsConne
 codes and reasons from :mod:`realtime.disconnect`.
 
 Why not aiohttp's ``WebSocketResponse``: it keeps an HTTP request, its handler task, a
-reader, a queue and parser state alive for the life of the socket (~11 KB per idle
-connection here).
+reader, a queue and parser state alive for the life of the socket (several times the
+memory of an idle connection here; docs/benchmarks.md).
 """
 
 from __future__ import annotations
