@@ -70,8 +70,8 @@ class StallGuard:
     """
 
     __slots__ = (
-        "_base", "_clock", "_fd_count", "_last_log", "_last_recount", "_limit", "_logged", "_max_per_ip",
-        "_per_ip", "_phases", "_reserve", "_timeouts", "_timer", "budget", "closed", "sockets",
+        "_base", "_by_ip", "_clock", "_fd_count", "_last_log", "_last_recount", "_limit", "_logged",
+        "_max_per_ip", "_phases", "_reserve", "_timeouts", "_timer", "budget", "closed", "sockets",
     )  # fmt: skip
 
     def __init__(
@@ -92,7 +92,9 @@ class StallGuard:
         self._max_per_ip = max_per_ip
         self._clock = clock
         self._phases: tuple[dict[Closable, tuple[str, float, Expire | None]], ...] = ({}, {}, {})
-        self._per_ip: dict[str, int] = {}
+        # per address, its pending sockets in the order they started waiting (clock time):
+        # the first is its oldest, so the per-address cap sheds in O(1)
+        self._by_ip: dict[str, dict[Closable, float]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._fd_count: Callable[[], int] | None = None
         self._base = 0
@@ -136,13 +138,15 @@ class StallGuard:
         self.sockets += 1
         if self.budget and self.sockets > self.budget:
             self._over_budget()
-        per_ip = self._per_ip
-        count = per_ip.get(ip, 0)
-        if self._max_per_ip and count >= self._max_per_ip:
+        mine = self._by_ip.get(ip)
+        if mine is None:
+            mine = self._by_ip[ip] = {}
+        elif self._max_per_ip and len(mine) >= self._max_per_ip:
             self._shed_from(ip)
-            count = per_ip.get(ip, 0)
-        self._phases[HEAD][key] = (ip, self._clock(), None)
-        per_ip[ip] = count + 1
+            mine = self._by_ip.setdefault(ip, {})
+        now = self._clock()
+        self._phases[HEAD][key] = (ip, now, None)
+        mine[key] = now
         if self._timer is None:
             self._arm()
 
@@ -178,10 +182,11 @@ class StallGuard:
             phase: ``HEAD``, ``BODY`` or ``IDLE``.
             expire: called at the ``BODY`` deadline instead of ``key.abort()``.
         """
-        if self.done(key) is None and self._max_per_ip and self._per_ip.get(ip, 0) >= self._max_per_ip:
+        if self.done(key) is None and self._max_per_ip and self.pending_from(ip) >= self._max_per_ip:
             self._shed_from(ip)
-        self._phases[phase][key] = (ip, self._clock(), expire)
-        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        now = self._clock()
+        self._phases[phase][key] = (ip, now, expire)
+        self._by_ip.setdefault(ip, {})[key] = now
         if self._timer is None and phase != IDLE:
             self._arm()
 
@@ -192,11 +197,10 @@ class StallGuard:
             entry = phase.pop(key, None)
             if entry is not None:
                 ip = entry[0]
-                count = self._per_ip[ip] - 1
-                if count:
-                    self._per_ip[ip] = count
-                else:
-                    del self._per_ip[ip]
+                mine = self._by_ip[ip]
+                del mine[key]
+                if not mine:
+                    del self._by_ip[ip]
                 return ip
         return None
 
@@ -208,19 +212,25 @@ class StallGuard:
 
     def pending_from(self, ip: str) -> int:
         """Pending sockets of peer address ``ip``."""
-        return self._per_ip.get(ip, 0)
+        mine = self._by_ip.get(ip)
+        return len(mine) if mine else 0
 
     def _oldest(self, ip: str | None, before: float = float("inf")) -> Closable | None:
         """The pending socket (of ``ip``, or of anyone) that has waited longest in its
         phase, if it has waited since before ``before`` (clock time)."""
+        if ip is not None:
+            mine = self._by_ip.get(ip)
+            if not mine:
+                return None
+            key, started = next(iter(mine.items()))
+            return key if started < before else None
         best: Closable | None = None
         since = before
-        for phase in self._phases:
+        for phase in self._phases:  # each phase's first entry is its oldest
             for key, entry in phase.items():
-                if ip is None or entry[0] == ip:
-                    if entry[1] < since:
-                        best, since = key, entry[1]
-                    break
+                if entry[1] < since:
+                    best, since = key, entry[1]
+                break
         return best
 
     def _shed_from(self, ip: str) -> None:

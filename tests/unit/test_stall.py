@@ -53,6 +53,35 @@ async def test_stall_guard_sweeps_in_order_and_sheds_the_oldest() -> None:
     guard.stop()
 
 
+async def test_the_per_address_cap_sheds_that_address_oldest_across_phases() -> None:
+    """Older sockets of other addresses are never shed for one address's cap, and a socket
+    that moved to another phase counts from its move (the address's own order)."""
+    now = [0.0]
+
+    class Key:
+        aborted = False
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    guard = StallGuard(head_timeout=100, body_timeout=100, max_per_ip=2, clock=lambda: now[0])
+    others = [Key() for _ in range(500)]
+    for i, key in enumerate(others):
+        guard.accepted(key, f"10.0.{i // 250}.{i % 250}")
+    now[0] = 5.0
+    first, second = Key(), Key()
+    guard.accepted(first, "9.9.9.9")
+    now[0] = 6.0
+    guard.accepted(second, "9.9.9.9")
+    now[0] = 8.0
+    guard.waiting(first, "9.9.9.9", BODY)  # its head arrived: it waits for a body from now
+    now[0] = 10.0
+    guard.accepted(Key(), "9.9.9.9")  # at the cap: the address's oldest is second (6.0), not first (8.0)
+    assert second.aborted and not first.aborted and not any(k.aborted for k in others)
+    assert guard.pending_from("9.9.9.9") == 2 and guard.pending() == 502
+    guard.stop()
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
