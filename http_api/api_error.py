@@ -21,19 +21,16 @@ from enum import StrEnum
 from http import HTTPStatus
 from typing import Any
 
+from realtime.http_errors import ERROR_CODES
+
 CODES: dict[int, str] = {
-    400: "bad_request",
+    **ERROR_CODES,  # the ones the engine answers itself, before aiohttp (one table for both)
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
-    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
-    426: "upgrade_required",
-    429: "too_many_requests",
-    500: "internal",
-    503: "unavailable",
 }
 """The plain renderer's stable ``error`` code of each status (``"error"`` for others)."""
 

@@ -10,8 +10,6 @@ a bug: logged, reported to Sentry (a no-op without ``SENTRY_DSN``), answered 500
 
 from __future__ import annotations
 
-import random
-import re
 from typing import Any
 
 import orjson
@@ -22,6 +20,7 @@ from aiohttp.typedefs import Handler
 
 from http_api.api_error import ApiError
 from http_api.render import RenderedError, render_plain
+from realtime.http_errors import request_id_from
 
 log = structlog.get_logger("http_api")
 
@@ -42,21 +41,6 @@ def json_error(status: int, message: str, **extra: Any) -> web.HTTPException:
 def _with_id(exc: web.HTTPException, request_id: str) -> web.HTTPException:
     exc.headers["X-Request-ID"] = request_id
     return exc
-
-
-_SAFE_ID = re.compile(r"[A-Za-z0-9._-]*")
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def request_id_from(header: str) -> str:
-    """The request id for a request: the caller's ``X-Request-ID`` cut to 64 characters
-    of ``[A-Za-z0-9._-]`` (so it is safe in logs and headers), or, when that leaves
-    nothing, 32 random hex digits. Request ids are not secrets: they are drawn from
-    ``random`` (~10x cheaper than ``uuid4``, which reads ``os.urandom``)."""
-    rid = header[:64]
-    if not _SAFE_ID.fullmatch(rid):
-        rid = _UNSAFE_CHARS.sub("", rid)
-    return rid or f"{random.getrandbits(128):032x}"
 
 
 def client_gone(request: web.Request) -> bool:
