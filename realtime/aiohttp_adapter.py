@@ -28,7 +28,9 @@ that into aiohttp and back:
 - :func:`websocket_handler`, aiohttp's route for ``GET /ws``, answers handshakes on reused
   keep-alive connections and the refusals (400, 426, 429, 503 as JSON), then adopts the
   socket into a ``WsProtocol`` (with the bytes aiohttp read behind the handshake,
-  ``RequestHandler._message_tail``); its ``101`` response object is never sent.
+  ``RequestHandler._message_tail``); its ``101`` response object is never sent;
+- :func:`body_read_so_far` gives the body a handler already read (``BaseRequest._read_bytes``),
+  for the Sentry scrubber, which must not read it again.
 
 Those private names are valid for :data:`AIOHTTP_VERSIONS` (``tests/unit/test_aiohttp_adapter.py``
 fails on any other installed aiohttp, and ``pyproject.toml`` pins the same range): check
@@ -78,6 +80,13 @@ def parser_error_message(exc: BaseException | None) -> str:
         if isinstance(exc, kind):
             return message
     return "malformed request"
+
+
+def body_read_so_far(request: web.BaseRequest) -> bytes | None:
+    """The body a handler already read with ``request.read()``/``json()``, or ``None``;
+    never reads (aiohttp keeps it in the private ``BaseRequest._read_bytes``)."""
+    raw: bytes | None = request._read_bytes
+    return raw
 
 
 def error_response(status: int, message: str, *, hsts: bool, security_headers: Mapping[str, str]) -> web.Response:

@@ -44,6 +44,7 @@ from sentry_sdk.integrations.aiohttp import AioHttpIntegration
 from sentry_sdk.transport import Transport
 from sentry_sdk.types import Event, Hint
 
+from realtime.aiohttp_adapter import body_read_so_far
 from realtime.settings import Settings
 
 FILTERED = "[Filtered]"
@@ -172,7 +173,7 @@ def request_secrets(request: web.Request | None) -> Iterator[str]:
     yield request.headers.get("X-Api-Key", "")
     yield from request.cookies.values()
     yield from (v for k, v in request.query.items() if secret_key(k))
-    raw = request._read_bytes  # what the handler read; never read here
+    raw = body_read_so_far(request)  # what the handler read; never read here
     if raw:
         try:
             body = orjson.loads(raw)

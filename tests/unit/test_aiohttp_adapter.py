@@ -34,4 +34,5 @@ async def test_the_private_names_still_exist() -> None:
     slots = set(RequestHandler.__slots__)
     assert {"_request_count", "_messages", "_current_request", "_close", "_force_close", "_message_tail"} <= slots
     assert hasattr(aiohttp.web.AppRunner, "_make_server")
+    assert "_read_bytes" in aiohttp.web.BaseRequest.ATTRS  # body_read_so_far (a class default, None)
     assert "_kwargs" in vars(aiohttp.web.Server(lambda request: None))  # type: ignore[arg-type,return-value]
