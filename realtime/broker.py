@@ -10,6 +10,10 @@ instance may have accepted listeners without it), publications from one publishe
 topic are delivered in publish order, and an instance that is not receiving refuses to
 publish (``BrokerUnavailable``) rather than accept a publication its own listeners would
 miss unannounced. What travels between instances is encoded by :mod:`realtime.envelope`.
+
+Topics whose policy rule keeps history (:mod:`realtime.history`) are published with an
+offset and epoch and can be read back (:meth:`Broker.history`); the node uses that to
+recover what a client or the instance itself missed (:mod:`realtime.recovery`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from realtime.errors import BrokerUnavailable
+from realtime.history import HistoryPage, MemoryHistory, Position
 from realtime.stats import BrokerStats
+from topics import TopicRule
 
 
 class BrokerEventHandler(Protocol):
@@ -26,8 +32,10 @@ class BrokerEventHandler(Protocol):
     must not block; an exception it raises is logged by the broker and never costs the link.
     """
 
-    def on_publication(self, topic: str, message: str) -> None:
-        """Fan one publication out locally (``message``: the text sent to clients)."""
+    def on_publication(self, topic: str, message: str, offset: int = 0, epoch: str = "") -> None:
+        """Fan one publication out locally (``message``: the text sent to clients;
+        ``offset`` and ``epoch``: its place in the topic's history, or 0 and ``""`` when it
+        has none)."""
         ...
 
     def on_control(self, message: dict[str, object]) -> None:
@@ -80,12 +88,28 @@ class Broker(Protocol):
         """
         ...
 
-    async def publish(self, topic: str, message: str) -> None:
-        """Publish one message.
+    async def publish(self, topic: str, message: str, rule: TopicRule | None = None) -> Position | None:
+        """Publish one message; with a ``rule`` that keeps history, append it to the topic's
+        history and publish it with its offset and epoch, atomically.
+
+        Returns:
+            The publication's position when it went to history, else ``None``.
 
         Raises:
             BrokerUnavailable: the broker did not take the message, or this instance is not
                 receiving (its own listeners would miss it); it was not sent.
+        """
+        ...
+
+    async def history(self, topic: str, *, since: int, limit: int, rule: TopicRule) -> HistoryPage:
+        """Read a topic's history: the publications after offset ``since`` (at most
+        ``limit``) and the current offset and epoch; a topic without history yet gets one
+        (offset 0, a new epoch). On a started broker the read is in step with delivery:
+        when it returns, every publication up to the page's offset has been handed to the
+        handler's ``on_publication``.
+
+        Raises:
+            BrokerUnavailable: the broker could not be read (or, started, is not receiving).
         """
         ...
 
@@ -105,6 +129,7 @@ class MemoryBroker:
     def __init__(self) -> None:
         self._handler: BrokerEventHandler | None = None
         self._stats = BrokerStats()
+        self.history_store = MemoryHistory()
 
     @property
     def ready(self) -> bool:
@@ -121,11 +146,21 @@ class MemoryBroker:
         publication is fanned out in its own call and flushed by the scheduler)."""
         self._handler = handler
 
-    async def publish(self, topic: str, message: str) -> None:
-        """Fan the message out to this process's listeners right away."""
+    async def publish(self, topic: str, message: str, rule: TopicRule | None = None) -> Position | None:
+        """Fan the message out to this process's listeners right away (with a ``rule``
+        that keeps history, after appending it to the topic's ring buffer)."""
         if self._handler is None:
             raise BrokerUnavailable("broker is not started")
-        self._handler.on_publication(topic, message)
+        if rule is None or not rule.has_history:
+            self._handler.on_publication(topic, message)
+            return None
+        position = self.history_store.append(topic, message, size=rule.history_size, ttl=rule.history_ttl)
+        self._handler.on_publication(topic, message, position.offset, position.epoch)
+        return position
+
+    async def history(self, topic: str, *, since: int, limit: int, rule: TopicRule) -> HistoryPage:
+        """Read the topic's ring buffer (in step with delivery: publishing delivers at once)."""
+        return self.history_store.read(topic, since=since, limit=limit, size=rule.history_size, ttl=rule.history_ttl)
 
     async def publish_control(self, message: dict[str, object]) -> None:
         """Apply a control message to this process right away (not encoded: nothing

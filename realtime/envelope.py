@@ -6,9 +6,13 @@ revoke-user``) and by the Redis subscriber. JSON (UTF-8) on the wire:
 - data channel (default ``realtime``), published by us or by any service in any language::
 
       {"topic": "dream:update.abc", "message": "<string>" | <any JSON value>}
+      {"topic": "dream:update.abc", "message": "<string>", "offset": 7, "epoch": "9f3a1c2e"}
 
   A ``message`` that is not a string is delivered JSON-encoded, as Twitch PubSub sends
-  ``data.message`` (:func:`message_text`).
+  ``data.message`` (:func:`message_text`). ``offset`` and ``epoch`` come with publications
+  on topics that keep history (:mod:`realtime.history`), made by the Redis Function
+  library (:mod:`realtime.redis_functions`); a raw ``PUBLISH`` without them is delivered
+  without them (and is not in history).
 - control channel (``<channel>:control``): an object with a ``type``; the one type today
   is a token revocation (:func:`revocation_message`)::
 
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 import orjson
 
 from realtime.errors import BadMessage, RealtimeError
+from realtime.history import MAX_EPOCH_LENGTH, MAX_OFFSET, Position
 
 MAX_JTI_LENGTH = 64
 """Longest ``jti`` a revocation may name, characters."""
@@ -80,17 +85,23 @@ def message_text(message: object) -> str:
         raise BadMessage(f"message cannot be encoded as JSON: {exc}") from None
 
 
-def encode_publication(topic: str, text: str) -> bytes:
-    """The data-channel envelope of one publication (``text``: see :func:`message_text`)."""
-    return orjson.dumps({"topic": topic, "message": text})
+def encode_publication(topic: str, text: str, position: Position | None = None) -> bytes:
+    """The data-channel envelope of one publication (``text``: see :func:`message_text`;
+    ``position``: its place in the topic's history, if the topic keeps one)."""
+    if position is None:
+        return orjson.dumps({"topic": topic, "message": text})
+    return orjson.dumps({"topic": topic, "message": text, "offset": position.offset, "epoch": position.epoch})
 
 
-def decode_publication(data: bytes) -> tuple[str, str]:
-    """A data-channel envelope -> ``(topic, message text)``.
+def decode_publication(data: bytes) -> tuple[str, str, int, str]:
+    """A data-channel envelope -> ``(topic, message text, offset, epoch)``; ``offset`` is 0
+    and ``epoch`` empty for a publication outside history.
 
     Raises:
-        InvalidEnvelope: not JSON, not an object, no string ``topic``, no ``message``, or a
-            ``message`` that cannot be re-encoded (nested deeper than 255 levels).
+        InvalidEnvelope: not JSON, not an object, no string ``topic``, no ``message``, a
+            ``message`` that cannot be re-encoded (nested deeper than 255 levels), or an
+            ``offset`` that is not a positive integer with a non-empty string ``epoch`` of at
+            most 64 characters.
     """
     try:
         envelope = orjson.loads(data)
@@ -100,9 +111,20 @@ def decode_publication(data: bytes) -> tuple[str, str]:
             raise TypeError("topic must be a string")
         if not isinstance(message, str):
             message = orjson.dumps(message).decode()  # TypeError past 255 levels of nesting
-    except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+        offset = envelope.get("offset")
+    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
         raise InvalidEnvelope(f"{type(exc).__name__}: {exc}") from None
-    return topic, message
+    if offset is None:
+        return topic, message, 0, ""
+    epoch = envelope.get("epoch")
+    if (
+        type(offset) is not int
+        or not 0 < offset <= MAX_OFFSET
+        or not isinstance(epoch, str)
+        or not 0 < len(epoch) <= MAX_EPOCH_LENGTH
+    ):
+        raise InvalidEnvelope("offset must be a positive integer, with a string epoch")
+    return topic, message, offset, epoch
 
 
 def revocation_message(*, jti: str | None = None, sub: str | None = None) -> dict[str, object]:

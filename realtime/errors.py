@@ -31,3 +31,7 @@ class RevocationRefused(RealtimeError):
     def __init__(self, message: str, *, full: bool) -> None:
         super().__init__(message)
         self.full = full
+
+
+class NoHistory(RealtimeError):
+    """A history read on a topic whose policy rule keeps no history (``history_size`` 0)."""

@@ -36,7 +36,9 @@ from keys import Grant, InvalidToken
 from realtime.broker import Broker
 from realtime.disconnect import CloseCode
 from realtime.envelope import InvalidEnvelope, UnknownControl, message_text, parse_control, revocation_message
+from realtime.errors import NoHistory
 from realtime.grant_expiry import GrantExpiry
+from realtime.history import HistoryPage
 from realtime.limits import TokenBucket
 from realtime.protocol import Session, auth_revoked_payload, gap_payload, message_payload
 from realtime.revocations import CLOCK_MARGIN, RevocationTable
@@ -45,7 +47,7 @@ from realtime.stats import NodeStats
 from realtime.topic_index import TopicIndex
 from realtime.user_slots import UserSlots
 from realtime.verification import BadTokens, TokenChecks, TooManyChecks, VerifiedTokens
-from topics import Topic, TopicPolicy
+from topics import ParsedTopic, Topic, TopicPolicy, TopicRule
 
 log = structlog.get_logger("realtime.node")
 
@@ -146,12 +148,12 @@ class Node:
 
     # -- the broker's event handler (realtime.broker.BrokerEventHandler) ----------
 
-    def on_publication(self, topic: str, message: str) -> None:
+    def on_publication(self, topic: str, message: str, offset: int = 0, epoch: str = "") -> None:
         """Fan one publication out to this instance's listeners of ``topic``."""
         listeners = self.index.get(topic)
         if not listeners:
             return
-        frame = encode_text_frame(message_payload(topic, message))
+        frame = encode_text_frame(message_payload(topic, message, offset, epoch))
         for conn in listeners:
             conn.send(frame)
         self.stats.count_delivered(len(listeners))
@@ -220,10 +222,34 @@ class Node:
             realtime.BadMessage: the message cannot be encoded.
             realtime.BrokerUnavailable: the broker did not take it.
         """
-        parsed, _ = self.policy.check(topic)
-        await self.broker.publish(parsed.topic, message_text(message))
+        parsed, rule = self.policy.check(topic)
+        await self.broker.publish(parsed.topic, message_text(message), rule if rule.has_history else None)
         self.stats.count_published()
         return parsed.topic
+
+    async def history(
+        self, topic: str, *, since: int = 0, limit: int = 100
+    ) -> tuple[ParsedTopic, TopicRule, HistoryPage]:
+        """Read a topic's history (for ``GET /history/{topic}``): the publications after
+        offset ``since``, oldest first, at most ``limit`` (capped by the rule's
+        ``history_size``), with the topic's current offset and epoch.
+
+        Returns:
+            The parsed topic, its rule (for the caller's access check) and the page.
+
+        Raises:
+            topics.BadTopic: malformed or unknown topic.
+            realtime.NoHistory: the topic's rule keeps no history.
+            ValueError: ``since`` or ``limit`` negative.
+            realtime.BrokerUnavailable: the broker could not be read.
+        """
+        parsed, rule = self.policy.check(topic)
+        if not rule.has_history:
+            raise NoHistory(f"topic {parsed.name!r} keeps no history (its history_size is 0)")
+        if since < 0 or limit < 0:
+            raise ValueError("since and limit must not be negative")
+        page = await self.broker.history(parsed.topic, since=since, limit=min(limit, rule.history_size), rule=rule)
+        return parsed, rule, page
 
     def broadcast(self, payload: bytes) -> None:
         """Queue one payload (e.g. RECONNECT) to every connected client."""

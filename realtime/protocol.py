@@ -68,8 +68,12 @@ def response(nonce: str, error: str = "", description: str = "") -> bytes:
     return orjson.dumps(body)
 
 
-def message_payload(topic: str, message: str) -> bytes:
-    """Encode a MESSAGE frame payload, once per publication."""
+def message_payload(topic: str, message: str, offset: int = 0, epoch: str = "") -> bytes:
+    """Encode a MESSAGE frame payload, once per publication; ``offset`` and ``epoch`` (a
+    topic with history) go into ``data`` beside the Twitch fields."""
+    if offset:
+        data = {"topic": topic, "message": message, "offset": offset, "epoch": epoch}
+        return orjson.dumps({"type": "MESSAGE", "data": data})
     return orjson.dumps({"type": "MESSAGE", "data": {"topic": topic, "message": message}})
 
 
@@ -78,9 +82,18 @@ def auth_revoked_payload(topics: list[str]) -> bytes:
     return orjson.dumps({"type": "AUTH_REVOKED", "data": {"topics": topics}})
 
 
-def gap_payload(topics: list[str]) -> bytes:
-    """Encode a GAP notice: publications on these topics may have been missed."""
-    return orjson.dumps({"type": "GAP", "data": {"topics": topics, "reason": "broker_reconnected"}})
+GAP_BROKER_RECONNECTED = "broker_reconnected"
+"""GAP reason: the instance's broker link was down; topics without history may have lost
+publications."""
+GAP_HISTORY_LOST = "history_lost"
+"""GAP reason: history could not cover the hole (another epoch, an offset fallen out of
+history or ahead of it, a topic without history); the stream goes on live from here."""
+
+
+def gap_payload(topics: list[str], reason: str = GAP_BROKER_RECONNECTED) -> bytes:
+    """Encode a GAP notice: publications on these topics may have been missed (``reason``:
+    :data:`GAP_BROKER_RECONNECTED` or :data:`GAP_HISTORY_LOST`)."""
+    return orjson.dumps({"type": "GAP", "data": {"topics": topics, "reason": reason}})
 
 
 class Owner(Protocol):

@@ -38,9 +38,11 @@ from realtime.broker import BrokerEventHandler
 from realtime.delivery_probe import PROBE_TOPIC_PREFIX, probe_delivery
 from realtime.envelope import InvalidEnvelope, decode_control, decode_publication, encode_control, encode_publication
 from realtime.errors import BrokerUnavailable
+from realtime.history import HistoryPage, Position
 from realtime.redis_link import SubscriberLink, encode_command, open_link, redis_address
 from realtime.redis_publisher import RedisPublisher
 from realtime.stats import BrokerStats
+from topics import TopicRule
 
 log = structlog.get_logger("realtime.broker")
 
@@ -145,7 +147,7 @@ class RedisBroker:
             raise BrokerUnavailable("this instance is not subscribed to redis")
         await self._publisher.publish(channel, payload)
 
-    async def publish(self, topic: str, message: str) -> None:
+    async def publish(self, topic: str, message: str, rule: TopicRule | None = None) -> Position | None:
         """PUBLISH the envelope on the channel.
 
         A broker started with :meth:`start` publishes only while subscribed; one with
@@ -156,6 +158,11 @@ class RedisBroker:
                 instance is not subscribed; it was not sent.
         """
         await self._publish(self._channel, encode_publication(topic, message))
+        return None  # TODO(issue 16): topics with history go through the Redis Function library
+
+    async def history(self, topic: str, *, since: int, limit: int, rule: TopicRule) -> HistoryPage:
+        """Read a topic's history (not yet: the Redis Function library)."""
+        raise BrokerUnavailable("history is not implemented on Redis yet")
 
     async def publish_control(self, message: dict[str, object]) -> None:
         """PUBLISH a control message on ``<channel>:control``.
@@ -274,13 +281,13 @@ class RedisBroker:
 
     def _on_envelope(self, data: bytes) -> None:
         try:
-            topic, message = decode_publication(data)
+            topic, message, offset, epoch = decode_publication(data)
         except InvalidEnvelope as exc:
             self._invalid(exc)
             return
         assert self._handler is not None
         try:
-            self._handler.on_publication(topic, message)
+            self._handler.on_publication(topic, message, offset, epoch)
         except Exception:
             log.exception("deliver_failed", topic=topic[:128])
 

@@ -6,7 +6,10 @@ A policy maps each topic *name* (the part before ``.``) to a :class:`TopicRule`:
   that needs no token;
 * ``target``: ``"any"`` (any target id), ``"self"`` (the target must equal the token's
   ``sub``, so a user hears only their own topic) or ``"none"`` (a global topic without a
-  target).
+  target);
+* ``history_size``: publications kept per topic for recovery (0: no history, the default);
+* ``history_ttl``: seconds a topic's history lives after its last publication (required,
+  positive, when ``history_size`` is set).
 
 Operators replace the default with a TOML file (setting ``TOPICS_FILE``)::
 
@@ -16,6 +19,8 @@ Operators replace the default with a TOML file (setting ``TOPICS_FILE``)::
 
     [topics."dream:update"]   # public: no scope
     target = "any"
+    history_size = 32
+    history_ttl = 3600
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ from topics.scopes import Scope, parse_scope
 TargetRule = Literal["any", "self", "none"]
 _TARGET_RULES: tuple[TargetRule, ...] = ("any", "self", "none")
 
+MAX_HISTORY_SIZE = 10_000
+"""Most publications one topic may keep (``history_size``)."""
+MAX_HISTORY_TTL = 30 * 24 * 3600
+"""Longest ``history_ttl``, seconds (30 days)."""
+
 
 @dataclass(frozen=True, slots=True)
 class TopicRule:
@@ -42,11 +52,21 @@ class TopicRule:
         name: the topic name, e.g. ``remote-control:command``.
         scope: the scope required to LISTEN, or ``None`` when the topic is public.
         target: ``"any"``, ``"self"`` or ``"none"`` (see the module docstring).
+        history_size: publications kept per topic of this name (0: no history).
+        history_ttl: seconds a topic's history lives after its last publication (0 when
+            there is no history).
     """
 
     name: str
     scope: Scope | None
     target: TargetRule
+    history_size: int = 0
+    history_ttl: int = 0
+
+    @property
+    def has_history(self) -> bool:
+        """``True`` when topics of this name keep history (offsets, epochs, recovery)."""
+        return self.history_size > 0
 
 
 class TopicPolicy:
@@ -93,8 +113,8 @@ class TopicPolicy:
         return parsed, rule
 
 
-def _rule(name: str, scope: str | None, target: TargetRule) -> tuple[str, TopicRule]:
-    return name, TopicRule(name, None if scope is None else Scope(scope), target)
+def _rule(name: str, scope: str | None, target: TargetRule, size: int = 0, ttl: int = 0) -> tuple[str, TopicRule]:
+    return name, TopicRule(name, None if scope is None else Scope(scope), target, size, ttl)
 
 
 DEFAULT_POLICY = TopicPolicy(
@@ -103,9 +123,13 @@ DEFAULT_POLICY = TopicPolicy(
             _rule("channel:update", None, "any"),
             _rule("channel:follow", "moderator:read:followers", "any"),
             _rule("channel:prediction:lock", "channel:read:predictions", "self"),
-            _rule("remote-control:command", "user:read:remote-control", "self"),
-            _rule("dream:update", None, "any"),
-            _rule("dream:job:progress", None, "any"),
+            # a player that reconnects (a deploy, a network change) gets the commands it
+            # missed; commands older than 5 minutes are stale (refetch state instead)
+            _rule("remote-control:command", "user:read:remote-control", "self", 32, 300),
+            # a dream's status changes a handful of times in its life: keep them an hour
+            _rule("dream:update", None, "any", 16, 3600),
+            # progress at up to ~10/s: 100 cover a 10 s reconnect; a finished job's end stays 10 min
+            _rule("dream:job:progress", None, "any", 100, 600),
             _rule("system:notice", None, "none"),
         ]
     )
@@ -128,7 +152,7 @@ def policy_from_mapping(data: Mapping[str, object]) -> TopicPolicy:
             raise PolicyError(f"topic name {name!r}: expected resource[:subresource]:action")
         if not isinstance(spec, dict):
             raise PolicyError(f"topic {name!r}: expected a table")
-        unknown = set(spec) - {"scope", "target"}
+        unknown = set(spec) - {"scope", "target", "history_size", "history_ttl"}
         if unknown:
             raise PolicyError(f"topic {name!r}: unknown keys {sorted(unknown)}")
         target = spec.get("target", "any")
@@ -139,8 +163,25 @@ def policy_from_mapping(data: Mapping[str, object]) -> TopicPolicy:
             scope = None if raw_scope is None else parse_scope(raw_scope)
         except BadScope as exc:
             raise PolicyError(f"topic {name!r}: {exc}") from None
-        rules[name] = TopicRule(name, scope, cast(TargetRule, target))
+        size, ttl = _history(name, spec)
+        rules[name] = TopicRule(name, scope, cast(TargetRule, target), size, ttl)
     return TopicPolicy(rules)
+
+
+def _history(name: str, spec: Mapping[str, object]) -> tuple[int, int]:
+    """``(history_size, history_ttl)`` of one topic table; both 0 without history.
+
+    Raises:
+        PolicyError: a value that is not an integer in range, or a size without a ttl.
+    """
+    size, ttl = spec.get("history_size", 0), spec.get("history_ttl", 0)
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_HISTORY_SIZE:
+        raise PolicyError(f"topic {name!r}: history_size must be an integer from 0 to {MAX_HISTORY_SIZE}")
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_HISTORY_TTL:
+        raise PolicyError(f"topic {name!r}: history_ttl must be an integer from 0 to {MAX_HISTORY_TTL} (seconds)")
+    if size and not ttl:
+        raise PolicyError(f"topic {name!r}: history_size needs history_ttl (seconds its history lives)")
+    return size, ttl if size else 0
 
 
 def load_policy(path: str | Path | None) -> TopicPolicy:

@@ -23,7 +23,7 @@ from realtime.errors import BadMessage
 
 
 def test_a_publication_round_trips() -> None:
-    assert decode_publication(encode_publication("dream:update.a", "hi")) == ("dream:update.a", "hi")
+    assert decode_publication(encode_publication("dream:update.a", "hi")) == ("dream:update.a", "hi", 0, "")
     assert orjson.loads(encode_publication("t.a", "m")) == {"topic": "t.a", "message": "m"}
 
 
@@ -36,8 +36,8 @@ def test_message_text_sends_strings_as_is_and_other_json_encoded() -> None:
 
 
 def test_a_non_string_message_from_another_publisher_is_delivered_json_encoded() -> None:
-    assert decode_publication(b'{"topic": "t.a", "message": {"x": 1}}') == ("t.a", '{"x":1}')
-    assert decode_publication(b'{"topic": "t.a", "message": 5}') == ("t.a", "5")
+    assert decode_publication(b'{"topic": "t.a", "message": {"x": 1}}') == ("t.a", '{"x":1}', 0, "")
+    assert decode_publication(b'{"topic": "t.a", "message": 5}') == ("t.a", "5", 0, "")
 
 
 @pytest.mark.parametrize(
