@@ -194,3 +194,16 @@ async def test_post_is_405(make_client: AppFactory) -> None:
     client = await history_client(make_client)
     resp = await client.post("/history/dream:update.a", headers=auth(HISTORY_KEY))
     assert resp.status == 405 and (await resp.json())["error"] == "method_not_allowed"
+
+
+async def test_openapi_describes_the_route(make_client: AppFactory) -> None:
+    client = await history_client(make_client)
+    spec = await (await client.get("/api/v1/openapi.json")).json()
+    op = spec["paths"]["/history/{topic}"]["get"]
+    params = {p["name"]: p for p in op["parameters"]}
+    assert set(params) == {"topic", "since", "limit"} and params["topic"]["in"] == "path"
+    assert params["limit"]["schema"]["maximum"] == 1000 and params["since"]["schema"]["minimum"] == 0
+    assert op["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/History"}
+    assert {"200", "400", "401", "403", "404", "503"} <= set(op["responses"])
+    history = spec["components"]["schemas"]["History"]["properties"]
+    assert set(history) == {"topic", "offset", "epoch", "first", "publications"}
