@@ -9,8 +9,10 @@ stdout, oldest first; then one line on stderr,
 publications after ``--since`` are no longer kept. The next page is
 ``--since <last offset printed>``.
 
-Exit status: 0 printed; 1 the server refused or could not be reached; 2 a bad topic, a
-topic that keeps no history, no ``--url`` nor ``REDIS_URL``, or Redis unavailable.
+Exit status: 0 printed; 1 the server refused (any 4xx/5xx: the status and body on stderr)
+or could not be reached; 2 a malformed topic, a ``--limit`` over 1000, no ``--url`` nor
+``REDIS_URL``, and, reading Redis, a topic the policy does not know or that keeps no
+history, or Redis unavailable.
 """
 
 from __future__ import annotations
