@@ -96,7 +96,8 @@ async def test_messages_gap_and_auth_revoked_are_yielded(
         broker = server.app[NODE].broker
         assert isinstance(broker, RedisBroker)
         await kill_subscriber(redis_client, broker.client_name)
-        assert await next_event(client) == Event("GAP", topics=("dream:update.a", "remote-control:command.7"))
+        gap = Event("GAP", topics=("dream:update.a", "remote-control:command.7"), reason="broker_reconnected")
+        assert await next_event(client) == gap
         async with aiohttp.ClientSession() as http:
             resp = await http.post(url + "/auth/ws/revoke", json={"sub": "7"}, headers=auth(USER_KEY))
             assert resp.status == 202
@@ -248,8 +249,9 @@ async def test_realtime_listen_prints_messages(spawn: type[procs.Server]) -> Non
         status = await asyncio.wait_for(proc.stderr.readline(), 10)
         assert b"listening to dream:update.a remote-control:command.7" in status
         await publish(server.url, "remote-control:command.7", {"n": 1})
-        line = await asyncio.wait_for(proc.stdout.readline(), 5)
-        assert orjson.loads(line) == {"type": "MESSAGE", "topic": "remote-control:command.7", "message": '{"n":1}'}
+        line = orjson.loads(await asyncio.wait_for(proc.stdout.readline(), 5))
+        assert isinstance(line.pop("epoch"), str)  # a topic with history: offset and epoch
+        assert line == {"type": "MESSAGE", "topic": "remote-control:command.7", "message": '{"n":1}', "offset": 1}
     finally:
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
@@ -292,3 +294,90 @@ async def test_frames_off_the_protocol_are_ignored(aiohttp_server: Any) -> None:
         assert await next_event(client) == Event("GAP", topics=())  # a GAP without topics is still a GAP
         assert await next_event(client) == Event("MESSAGE", topic="dream:update.a", message="ok")
         assert client.reconnects == 0
+
+
+def _message(topic: str, message: str, offset: int | None = None, epoch: str | None = None) -> str:
+    data: dict[str, Any] = {"topic": topic, "message": message}
+    if offset is not None:
+        data.update(offset=offset, epoch=epoch)
+    return orjson.dumps({"type": "MESSAGE", "data": data}).decode()
+
+
+@pytest.fixture
+async def scripted_server(aiohttp_server: Any) -> tuple[str, list[dict[str, Any]], list[list[str]]]:
+    """A WebSocket server that answers every request and, after a connection's first LISTEN,
+    sends the next script's frames; a script ending in ``"close 1012"`` then closes with 1012.
+    Returns the URL, the data of every LISTEN received, and the scripts (fill before use)."""
+    listens: list[dict[str, Any]] = []
+    scripts: list[list[str]] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        first = True
+        async for msg in ws:
+            frame = orjson.loads(msg.data)
+            if frame["type"] == "LISTEN":
+                listens.append(frame["data"])
+            await ws.send_str(orjson.dumps({"type": "RESPONSE", "nonce": frame.get("nonce", ""), "error": ""}).decode())
+            if frame["type"] == "LISTEN" and first and scripts:
+                first = False
+                for line in scripts.pop(0):
+                    if line == "close 1012":
+                        await ws.close(code=1012)
+                        return ws
+                    await ws.send_str(line)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/"), listens, scripts
+
+
+async def test_positions_are_tracked_duplicates_dropped_and_sent_as_since_on_reconnect(
+    scripted_server: tuple[str, list[dict[str, Any]], list[list[str]]],
+) -> None:
+    url, listens, scripts = scripted_server
+    a, plain = "dream:update.a", "remote-control:command.7"
+    scripts.append([*(_message(a, f"m{n}", n, "e1") for n in (1, 2, 2, 3)), _message(plain, "p"), "close 1012"])
+    # after the reconnect: the recovery overlaps what was seen (3), then the live stream
+    gap = '{"type":"GAP","data":{"topics":["dream:update.a"],"reason":"history_lost"}}'
+    scripts.append([_message(a, "m3", 3, "e1"), _message(a, "m4", 4, "e1"), _message(a, "m2", 2, "e1"), gap])
+    scripts[-1].append(_message(a, "n1", 1, "e2"))
+    async with RealtimeClient(url, [a, plain], **FAST) as client:
+        got = [await next_event(client) for _ in range(4)]
+        assert [(e.message, e.offset, e.epoch) for e in got] == [
+            ("m1", 1, "e1"), ("m2", 2, "e1"), ("m3", 3, "e1"), ("p", None, None)
+        ]  # fmt: skip
+        assert client.duplicates_dropped == 1
+        assert await next_event(client) == Event("RECONNECTED", topics=(a, plain))  # before what was recovered
+        assert listens[0] == {"topics": [a, plain]}
+        assert listens[1] == {"topics": [a, plain], "since": {a: {"offset": 3, "epoch": "e1"}}}
+        assert await next_event(client) == Event("MESSAGE", topic=a, message="m4", offset=4, epoch="e1")
+        assert await next_event(client) == Event("GAP", topics=(a,), reason="history_lost")
+        assert client.positions == {a: (4, "e1")}  # a GAP keeps the position
+        assert await next_event(client) == Event("MESSAGE", topic=a, message="n1", offset=1, epoch="e2")
+        assert client.duplicates_dropped == 3 and client.positions == {a: (1, "e2")}
+        await client.unlisten([a])
+        assert client.positions == {}
+
+
+async def test_since_resumes_from_a_saved_position_and_auth_revoked_forgets_it(
+    scripted_server: tuple[str, list[dict[str, Any]], list[list[str]]],
+) -> None:
+    url, listens, scripts = scripted_server
+    a, b = "dream:update.a", "dream:update.b"
+    revoked = '{"type":"AUTH_REVOKED","data":{"topics":["dream:update.a"]}}'
+    scripts.append([_message(a, "m7", 7, "e"), _message(b, "b1", 1, "f"), revoked])
+    since = {a: (6, "e"), "dream:update.c": (1, "g")}  # c: kept until a LISTEN names it
+    async with RealtimeClient(url, [a, b], since=since, **FAST) as client:
+        assert listens == [{"topics": [a, b], "since": {a: {"offset": 6, "epoch": "e"}}}]
+        assert (await next_event(client)).message == "m7"
+        assert (await next_event(client)).message == "b1"
+        assert await next_event(client) == Event("AUTH_REVOKED", topics=(a,))
+        assert client.positions == {b: (1, "f"), "dream:update.c": (1, "g")}
+        await client.listen(["dream:update.c"])
+        assert listens[1] == {"topics": ["dream:update.c"], "since": {"dream:update.c": {"offset": 1, "epoch": "g"}}}
+    with pytest.raises(ValueError, match="epoch"):
+        RealtimeClient(url, [a], since={a: (1, "x" * 65)})
