@@ -175,7 +175,7 @@ class RealtimeClient:
         """The ``(offset, epoch)`` of the last MESSAGE yielded per topic with history (a
         copy; save it after handling an event to resume later with ``since=``). Starts as
         ``since``. A GAP keeps a topic's position until the next MESSAGE replaces it;
-        UNLISTEN and AUTH_REVOKED forget it."""
+        UNLISTEN, AUTH_REVOKED and a MESSAGE without offset (no history) forget it."""
         return self._positions.snapshot()
 
     @property
@@ -388,7 +388,8 @@ class RealtimeClient:
         if not isinstance(topic, str) or not isinstance(message, str):
             return None
         position = message_position(body)
-        if position is None:
+        if position is None:  # a topic without history: a position given for it is useless
+            self._positions.forget([topic])
             return Event("MESSAGE", topic=topic, message=message)
         # one in flight after its UNLISTEN is yielded but leaves no position behind
         if not self._positions.accept(topic, position, track=topic in self.topics):
