@@ -377,6 +377,7 @@ class RealtimeClient:
                 self._positions.forget(topics)
                 self._token = None  # expired or revoked: the next LISTEN gets a new one
                 return Event("AUTH_REVOKED", topics=topics)
+            self._positions.gap(topics)
             reason = body.get("reason")
             return Event("GAP", topics=topics, reason=reason if isinstance(reason, str) else None)
         return None

@@ -81,6 +81,7 @@ class Positions:
     def __init__(self, since: Mapping[str, tuple[int, str]] | None = None) -> None:
         self._known = {topic: check_position(topic, value) for topic, value in (since or {}).items()}
         self._yielded = dict(self._known)
+        self._after_gap: set[str] = set()
         self.duplicates_dropped = 0
 
     def snapshot(self) -> dict[str, Position]:
@@ -97,12 +98,20 @@ class Positions:
         """LISTEN's ``since`` for those of ``topics`` whose position is known (may be empty)."""
         return {t: {"offset": p.offset, "epoch": p.epoch} for t in topics if (p := self._known.get(t)) is not None}
 
+    def gap(self, topics: Iterable[str]) -> None:
+        """A GAP for these topics: the server sends only live publications after it, so the
+        next one is new whatever its offset (the position may have been ahead of the
+        stream). Until it comes the position stays: a reconnect sends it again."""
+        self._after_gap.update(topics)
+
     def accept(self, topic: str, position: Position, *, track: bool = True) -> bool:
         """Whether a publication read at ``position`` is new; if so (and ``track``) it becomes
         the topic's position read. A duplicate (same epoch, offset not past the known one) is counted.
-        Another epoch is always new: the topic's history was reset."""
+        Another epoch is always new: the topic's history was reset; so is the first after a GAP."""
         known = self._known.get(topic)
-        if known is not None and known.epoch == position.epoch and position.offset <= known.offset:
+        if topic in self._after_gap:
+            self._after_gap.discard(topic)
+        elif known is not None and known.epoch == position.epoch and position.offset <= known.offset:
             self.duplicates_dropped += 1
             return False
         if track:
@@ -114,3 +123,4 @@ class Positions:
         for topic in topics:
             self._known.pop(topic, None)
             self._yielded.pop(topic, None)
+            self._after_gap.discard(topic)

@@ -232,6 +232,9 @@ async def test_server_restart_reconnects_and_listens_again(
         monkeypatch.setattr(procs, "free_port", lambda: first.port)
         second = await asyncio.to_thread(spawn, env=env)  # same port, same keys directory
         assert await next_event(client, timeout=10) == Event("RECONNECTED", topics=("remote-control:command.7",))
+        # the memory broker's history went with the first process: since gets GAP history_lost
+        gap = Event("GAP", topics=("remote-control:command.7",), reason="history_lost")
+        assert await next_event(client) == gap
         await publish(second.url, "remote-control:command.7", "after")
         assert (await next_event(client)).message == "after"
         assert client.reconnects >= 1

@@ -43,6 +43,15 @@ def test_duplicates_are_dropped_and_a_new_epoch_replaces_the_position() -> None:
     assert positions.snapshot() == {} and positions.since(["a:b.c"]) == {}
 
 
+def test_after_a_gap_the_next_publication_is_new_whatever_its_offset() -> None:
+    positions = Positions({"a:b.c": (99, "e")})  # ahead of the stream: the server sends GAP
+    positions.gap(["a:b.c"])
+    assert positions.since(["a:b.c"]) == {"a:b.c": {"offset": 99, "epoch": "e"}}  # kept until replaced
+    assert positions.accept("a:b.c", Position(5, "e"))
+    assert not positions.accept("a:b.c", Position(5, "e"))  # and then duplicates count again
+    assert positions.duplicates_dropped == 1
+
+
 def test_since_is_checked() -> None:
     with pytest.raises(ValueError, match="offset"):
         Positions({"a:b.c": (-1, "e")})
