@@ -18,8 +18,8 @@ from aiohttp import web
 
 from realtime.client import Event, RealtimeClient
 from tests import procs
-from tests.conftest import API_KEYS_JSON, wait_for
-from tests.integration.test_client import FAST, NO_DB, next_event, publish
+from tests.conftest import API_KEYS_JSON, USER_KEY, AppFactory, wait_for
+from tests.integration.test_client import FAST, NO_DB, base_url, next_event, publish
 
 
 def _message(topic: str, message: str, offset: int | None = None, epoch: str | None = None) -> str:
@@ -280,3 +280,18 @@ async def test_realtime_listen_since_prints_what_was_missed(server: procs.Server
     finally:
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_a_token_refresh_relisten_with_since_replays_nothing(make_client: AppFactory) -> None:
+    """The refresh LISTENs again on the same connection with ``since`` for topics it holds:
+    the server ignores it (no replay, no GAP)."""
+    server = await make_client(ws_token_ttl=2)
+    url = base_url(server)
+    topic = "remote-control:command.7"
+    async with RealtimeClient(url, [topic], api_key=USER_KEY, refresh_margin=1.0, **FAST) as client:
+        await published(url, topic, range(1, 3))
+        assert await offsets_until(client, 2) == [("m1", 1), ("m2", 2)]
+        await asyncio.sleep(2.6)  # past the first token's expiry: refreshed with since {topic: 2}
+        await publish(url, topic, "m3")
+        assert await offsets_until(client, 3) == [("m3", 3)]
+        assert client.reconnects == 0 and client.duplicates_dropped == 0
