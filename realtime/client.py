@@ -43,7 +43,7 @@ import contextlib
 import itertools
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Self
 
 import aiohttp
@@ -97,7 +97,9 @@ class RealtimeClient:
     """A reconnecting LISTEN client; iterate it for :class:`Event` objects.
 
     Args:
-        url: the server's base URL (``http://host:4444``; ``https`` for TLS).
+        url: the server's base URL (``http://host:4444``; ``https`` for TLS), or several
+            instances' URLs: each reconnect (after RECONNECT or a failure) tries the next one,
+            so a client moves to another instance while one is deployed.
         topics: the topics to LISTEN to.
         api_key: an API key for ``/auth/ws`` (``Authorization: Api-Key``).
         token_provider: or a coroutine function returning a WS token.
@@ -121,15 +123,16 @@ class RealtimeClient:
 
     Attributes:
         reconnects: connections made after the first.
+        url: the URL of the current (or next) connection.
 
     Raises:
-        ValueError: a ``since`` entry is not an offset from 0 to 2**53 - 1 and an epoch
+        ValueError: no URL, or a ``since`` entry is not an offset from 0 to 2**53 - 1 and an epoch
             of 1 to 64 characters.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         topics: Iterable[str] = (),
         *,
         api_key: str | None = None,
@@ -146,7 +149,10 @@ class RealtimeClient:
         on_retry: Callable[[str, float], None] | None = None,
         since: Mapping[str, tuple[int, str]] | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self._urls = [u.rstrip("/") for u in ([url] if isinstance(url, str) else url)]
+        if not self._urls:
+            raise ValueError("RealtimeClient needs a URL")
+        self.url = self._urls[0]
         self.topics: list[str] = list(dict.fromkeys(topics))
         self._api_key = api_key
         self._provider = token_provider
@@ -298,6 +304,7 @@ class RealtimeClient:
                     self._on_retry(reason, delay)
             await asyncio.sleep(delay)
             self.reconnects += 1
+            self.url = self._urls[self.reconnects % len(self._urls)]
 
     async def _connect_once(self) -> bool:
         """One connection's life. Returns ``True`` to reconnect at once (RECONNECT)."""

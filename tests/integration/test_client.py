@@ -297,3 +297,12 @@ async def test_frames_off_the_protocol_are_ignored(aiohttp_server: Any) -> None:
         assert await next_event(client) == Event("GAP", topics=())  # a GAP without topics is still a GAP
         assert await next_event(client) == Event("MESSAGE", topic="dream:update.a", message="ok")
         assert client.reconnects == 0
+
+
+async def test_several_urls_the_client_moves_to_the_next_on_reconnect(make_client: AppFactory) -> None:
+    url = base_url(await make_client())
+    dead = f"http://127.0.0.1:{procs.free_port()}"  # nothing listens there
+    async with RealtimeClient([dead, url], ["channel:update.a"], **FAST) as client:
+        assert client.url == url and client.reconnects == 1  # the first failed, the second served
+    with pytest.raises(ValueError, match="URL"):
+        RealtimeClient([], ["channel:update.a"])
