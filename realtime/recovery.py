@@ -15,7 +15,9 @@ arriving meanwhile are kept in the read's buffer. When the read returns, which t
 guarantees happens only after every publication it covers reached this instance
 (:meth:`realtime.broker.Broker.history`), the connection gets, in one event-loop step,
 the publications after its offset from history and the buffer merged by offset, and joins
-the index: so no publication is missed or doubled at the seam. If history cannot cover its
+the index: so no publication is missed or doubled at the seam. What a read brought back is
+kept for a few seconds and extended by live publications (:mod:`realtime.recent`), so the
+connections that resume on that topic next (a reconnect storm) are served without a read. If history cannot cover its
 position (another epoch, an offset fallen out of history or ahead of it), it gets
 ``GAP`` with reason ``history_lost`` and then the live stream only.
 
@@ -37,8 +39,9 @@ import structlog
 
 from realtime.broker import Broker
 from realtime.errors import BrokerUnavailable
-from realtime.history import MAX_OFFSET, HistoryPage, Position
+from realtime.history import MAX_OFFSET, HistoryPage, Position, Publication
 from realtime.protocol import GAP_BROKER_RECONNECTED, GAP_HISTORY_LOST, gap_payload, message_payload
+from realtime.recent import RecentPages
 from realtime.send_queue import SendQueue, encode_text_frame
 from realtime.stats import RecoveryStats
 from realtime.topic_index import TopicIndex
@@ -117,6 +120,7 @@ class Recovery:
         self._index = index
         self._streams: dict[str, _Stream] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._recent = RecentPages()
         self.stats = RecoveryStats()
 
     def __contains__(self, topic: str) -> bool:
@@ -152,6 +156,8 @@ class Recovery:
             read.waiting[conn] = since
         elif read is not None:
             stream.later[conn] = since
+        elif (page := self._recent.page(topic, since)) is not None:
+            self._serve_recent(topic, stream, page).waiting[conn] = since
         else:
             self._start(topic, stream, since.offset, hold=False).waiting[conn] = since
 
@@ -168,6 +174,7 @@ class Recovery:
                 return
         if self._index.get(topic) is None and not stream.later:
             del self._streams[topic]  # a read in flight finds it gone and does nothing
+            self._recent.drop(topic)
 
     # -- the broker's events --------------------------------------------------------
 
@@ -201,10 +208,12 @@ class Recovery:
             self._hole(topic, stream, offset, epoch, message)
             return 0
         stream.position = offset
+        self._recent.extend(topic, offset, message)
         return self._deliver_live(topic, message, offset, epoch)
 
     def on_gap(self) -> None:
         """The broker receives again after a time it did not: catch every stream up."""
+        self._recent.clear()
         for topic, stream in self._streams.items():
             read = stream.read
             if read is not None:
@@ -238,6 +247,7 @@ class Recovery:
 
     def _hole(self, topic: str, stream: _Stream, offset: int, epoch: str, message: str) -> None:
         """A publication after a hole: hold the index back until a read fills the hole."""
+        self._recent.drop(topic)
         read = stream.read
         if read is None:
             read = self._start(topic, stream, stream.position, hold=True)
@@ -252,9 +262,29 @@ class Recovery:
         read = stream.read = _Read(since, hold)
         read.waiting.update(stream.later)
         stream.later.clear()
+        self._spawn(topic, stream, read)
+        return read
+
+    def _spawn(self, topic: str, stream: _Stream, read: _Read) -> None:
         task = asyncio.get_running_loop().create_task(self._run(topic, stream, read), name=f"history-read {topic}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _serve_recent(self, topic: str, stream: _Stream, page: HistoryPage) -> _Read:
+        """A read answered from a recent page (:mod:`realtime.recent`): completed after the
+        RESPONSE, like one answered by the broker, but without asking it."""
+        read = stream.read = _Read(page.first - 1, hold=False)
+
+        def complete() -> None:
+            if self._streams.get(topic) is not stream or stream.read is not read:
+                return
+            if read.again:  # the broker had a gap meanwhile: ask it after all
+                read.again = False
+                self._spawn(topic, stream, read)
+            else:
+                self._complete(topic, stream, read, page)
+
+        asyncio.get_running_loop().call_soon(complete)
         return read
 
     async def _run(self, topic: str, stream: _Stream, read: _Read) -> None:
@@ -311,8 +341,20 @@ class Recovery:
             self._catch_up([conn], topic, since, page, merged, top, frames, reset)
             self._index.add(topic, conn)
         stream.position, stream.epoch = top, epoch
+        if not reset:
+            self._keep_recent(topic, stream, merged, top)
         if stream.later:
             self._start(topic, stream, min(p.offset for p in stream.later.values()), hold=False)
+
+    def _keep_recent(self, topic: str, stream: _Stream, merged: dict[int, str], top: int) -> None:
+        """Keep the run of consecutive publications a read ended with, for the next resumers."""
+        run: list[Publication] = []
+        offset = top
+        while offset in merged and len(run) < stream.rule.history_size:
+            run.append(Publication(offset, merged[offset]))
+            offset -= 1
+        run.reverse()
+        self._recent.put(topic, stream.epoch or "", run, stream.rule.history_size)
 
     def _catch_up(
         self,
@@ -349,6 +391,7 @@ class Recovery:
         """History cannot be read: GAP to everyone waiting on it, then the live stream."""
         log.warning("history_read_failed", topic=topic[:128], error=why, attempts=read.attempts)
         stream.read = None
+        self._recent.drop(topic)
         if read.hold:
             self._gap(list(self._index.get(topic) or ()), topic)
         waiting = list(read.waiting)

@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from realtime.errors import BrokerUnavailable
-from realtime.history import HistoryPage, MemoryHistory, Position
+from realtime.history import HistoryPage, MemoryHistory, Position, Publication
+from realtime.recent import RecentPages
 from realtime.recovery import MAX_ATTEMPTS, Recovery
 from realtime.send_queue import SendQueue
 from realtime.topic_index import TopicIndex
@@ -297,3 +298,57 @@ def test_history_page_covers() -> None:
     assert not page.covers(Position(4, "e"))
     assert not page.covers(Position(11, "e"))
     assert not page.covers(Position(7, "f"))
+
+
+async def test_resumers_after_a_read_are_served_from_the_recent_page(
+    recovery: Recovery, broker: ScriptedBroker
+) -> None:
+    positions = [broker.append(f"m{i}") for i in range(1, 5)]
+    first = conn()
+    recovery.listen(first, T, RULE, positions[0])
+    await settle()
+    assert first.offsets() == [2, 3, 4] and len(broker.reads) == 1
+    p5 = broker.append("m5")
+    live(recovery, p5, "m5")  # extends the recent page
+    late = [conn() for _ in range(5)]
+    for c in late:
+        recovery.listen(c, T, RULE, positions[1])  # saw 2
+    assert all(c.got == [] for c in late)  # after the RESPONSE
+    live(recovery, broker.append("m6"), "m6")  # arrives before the page is served: merged
+    await settle()
+    assert len(broker.reads) == 1  # no read of their own
+    assert all(c.offsets() == [3, 4, 5, 6] for c in late)
+    assert [m["data"]["message"] for m in late[0].got] == ["m3", "m4", "m5", "m6"]
+
+
+async def test_a_broker_gap_forgets_recent_pages(recovery: Recovery, broker: ScriptedBroker) -> None:
+    positions = [broker.append() for _ in range(3)]
+    recovery.listen(conn(), T, RULE, positions[0])
+    await settle()
+    recovery.on_gap()
+    await settle()
+    reads = len(broker.reads)
+    recovery.listen(conn(), T, RULE, positions[0])
+    await settle()
+    assert len(broker.reads) == reads + 1
+
+
+def test_recent_pages_are_bounded_in_time_and_count() -> None:
+    now = [0.0]
+    pages = RecentPages(seconds=10, max_publications=5, clock=lambda: now[0])
+    items = [Publication(i, f"m{i}") for i in range(1, 4)]
+    pages.put("a", "e", items, size=3)
+    assert pages.page("a", Position(1, "e")) == HistoryPage(items[1:], 3, "e", 1)
+    assert pages.page("a", Position(0, "e")) == HistoryPage(items, 3, "e", 1)
+    assert pages.page("a", Position(1, "x")) is None  # another epoch
+    assert pages.page("a", Position(4, "e")) is None  # ahead
+    pages.extend("a", 4, "m4")  # size 3: 2..4
+    assert pages.page("a", Position(0, "e")) is None and len(pages) == 3
+    pages.extend("a", 6, "m6")  # not the next offset: the page is dropped
+    assert pages.page("a", Position(3, "e")) is None and len(pages) == 0
+    pages.put("a", "e", items, size=3)
+    now[0] = 5
+    pages.put("b", "e", items, size=3)  # 6 > 5: the oldest page goes
+    assert pages.page("a", Position(1, "e")) is None and len(pages) == 3
+    now[0] = 16
+    assert pages.page("b", Position(1, "e")) is None  # expired
