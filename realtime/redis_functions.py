@@ -93,7 +93,7 @@ def _policy_table(rules: Iterable[TopicRule]) -> str:
         for rule in sorted(rules, key=lambda r: r.name)
         if rule.has_history
     ]
-    return "{\n" + "\n".join(rows) + ("\n}" if rows else "}")
+    return "{\n" + "\n".join(rows) + "\n}" if rows else "{}"
 
 
 _LIBRARY = """#!lua name=@LIBRARY@
