@@ -30,6 +30,8 @@ from realtime.settings import ApiKeyEntry
 from topics import BadScope, parse_scopes
 
 PUBLISH_SCOPE = "realtime:publish"
+HISTORY_SCOPE = "realtime:history"
+"""Reads any topic's history (``GET /history/{topic}``); without it, only topics the caller may LISTEN to."""
 
 
 class ApiKeyAuthenticator:

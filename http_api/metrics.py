@@ -77,6 +77,17 @@ class NodeCollector(Collector):
         delivered = stats.delivered - (probe.deliveries if probe else 0)
         yield _counter("realtime_messages_delivered", "MESSAGE frames queued to local listeners.", delivered)
         yield _counter("realtime_gaps", "Broker reconnects announced to clients as GAP.", stats.gaps)
+        recovery = node.recovery.stats
+        yield _counter("realtime_history_reads", "Reads of topic history for recovery.", recovery.reads)
+        yield _counter(
+            "realtime_messages_recovered", "MESSAGE frames queued from history (resumed clients).", recovery.recovered
+        )
+        yield _counter(
+            "realtime_history_lost", "GAP history_lost sent (per connection and topic).", recovery.history_gaps
+        )
+        yield _counter(
+            "realtime_duplicates_dropped", "Live publications dropped as already delivered.", recovery.duplicates
+        )
         yield _counter("realtime_token_revocations", "Token revocations applied.", stats.revocations)
         yield _counter(
             "realtime_slow_consumer_drops", "Connections closed with 4008 (slow consumer).", stats.slow_consumers

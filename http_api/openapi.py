@@ -25,6 +25,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from http_api import schemas as s
 from http_api.auth import WsTokenRequest
 from http_api.errors import json_response
+from http_api.history import HistoryQuery, HistorySchema
 from http_api.login import LoginRequest
 
 #: A cache holding ``{"spec": document}`` once built.
@@ -41,6 +42,7 @@ _COMPONENTS = {
     "RemoteControl": s.RemoteControlSchema,
     "Login": LoginRequest,
     "WsTokenRequest": WsTokenRequest,
+    "History": HistorySchema,
 }
 
 
@@ -68,6 +70,23 @@ _ERRORS = {
     "403": {"$ref": "#/components/responses/Error"},
     "404": {"$ref": "#/components/responses/Error"},
     "503": {"$ref": "#/components/responses/Error"},
+}
+_PLAIN_ERRORS = {str(status): {"$ref": "#/components/responses/PlainError"} for status in (400, 401, 403, 404, 503)}
+_PLAIN_ERROR = {
+    "description": 'an error: {"error": code, "message": str}, with "fields" (400) or "missing_scopes" (403)',
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "error": {"type": "string"},
+                    "message": {"type": "string"},
+                    "fields": {"type": "object"},
+                    "missing_scopes": {"type": "array", "items": {"type": "string"}},
+                },
+            }
+        }
+    },
 }
 _UUID_PARAM = {"in": "path", "name": "uuid", "required": True, "schema": {"type": "string", "format": "uuid"}}
 
@@ -100,6 +119,18 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "security": _AUTH,
         "requestBody": {"required": False, "content": {"application/json": {"schema": "WsTokenRequest"}}},
         "responses": {"200": {"description": '{"token": str, "expires_in": seconds, "scope": str}'}},
+    },
+    ("GET", "/history/{topic}"): {
+        "summary": "A topic's kept publications after since, oldest first (realtime:history, or who may LISTEN)",
+        "security": _AUTH,
+        "parameters": [
+            {"in": "path", "name": "topic", "required": True, "schema": {"type": "string"}},
+            {"in": "query", "schema": HistoryQuery},
+        ],
+        "responses": {
+            "200": {"description": "a page", "content": {"application/json": {"schema": "History"}}},
+            **_PLAIN_ERRORS,
+        },
     },
     ("POST", "/api/v1/remote-control"): _op(
         "Send a remote-control event to every device of the caller",
@@ -151,6 +182,7 @@ def build_spec(app: web.Application) -> dict[str, Any]:
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     spec.components.security_scheme("session", {"type": "apiKey", "in": "cookie", "name": "realtime_session"})
     spec.components.response("Error", _envelope(None, 400, "an error: success false, errorCode, message")["400"])
+    spec.components.response("PlainError", _PLAIN_ERROR)
     for path, operations in sorted(_paths(app).items()):
         spec.path(path=path, operations=operations)
     return spec.to_dict()

@@ -38,9 +38,10 @@ from realtime.disconnect import CloseCode
 from realtime.envelope import InvalidEnvelope, UnknownControl, message_text, parse_control, revocation_message
 from realtime.errors import NoHistory
 from realtime.grant_expiry import GrantExpiry
-from realtime.history import HistoryPage
+from realtime.history import HistoryPage, Position
 from realtime.limits import TokenBucket
 from realtime.protocol import Session, auth_revoked_payload, gap_payload, message_payload
+from realtime.recovery import Recovery
 from realtime.revocations import CLOCK_MARGIN, RevocationTable
 from realtime.send_queue import FlushScheduler, SendQueue, encode_text_frame
 from realtime.stats import NodeStats
@@ -125,6 +126,7 @@ class Node:
         self.bad_tokens = BadTokens()
         self.checks = TokenChecks() if checks is None else checks
         self.expiries: GrantExpiry[SendQueue] = GrantExpiry(self._expire)
+        self.recovery = Recovery(broker, self.index)
 
     @property
     def scheduler(self) -> FlushScheduler:
@@ -140,6 +142,7 @@ class Node:
     async def close(self) -> None:
         """Stop the broker, the expiry timer and the flush scheduler's pacing timer."""
         self.expiries.close()
+        self.recovery.close()
         try:
             await self.broker.close()
         finally:
@@ -149,7 +152,15 @@ class Node:
     # -- the broker's event handler (realtime.broker.BrokerEventHandler) ----------
 
     def on_publication(self, topic: str, message: str, offset: int = 0, epoch: str = "") -> None:
-        """Fan one publication out to this instance's listeners of ``topic``."""
+        """Fan one publication out to this instance's listeners of ``topic`` (one with an
+        offset through :class:`realtime.recovery.Recovery`, which drops duplicates and holds
+        back what follows a hole)."""
+        if offset:
+            delivered = self.recovery.on_publication(topic, message, offset, epoch)
+            if delivered:
+                self.stats.count_delivered(delivered)
+                self._batch_delivered = True
+            return
         listeners = self.index.get(topic)
         if not listeners:
             return
@@ -169,11 +180,16 @@ class Node:
         return delivered
 
     def on_gap(self) -> None:
-        """Tell every listening client that publications may have been missed."""
+        """Publications may have been missed: catch topics with history up from history
+        (:meth:`realtime.recovery.Recovery.on_gap`) and tell every client listening to a
+        topic without history (``GAP``, reason ``broker_reconnected``)."""
         self.stats.count_gap()
+        recovery = self.recovery
+        recovery.on_gap()
         for conn, peer in list(self.peers.items()):
-            if peer.session.topics:
-                conn.send_payload(gap_payload(sorted(peer.session.topics)))
+            lost = sorted(t for t in peer.session.topics if t not in recovery)
+            if lost:
+                conn.send_payload(gap_payload(lost))
 
     def on_control(self, message: dict[str, object]) -> None:
         """Apply a control message from any instance (currently: ``revoke``): remember it
@@ -363,13 +379,14 @@ class Node:
                 log.info("ws_closed_for_bad_tokens", conn_id=key.id, address=peer.address)
                 asyncio.get_running_loop().call_soon(peer.close_soon, CloseCode.BAD_TOKENS, "too many invalid tokens")
 
-    def listen(self, key: SendQueue, topic: Topic) -> None:
-        """Index ``key`` under ``topic`` (its session LISTENed)."""
-        self.index.add(topic, key)
+    def listen(self, key: SendQueue, topic: Topic, rule: TopicRule, since: Position | None = None) -> None:
+        """Index ``key`` under ``topic`` (its session LISTENed), at once or, with ``since``,
+        once it has what it missed (:meth:`realtime.recovery.Recovery.listen`)."""
+        self.recovery.listen(key, topic, rule, since)
 
     def unlisten(self, key: SendQueue, topic: Topic) -> None:
         """Drop ``key`` from ``topic`` (its session dropped the topic)."""
-        self.index.discard(topic, key)
+        self.recovery.unlisten(key, topic)
 
     def granted(self, key: SendQueue, grant: Grant) -> None:
         """Arm the expiry of ``grant``'s topics on ``key``."""

@@ -8,7 +8,8 @@ Nothing here awaits, so it is tested without sockets.
 Client -> server (text frames of JSON)::
 
     {"type": "PING"}
-    {"type": "LISTEN",   "nonce": "n1", "data": {"topics": ["..."], "auth_token": "..."}}
+    {"type": "LISTEN",   "nonce": "n1", "data": {"topics": ["..."], "auth_token": "...",
+                                                  "since": {"<topic>": {"offset": 41, "epoch": "..."}}}}
     {"type": "UNLISTEN", "nonce": "n2", "data": {"topics": ["..."]}}
 
 Server -> client::
@@ -17,6 +18,8 @@ Server -> client::
     {"type": "RESPONSE", "nonce": "n1", "error": ""}            success
     {"type": "RESPONSE", "nonce": "n1", "error": "ERR_BADAUTH", "error_description": "..."}
     {"type": "MESSAGE", "data": {"topic": "...", "message": "<string>"}}
+    {"type": "MESSAGE", "data": {"topic": "...", "message": "<string>", "offset": 42, "epoch": "..."}}
+    {"type": "GAP", "data": {"topics": ["..."], "reason": "broker_reconnected" | "history_lost"}}
     {"type": "RECONNECT"}
     {"type": "AUTH_REVOKED", "data": {"topics": ["..."]}}
 
@@ -26,19 +29,24 @@ Error codes: ``ERR_BADMESSAGE`` (not JSON, wrong shape, unknown type), ``ERR_BAD
 limit), ``ERR_RATELIMIT`` (LISTEN/UNLISTEN too fast, too many connections for this
 user, or too many token checks: see :mod:`realtime.verification`), ``ERR_SERVER`` (our
 fault). A LISTEN is all-or-nothing.
+
+``offset`` and ``epoch`` come on topics that keep history; ``since`` asks to resume after a
+position (what is sent then is :mod:`realtime.recovery`'s business: the session only checks
+its shape and hands each new topic's position to its owner).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import orjson
 
 from keys import Grant, InvalidToken
+from realtime.history import MAX_EPOCH_LENGTH, MAX_OFFSET, Position
 from realtime.limits import TokenBucket
 from realtime.verification import TooManyChecks
-from topics import BadTopic, Topic, TopicPolicy
+from topics import BadTopic, Topic, TopicPolicy, TopicRule
 
 ERR_BADMESSAGE = "ERR_BADMESSAGE"
 ERR_BADAUTH = "ERR_BADAUTH"
@@ -90,10 +98,38 @@ GAP_HISTORY_LOST = "history_lost"
 history or ahead of it, a topic without history); the stream goes on live from here."""
 
 
-def gap_payload(topics: list[str], reason: str = GAP_BROKER_RECONNECTED) -> bytes:
+def gap_payload(topics: Sequence[str], reason: str = GAP_BROKER_RECONNECTED) -> bytes:
     """Encode a GAP notice: publications on these topics may have been missed (``reason``:
     :data:`GAP_BROKER_RECONNECTED` or :data:`GAP_HISTORY_LOST`)."""
-    return orjson.dumps({"type": "GAP", "data": {"topics": topics, "reason": reason}})
+    return orjson.dumps({"type": "GAP", "data": {"topics": list(topics), "reason": reason}})
+
+
+def _since_of(data: dict[str, Any], topics: dict[Topic, TopicRule]) -> dict[str, Position]:
+    """LISTEN's ``data.since``: topic -> the position to resume from (empty when absent).
+
+    Raises:
+        Refused: ``ERR_BADMESSAGE`` when it is not an object of ``{"offset": int >= 0,
+            "epoch": str}`` for topics of this LISTEN.
+    """
+    raw = data.get("since")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise Refused(ERR_BADMESSAGE, 'data.since must be an object: {"<topic>": {"offset": <int>, "epoch": "<str>"}}')
+    since: dict[str, Position] = {}
+    for topic, position in raw.items():
+        if topic not in topics:
+            raise Refused(ERR_BADMESSAGE, f"data.since names {topic[:140]!r}, which is not in data.topics")
+        offset = position.get("offset") if isinstance(position, dict) else None
+        epoch = position.get("epoch") if isinstance(position, dict) else None
+        if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:
+            raise Refused(ERR_BADMESSAGE, f"data.since[{topic!r}].offset must be an integer from 0 to {MAX_OFFSET}")
+        if not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_LENGTH:
+            raise Refused(
+                ERR_BADMESSAGE, f"data.since[{topic!r}].epoch must be a string of at most {MAX_EPOCH_LENGTH} characters"
+            )
+        since[topic] = Position(offset, epoch)
+    return since
 
 
 class Owner(Protocol):
@@ -107,8 +143,9 @@ class Owner(Protocol):
         :class:`realtime.verification.TooManyChecks` when the token was not checked."""
         ...
 
-    def listen(self, key: Any, topic: Topic) -> None:
-        """Called once for each topic ``key``'s session newly LISTENs to."""
+    def listen(self, key: Any, topic: Topic, rule: TopicRule, since: Position | None) -> None:
+        """Called once for each topic ``key``'s session newly LISTENs to, with its policy
+        rule and the position the client asked to resume from (``since``), if any."""
         ...
 
     def unlisten(self, key: Any, topic: Topic) -> None:
@@ -273,6 +310,8 @@ class Session:
                 checked.append(self._policy.check(raw))
             except BadTopic as exc:
                 raise Refused(ERR_BADTOPIC, str(exc)) from None
+        rules = {parsed.topic: rule for parsed, rule in checked}
+        since = _since_of(data, rules)
         token = data.get("auth_token")
         if token is not None and not isinstance(token, str):
             raise Refused(ERR_BADMESSAGE, "data.auth_token must be a string")
@@ -313,7 +352,7 @@ class Session:
             for sub in replaced:
                 owner.released(key, sub)
         for topic in new:
-            owner.listen(key, topic)
+            owner.listen(key, topic, rules[topic], since.get(topic))
         if grant is not None and holds_grant:
             owner.granted(key, grant)
         self.listening = True

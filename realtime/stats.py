@@ -139,3 +139,54 @@ class BrokerStats:
     def invalid_envelopes(self) -> int:
         """Publications and control messages dropped as malformed."""
         return self._invalid_envelopes
+
+
+class RecoveryStats:
+    """What the node's recovery (:mod:`realtime.recovery`) counted.
+
+    Counted by :class:`realtime.recovery.Recovery`; read by ``/metrics``.
+    """
+
+    __slots__ = ("_duplicates", "_history_gaps", "_reads", "_recovered")
+
+    def __init__(self) -> None:
+        self._reads = 0
+        self._recovered = 0
+        self._history_gaps = 0
+        self._duplicates = 0
+
+    def count_read(self) -> None:
+        """One read of a topic's history sent to the broker."""
+        self._reads += 1
+
+    def count_recovered(self, frames: int) -> None:
+        """``frames`` MESSAGE frames queued from history (one per publication per connection)."""
+        self._recovered += frames
+
+    def count_history_gap(self, conns: int) -> None:
+        """GAP ``history_lost`` sent to ``conns`` connections."""
+        self._history_gaps += conns
+
+    def count_duplicate(self) -> None:
+        """One live publication dropped because its offset was delivered already."""
+        self._duplicates += 1
+
+    @property
+    def reads(self) -> int:
+        """Reads of history sent to the broker."""
+        return self._reads
+
+    @property
+    def recovered(self) -> int:
+        """MESSAGE frames queued from history."""
+        return self._recovered
+
+    @property
+    def history_gaps(self) -> int:
+        """GAP ``history_lost`` notices sent (one per connection and topic)."""
+        return self._history_gaps
+
+    @property
+    def duplicates(self) -> int:
+        """Live publications dropped as already delivered."""
+        return self._duplicates

@@ -1,4 +1,5 @@
-"""The ``realtime`` command line: ``serve``, ``keys``, ``publish``, ``migrate``, ``users``, ``apikeys``."""
+"""The ``realtime`` command line: ``serve``, ``keys``, ``publish``, ``history``, ``listen``, ``migrate``,
+``users``, ``apikeys``."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument(
         "--api-key", default=os.environ.get("REALTIME_API_KEY", ""), help="API key for --url (env REALTIME_API_KEY)"
     )
+    _add_history_parser(sub)
     lis = sub.add_parser("listen", help="print messages on topics as they arrive (a debugging tool)")
     lis.add_argument("topics", nargs="+", metavar="TOPIC")
     lis.add_argument(
@@ -61,6 +63,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     lis.add_argument("--scope", help="narrow the token to these scopes (space-separated)")
     return parser
+
+
+def _add_history_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    hist = sub.add_parser(
+        "history",
+        help="print a topic's kept publications, oldest first",
+        description="Print one JSON line {offset, message} per publication after --since on stdout, "
+        "then the topic's position (offset= epoch= first=) on stderr.",
+    )
+    hist.add_argument("topic")
+    hist.add_argument("--since", type=_count, default=0, help="publications after this offset (default 0: all)")
+    hist.add_argument("--limit", type=_count, default=100, help="at most this many (default 100, at most 1000)")
+    hist.add_argument(
+        "--url",
+        default=os.environ.get("REALTIME_URL", ""),
+        help="read through this server's GET /history instead of Redis (env REALTIME_URL)",
+    )
+    hist.add_argument(
+        "--api-key", default=os.environ.get("REALTIME_API_KEY", ""), help="API key for --url (env REALTIME_API_KEY)"
+    )
+
+
+def _count(value: str) -> int:
+    if not (value.isascii() and value.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a non-negative integer: {value!r}")
+    return int(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             from realtime.client_cli import listen_command
 
             return asyncio.run(listen_command(args.url, args.topics, api_key=args.api_key, scope=args.scope))
+        if args.command == "history":
+            from service.history_cli import history_command
+
+            return asyncio.run(history_command(args))
         return asyncio.run(_publish(args))
     except (RealtimeError, DatabaseError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -201,8 +201,8 @@ def spawn(tmp_path: Path) -> Iterator[type[procs.Server]]:
     servers: list[procs.Server] = []
 
     class Tracked(procs.Server):
-        def __init__(self, cwd: Path = tmp_path, env: dict[str, str] | None = None) -> None:
-            super().__init__(cwd, env or {})
+        def __init__(self, cwd: Path = tmp_path, env: dict[str, str] | None = None, port: int | None = None) -> None:
+            super().__init__(cwd, env or {}, port)
             servers.append(self)
 
     yield Tracked

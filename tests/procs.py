@@ -21,8 +21,10 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
+    def __init__(self, cwd: Path, env: dict[str, str], port: int | None = None) -> None:
+        """Start ``realtime serve`` in ``cwd`` with ``env``, on ``port`` (a restart) or a free one."""
+        self.env = env
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = cwd / f"server-{self.port}.log"
         base = {

@@ -74,7 +74,7 @@ async def status(http: aiohttp.ClientSession, url: str) -> int:
 
 async def publish_http(http: aiohttp.ClientSession, server: Server, message: str) -> int:
     async with http.post(
-        server.url + "/publish", json={"topic": "dream:update.a", "message": message}, headers=auth(PUBLISHER_KEY)
+        server.url + "/publish", json={"topic": "channel:update.a", "message": message}, headers=auth(PUBLISHER_KEY)
     ) as resp:
         return resp.status
 
@@ -94,7 +94,7 @@ async def test_redis_outage_clients_stay_and_delivery_resumes(
 ) -> None:
     server = spawn(env={"API_KEYS": API_KEYS_JSON, "REDIS_URL": private_redis.url, "SHUTDOWN_GRACE": "0"})
     async with aiohttp.ClientSession() as http, http.ws_connect(server.url + "/ws") as ws:
-        assert (await listen(ws, ["dream:update.a"]))["error"] == ""
+        assert (await listen(ws, ["channel:update.a"]))["error"] == ""
         assert await publish_http(http, server, "before") == 202
         assert (await recv(ws))["data"]["message"] == "before"
 
@@ -111,9 +111,9 @@ async def test_redis_outage_clients_stay_and_delivery_resumes(
         private_redis.start()
         back = time.monotonic()
         gap = await recv(ws, timeout=5)
-        assert gap == {"type": "GAP", "data": {"topics": ["dream:update.a"], "reason": "broker_reconnected"}}
+        assert gap == {"type": "GAP", "data": {"topics": ["channel:update.a"], "reason": "broker_reconnected"}}
         client = aioredis.from_url(private_redis.url)
-        await client.publish("realtime", orjson.dumps({"topic": "dream:update.a", "message": "after"}))
+        await client.publish("realtime", orjson.dumps({"topic": "channel:update.a", "message": "after"}))
         assert (await recv(ws))["data"]["message"] == "after"
         resumed = time.monotonic() - back
         await client.aclose()
@@ -133,18 +133,18 @@ async def test_quick_redis_restart(
 ) -> None:
     server = spawn(env={"REDIS_URL": private_redis.url, "SHUTDOWN_GRACE": "0"})
     async with aiohttp.ClientSession() as http, http.ws_connect(server.url + "/ws") as ws:
-        await listen(ws, ["dream:update.a"])
+        await listen(ws, ["channel:update.a"])
         private_redis.stop()
         private_redis.start()
         assert (await recv(ws, timeout=5))["type"] == "GAP"
         client = aioredis.from_url(private_redis.url)
-        await client.publish("realtime", orjson.dumps({"topic": "dream:update.a", "message": "x"}))
+        await client.publish("realtime", orjson.dumps({"topic": "channel:update.a", "message": "x"}))
         assert (await recv(ws))["data"]["message"] == "x"
         await client.aclose()
     assert await asyncio.to_thread(server.stop) == 0
 
 
-GAP = {"type": "GAP", "data": {"topics": ["dream:update.a"], "reason": "broker_reconnected"}}
+GAP = {"type": "GAP", "data": {"topics": ["channel:update.a"], "reason": "broker_reconnected"}}
 
 
 async def test_started_while_redis_is_down_no_false_accept_and_a_gap_once_subscribed(
@@ -155,7 +155,7 @@ async def test_started_while_redis_is_down_no_false_accept_and_a_gap_once_subscr
     private_redis.stop()
     server = spawn(env={"API_KEYS": API_KEYS_JSON, "REDIS_URL": private_redis.url, "SHUTDOWN_GRACE": "0"})
     async with aiohttp.ClientSession() as http, http.ws_connect(server.url + "/ws") as ws:
-        assert (await listen(ws, ["dream:update.a"]))["error"] == ""
+        assert (await listen(ws, ["channel:update.a"]))["error"] == ""
         assert await status(http, server.url + "/ready") == 503
         assert await status(http, server.url + "/health") == 200
         assert await publish_http(http, server, "down") == 503
@@ -192,9 +192,9 @@ async def test_no_202_while_not_subscribed_though_redis_takes_publications(
     server = await asyncio.to_thread(spawn, env={"API_KEYS": API_KEYS_JSON, "REDIS_URL": url, "SHUTDOWN_GRACE": "0"})
     try:
         async with aiohttp.ClientSession() as http, http.ws_connect(server.url + "/ws") as ws:
-            assert (await listen(ws, ["dream:update.a"]))["error"] == ""
+            assert (await listen(ws, ["channel:update.a"]))["error"] == ""
             async with http.post(
-                server.url + "/publish", json={"topic": "dream:update.a", "message": "x"}, headers=auth(PUBLISHER_KEY)
+                server.url + "/publish", json={"topic": "channel:update.a", "message": "x"}, headers=auth(PUBLISHER_KEY)
             ) as resp:
                 assert resp.status == 503
                 assert "not subscribed" in (await resp.json())["message"]
@@ -305,12 +305,12 @@ async def test_a_subscription_that_stops_delivering_is_renewed_with_a_gap(
     redis = aioredis.from_url(private_redis.url)
 
     async def publish(message: str) -> None:
-        await redis.publish("realtime", orjson.dumps({"topic": "dream:update.a", "message": message}))
+        await redis.publish("realtime", orjson.dumps({"topic": "channel:update.a", "message": message}))
 
     try:
         async with aiohttp.ClientSession() as http, http.ws_connect(server.url + "/ws") as ws:
             assert await status(http, server.url + "/ready") == 200
-            assert (await listen(ws, ["dream:update.a"]))["error"] == ""
+            assert (await listen(ws, ["channel:update.a"]))["error"] == ""
             await publish("before")
             assert (await recv(ws))["data"]["message"] == "before"
             await assert_silent(ws, 2.0)  # a quiet, healthy link: the probes come back, no false GAP

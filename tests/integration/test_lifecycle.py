@@ -43,13 +43,13 @@ async def test_token_expiry_sends_auth_revoked(make_client: AppFactory) -> None:
     token = await ws_token(client)
     exp = jwt.decode(token, options={"verify_signature": False})["exp"]
     async with client.ws_connect("/ws") as ws:
-        assert (await listen(ws, ["remote-control:command.7", "dream:update.a"], token))["error"] == ""
+        assert (await listen(ws, ["remote-control:command.7", "channel:update.a"], token))["error"] == ""
         revoked = await recv(ws, timeout=3)
         assert revoked == {"type": "AUTH_REVOKED", "data": {"topics": ["remote-control:command.7"]}}
         assert time.time() >= exp - 0.05
         await publish(client, "remote-control:command.7", "gone")
-        await publish(client, "dream:update.a", "public stays")
-        assert (await recv(ws))["data"] == {"topic": "dream:update.a", "message": "public stays"}
+        await publish(client, "channel:update.a", "public stays")
+        assert (await recv(ws))["data"] == {"topic": "channel:update.a", "message": "public stays"}
         # the expired token is refused from now on
         assert (await listen(ws, ["remote-control:command.7"], token))["error"] == "ERR_BADAUTH"
 

@@ -144,12 +144,12 @@ async def test_subscriber_killed_reconnects_and_sends_gap(
     broker = client.app[NODE].broker
     assert isinstance(broker, RedisBroker)
     async with client.ws_connect("/ws") as ws:
-        await listen(ws, ["dream:update.a"])
+        await listen(ws, ["channel:update.a"])
         await kill_subscriber(redis_client, broker.client_name)
         gap = await recv(ws, timeout=5)
-        assert gap == {"type": "GAP", "data": {"topics": ["dream:update.a"], "reason": "broker_reconnected"}}
+        assert gap == {"type": "GAP", "data": {"topics": ["channel:update.a"], "reason": "broker_reconnected"}}
         assert broker.stats.reconnects == 1 and broker.ready
-        await redis_client.publish(channel, '{"topic":"dream:update.a","message":"after"}')
+        await redis_client.publish(channel, '{"topic":"channel:update.a","message":"after"}')
         assert (await recv(ws))["data"]["message"] == "after"
 
 

@@ -40,20 +40,23 @@ async def test_listen_publish_unlisten(make_client: AppFactory) -> None:
     async with client.ws_connect("/ws") as ws:
         await send(ws, type="PING")
         assert await recv(ws) == {"type": "PONG"}
-        reply = await listen(ws, ["remote-control:command.7", "dream:update.abc"], token, nonce="n1")
+        reply = await listen(ws, ["remote-control:command.7", "channel:update.abc"], token, nonce="n1")
         assert reply == {"type": "RESPONSE", "nonce": "n1", "error": ""}
         await publish(client, "remote-control:command.7", {"event": "next"})
-        assert await recv(ws) == {
+        got = await recv(ws)
+        epoch = got["data"].pop("epoch")  # the topic keeps history: offset and epoch come along
+        assert got == {
             "type": "MESSAGE",
-            "data": {"topic": "remote-control:command.7", "message": '{"event":"next"}'},
+            "data": {"topic": "remote-control:command.7", "message": '{"event":"next"}', "offset": 1},
         }
-        await publish(client, "dream:update.abc", "plain string")
-        assert (await recv(ws))["data"] == {"topic": "dream:update.abc", "message": "plain string"}
+        assert isinstance(epoch, str)
+        await publish(client, "channel:update.abc", "plain string")
+        assert (await recv(ws))["data"] == {"topic": "channel:update.abc", "message": "plain string"}
         await publish(client, "dream:update.other", "not for us")
         await assert_silent(ws)
-        await send(ws, type="UNLISTEN", nonce="u1", data={"topics": ["dream:update.abc"]})
+        await send(ws, type="UNLISTEN", nonce="u1", data={"topics": ["channel:update.abc"]})
         assert await recv(ws) == {"type": "RESPONSE", "nonce": "u1", "error": ""}
-        await publish(client, "dream:update.abc", "after unlisten")
+        await publish(client, "channel:update.abc", "after unlisten")
         await assert_silent(ws)
 
 

@@ -8,8 +8,9 @@ import orjson
 import pytest
 
 from keys import Grant, KeyStore, TokenIssuer, TokenVerifier
+from realtime.history import Position
 from realtime.protocol import Session
-from topics import DEFAULT_POLICY, Topic
+from topics import DEFAULT_POLICY, Topic, TopicRule
 
 
 class SetOwner:
@@ -22,13 +23,16 @@ class SetOwner:
         self.refusals: list[str] = []
         self.admit = True
         self.events: list[str] = []  # listen/granted calls, in order
+        self.since: dict[Topic, Position | None] = {}
 
     def verify(self, key: object, token: str) -> Grant:
         assert key == "conn-1"
         return self.verifier.verify(token)
 
-    def listen(self, key: object, topic: Topic) -> None:
+    def listen(self, key: object, topic: Topic, rule: TopicRule, since: Position | None) -> None:
         assert key == "conn-1"
+        assert rule.name == topic.partition(".")[0]
+        self.since[topic] = since
         self.listens.append(topic)
         self.events.append(f"listen {topic}")
         self.index.add(topic)
@@ -231,3 +235,46 @@ def test_a_relisten_with_another_users_token_frees_the_first_users_slot(h: Harne
     assert "released 7" in h.owner.events and "released 8" not in h.owner.events
     grant = h.session.topics[Topic("channel:follow.42")]
     assert grant is not None and grant.sub == "8"
+
+
+def listen_since(h: Harness, topics: list[str], since: object) -> dict[str, object]:
+    return h.send({"type": "LISTEN", "nonce": "n1", "data": {"topics": topics, "since": since}})
+
+
+def test_listen_since_hands_each_topic_its_position(h: Harness) -> None:
+    since = {"dream:update.a": {"offset": 4, "epoch": "e1"}}
+    assert listen_since(h, ["dream:update.a", "dream:update.b"], since)["error"] == ""
+    assert h.owner.since == {"dream:update.a": Position(4, "e1"), "dream:update.b": None}
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        [],
+        "x",
+        {"dream:update.other": {"offset": 1, "epoch": "e"}},
+        {"dream:update.a": 5},
+        {"dream:update.a": {"offset": -1, "epoch": "e"}},
+        {"dream:update.a": {"offset": 2**53, "epoch": "e"}},
+        {"dream:update.a": {"offset": 1.5, "epoch": "e"}},
+        {"dream:update.a": {"offset": True, "epoch": "e"}},
+        {"dream:update.a": {"offset": "1", "epoch": "e"}},
+        {"dream:update.a": {"offset": 1}},
+        {"dream:update.a": {"offset": 1, "epoch": 7}},
+        {"dream:update.a": {"offset": 1, "epoch": "e" * 10_000}},
+    ],
+)
+def test_a_bad_since_is_refused_and_listens_to_nothing(h: Harness, since: object) -> None:
+    reply = listen_since(h, ["dream:update.a"], since)
+    assert reply["error"] == "ERR_BADMESSAGE"
+    assert "since" in str(reply["error_description"])
+    assert len(str(reply["error_description"])) < 300
+    assert h.index == set()
+
+
+def test_since_for_many_topics_is_bounded_by_the_topic_limit(key_store: KeyStore) -> None:
+    h = Harness(key_store, max_topics=50)
+    topics = [f"dream:update.t{i}" for i in range(51)]
+    since = {t: {"offset": 1, "epoch": "e"} for t in topics}
+    assert listen_since(h, topics, since)["error"] == "ERR_BADTOPIC"
+    assert listen_since(h, topics[:50], dict(list(since.items())[:50]))["error"] == ""

@@ -1,0 +1,299 @@
+"""Unit tests of recovery (realtime/recovery.py): a scripted broker over real ring buffers,
+fake connections that record what they were sent; no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import orjson
+import pytest
+
+from realtime.errors import BrokerUnavailable
+from realtime.history import HistoryPage, MemoryHistory, Position
+from realtime.recovery import MAX_ATTEMPTS, Recovery
+from realtime.send_queue import SendQueue
+from realtime.topic_index import TopicIndex
+from topics import Topic, TopicRule
+
+RULE = TopicRule("dream:update", None, "any", history_size=5, history_ttl=60)
+PLAIN = TopicRule("channel:update", None, "any")
+T = Topic("dream:update.a")
+
+
+def payload_of(frame: bytes) -> dict[str, Any]:
+    """The JSON payload of one unmasked server text frame (RFC 6455 5.2)."""
+    length = frame[1] & 0x7F
+    start = 2 if length < 126 else 4 if length == 126 else 10
+    decoded: dict[str, Any] = orjson.loads(frame[start:])
+    return decoded
+
+
+class Conn:
+    """Records the payloads queued to it (stands in for a SendQueue)."""
+
+    def __init__(self) -> None:
+        self.got: list[dict[str, Any]] = []
+
+    def send(self, frame: bytes) -> None:
+        self.got.append(payload_of(frame))
+
+    def send_payload(self, payload: bytes) -> None:
+        self.got.append(orjson.loads(payload))
+
+    def offsets(self) -> list[int]:
+        return [m["data"]["offset"] for m in self.got if m["type"] == "MESSAGE"]
+
+    def kinds(self) -> list[str]:
+        return [m["type"] if m["type"] != "GAP" else f"GAP {m['data']['reason']}" for m in self.got]
+
+
+class ScriptedBroker:
+    """History from real ring buffers; a read answers what history held when it was made,
+    after the test opens ``gate`` (so publications can arrive while it is out)."""
+
+    kind = "memory"
+
+    def __init__(self) -> None:
+        self.store = MemoryHistory()
+        self.gate: asyncio.Event | None = None
+        self.failures = 0
+        self.ready = True
+        self.reads: list[tuple[int, int]] = []
+
+    def append(self, message: str = "m") -> Position:
+        return self.store.append(T, message, size=RULE.history_size, ttl=RULE.history_ttl)
+
+    async def history(self, topic: str, *, since: int, limit: int, rule: TopicRule) -> HistoryPage:
+        self.reads.append((since, limit))
+        if self.failures:
+            self.failures -= 1
+            raise BrokerUnavailable("down")
+        page = self.store.read(topic, since=since, limit=limit, size=rule.history_size, ttl=rule.history_ttl)
+        if self.gate is not None:
+            await self.gate.wait()
+        return page
+
+
+@pytest.fixture
+def broker() -> ScriptedBroker:
+    return ScriptedBroker()
+
+
+@pytest.fixture
+def recovery(broker: ScriptedBroker) -> Recovery:
+    return Recovery(cast(Any, broker), TopicIndex(), retry_delay=0.001)
+
+
+def conn() -> Any:
+    return cast(SendQueue, Conn())
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def live(recovery: Recovery, position: Position, message: str = "m") -> int:
+    return recovery.on_publication(T, message, position.offset, position.epoch)
+
+
+async def test_live_publications_in_order_and_duplicates_dropped(recovery: Recovery, broker: ScriptedBroker) -> None:
+    c = conn()
+    recovery.listen(c, T, RULE, None)
+    await settle()  # the read that learns the position (offset 0)
+    p1, p2 = broker.append(), broker.append()
+    assert live(recovery, p1) == 1 and live(recovery, p2) == 1
+    assert live(recovery, p1) == 0  # delivered already
+    assert c.offsets() == [1, 2]
+    assert recovery.stats.duplicates == 1
+
+
+async def test_since_at_the_current_position_joins_at_once(recovery: Recovery, broker: ScriptedBroker) -> None:
+    first = conn()
+    recovery.listen(first, T, RULE, None)
+    await settle()
+    p1 = broker.append()
+    live(recovery, p1)
+    reads = len(broker.reads)
+    second = conn()
+    recovery.listen(second, T, RULE, p1)
+    assert len(broker.reads) == reads  # no read: nothing to recover
+    p2 = broker.append()
+    live(recovery, p2)
+    assert second.offsets() == [2]
+
+
+async def test_since_behind_gets_the_missed_then_live_without_duplicates(
+    recovery: Recovery, broker: ScriptedBroker
+) -> None:
+    positions = [broker.append(f"m{i}") for i in range(1, 6)]  # offsets 1..5, before anyone listened
+    broker.gate = asyncio.Event()
+    c = conn()
+    recovery.listen(c, T, RULE, positions[1])  # saw 2
+    await settle()  # the read is out, answered with 3..5 once the gate opens
+    assert c.got == []
+    p6 = broker.append("m6")
+    live(recovery, positions[4], "m5")  # 5 arrives live during the read (also in the read's answer)
+    live(recovery, p6, "m6")  # 6 arrives live during the read
+    broker.gate.set()
+    await settle()
+    live(recovery, broker.append("m7"), "m7")
+    assert c.offsets() == [3, 4, 5, 6, 7]
+    assert [m["data"]["message"] for m in c.got] == ["m3", "m4", "m5", "m6", "m7"]
+    assert recovery.stats.recovered == 4
+
+
+async def test_connections_joining_one_read_share_it(recovery: Recovery, broker: ScriptedBroker) -> None:
+    positions = [broker.append() for _ in range(4)]
+    broker.gate = asyncio.Event()
+    conns = [conn() for _ in range(10)]
+    for c in conns:
+        recovery.listen(c, T, RULE, positions[0])
+    await settle()
+    broker.gate.set()
+    await settle()
+    assert len(broker.reads) == 1
+    assert all(c.offsets() == [2, 3, 4] for c in conns)
+
+
+@pytest.mark.parametrize(
+    ("since", "why"),
+    [
+        (Position(2, "another-epoch"), "another epoch"),
+        (Position(99, ""), "ahead of the stream"),
+        (Position(1, ""), "fallen out of history (size 5, 8 published)"),
+    ],
+)
+async def test_since_that_history_cannot_cover_gets_gap_then_live(
+    recovery: Recovery, broker: ScriptedBroker, since: Position, why: str
+) -> None:
+    positions = [broker.append() for _ in range(8)]
+    epoch = positions[0].epoch
+    since = since if since.epoch else Position(since.offset, epoch)
+    c = conn()
+    recovery.listen(c, T, RULE, since)
+    await settle()
+    live(recovery, broker.append())
+    assert c.kinds() == ["GAP history_lost", "MESSAGE"], why
+    assert c.offsets() == [9]
+
+
+async def test_since_on_a_topic_without_history_gets_gap_after_the_response(recovery: Recovery) -> None:
+    c = conn()
+    plain = Topic("channel:update.1")
+    recovery.listen(c, plain, PLAIN, Position(3, "x"))
+    assert c.got == []  # the RESPONSE goes first
+    await settle()
+    assert c.got == [{"type": "GAP", "data": {"topics": [plain], "reason": "history_lost"}}]
+
+
+async def test_a_hole_in_the_live_stream_is_filled_from_history(recovery: Recovery, broker: ScriptedBroker) -> None:
+    c = conn()
+    recovery.listen(c, T, RULE, None)
+    await settle()
+    p1, p2, p3 = broker.append(), broker.append(), broker.append()
+    live(recovery, p1)
+    broker.gate = asyncio.Event()
+    assert live(recovery, p3) == 0  # 2 was missed: 3 waits for the read
+    p4 = broker.append()
+    live(recovery, p4)
+    broker.gate.set()
+    await settle()
+    assert c.offsets() == [1, 2, 3, 4]
+    assert p2.offset == 2
+
+
+async def test_after_a_broker_gap_the_missed_publications_are_recovered(
+    recovery: Recovery, broker: ScriptedBroker
+) -> None:
+    c = conn()
+    recovery.listen(c, T, RULE, None)
+    await settle()
+    live(recovery, broker.append())
+    broker.append(), broker.append()  # 2, 3 published while this instance was not subscribed
+    broker.gate = asyncio.Event()
+    recovery.on_gap()
+    live(recovery, broker.append())  # 4 arrives after resubscribing, before the read is back
+    broker.gate.set()
+    await settle()
+    assert c.offsets() == [1, 2, 3, 4]
+    assert "GAP history_lost" not in c.kinds()
+
+
+async def test_a_new_epoch_starting_at_one_is_not_a_loss(recovery: Recovery, broker: ScriptedBroker) -> None:
+    c = conn()
+    recovery.listen(c, T, RULE, None)
+    await settle()
+    live(recovery, broker.append())
+    assert recovery.on_publication(T, "fresh", 1, "new-epoch") == 1
+    assert c.kinds() == ["MESSAGE", "MESSAGE"]
+
+
+async def test_reads_that_keep_failing_end_in_gap(recovery: Recovery, broker: ScriptedBroker) -> None:
+    positions = [broker.append() for _ in range(3)]
+    broker.failures = MAX_ATTEMPTS
+    c = conn()
+    recovery.listen(c, T, RULE, positions[0])
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if c.got:
+            break
+    assert c.kinds() == ["GAP history_lost"]
+    live(recovery, broker.append())
+    assert c.offsets() == [4]
+
+
+async def test_a_read_that_fails_once_is_retried(recovery: Recovery, broker: ScriptedBroker) -> None:
+    positions = [broker.append() for _ in range(3)]
+    broker.failures = 1
+    c = conn()
+    recovery.listen(c, T, RULE, positions[0])
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+        if c.got:
+            break
+    assert c.offsets() == [2, 3]
+
+
+async def test_unlisten_while_waiting_sends_nothing_and_forgets_the_topic(
+    recovery: Recovery, broker: ScriptedBroker
+) -> None:
+    positions = [broker.append() for _ in range(3)]
+    broker.gate = asyncio.Event()
+    c = conn()
+    recovery.listen(c, T, RULE, positions[0])
+    await settle()
+    recovery.unlisten(c, T)
+    assert T not in recovery
+    broker.gate.set()
+    await settle()
+    assert c.got == []
+
+
+def test_memory_history_keeps_the_last_size_and_expires() -> None:
+    now = [0.0]
+    store = MemoryHistory(clock=lambda: now[0])
+    for i in range(1, 8):
+        assert store.append("t.a", f"m{i}", size=3, ttl=10).offset == i
+    page = store.read("t.a", since=0, limit=10, size=3, ttl=10)
+    assert [p.offset for p in page.publications] == [5, 6, 7]
+    assert (page.offset, page.first) == (7, 5)
+    assert [p.offset for p in store.read("t.a", since=5, limit=1, size=3, ttl=10).publications] == [6]
+    epoch = page.epoch
+    now[0] = 10.5
+    page = store.read("t.a", since=0, limit=10, size=3, ttl=10)
+    assert (page.offset, page.first, page.publications) == (0, 1, [])
+    assert page.epoch != epoch
+    assert store.append("t.a", "x", size=3, ttl=10) == Position(1, page.epoch)  # the epoch a reader saw
+    now[0] = 30
+    store.append("t.b", "x", size=3, ttl=10)
+    assert len(store) == 1  # t.a expired, dropped when t.b was published
+
+
+def test_history_page_covers() -> None:
+    page = HistoryPage([], offset=10, epoch="e", first=6)
+    assert page.covers(Position(5, "e")) and page.covers(Position(10, "e"))
+    assert not page.covers(Position(4, "e"))
+    assert not page.covers(Position(11, "e"))
+    assert not page.covers(Position(7, "f"))
