@@ -105,6 +105,23 @@ OUR_EXTRA_ENV: dict[str, str] = {}
 """Settings added to our servers' environment (``--server-env``)."""
 
 
+def drop_library(url: str, channel: str) -> None:
+    """Delete the Redis Function library ours loaded for ``channel`` (libraries are global to
+    a Redis server, so each run's would stay); nothing if there is none or Redis is down."""
+    import redis
+
+    from realtime.redis_functions import function_names
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            client.function_delete(function_names(channel).library)
+        finally:
+            client.close()
+    except (redis.RedisError, OSError):
+        pass
+
+
 @dataclass
 class Server:
     """One running server under test.
@@ -193,6 +210,8 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.ours and self.redis_url:
+            drop_library(self.redis_url, self.channel)
 
     def log_tail(self) -> str:
         """The last 2 KB of the server's output."""

@@ -15,6 +15,13 @@ nothing arrives within ``probe_timeout`` (:mod:`realtime.delivery_probe`).
 Publishing goes through redis-py's ``redis.asyncio`` client
 (:mod:`realtime.redis_publisher`).
 
+Topics whose rule keeps history are published and read through the Redis Function
+library of :mod:`realtime.redis_functions` (generated from the channel and the topic
+policy), loaded at start and after every reconnect (Redis may have restarted without its
+data, and its functions). A history read on a started broker then waits for a barrier on
+the subscriber link (:meth:`realtime.redis_link.SubscriberLink.barrier`), so every
+publication up to the page's offset has reached the handler when it returns.
+
 Redis pub/sub is at-most-once: a publication made while this instance is unsubscribed
 is lost for its listeners. Whenever the subscription is (re)established after the server
 may have accepted listeners without it (every reconnect, and a first subscription made
@@ -39,10 +46,11 @@ from realtime.delivery_probe import PROBE_TOPIC_PREFIX, probe_delivery
 from realtime.envelope import InvalidEnvelope, decode_control, decode_publication, encode_control, encode_publication
 from realtime.errors import BrokerUnavailable
 from realtime.history import HistoryPage, Position
-from realtime.redis_link import SubscriberLink, encode_command, open_link, redis_address
+from realtime.redis_functions import HistoryFunctions
+from realtime.redis_link import SubscriberLink, open_link, redis_address
 from realtime.redis_publisher import RedisPublisher
 from realtime.stats import BrokerStats
-from topics import TopicRule
+from topics import DEFAULT_POLICY, TopicPolicy, TopicRule
 
 log = structlog.get_logger("realtime.broker")
 
@@ -68,6 +76,7 @@ class RedisBroker:
         batch_interval: float = 0.0,
         probe_interval: float = 15.0,
         probe_timeout: float = 5.0,
+        policy: TopicPolicy = DEFAULT_POLICY,
     ) -> None:
         """Args:
         url: ``redis://``, ``rediss://`` (TLS, e.g. Upstash) or ``unix://`` URL.
@@ -80,6 +89,8 @@ class RedisBroker:
         probe_interval: quiet time on the data channel before a delivery probe, seconds
             (0: no probe). See :mod:`realtime.delivery_probe`.
         probe_timeout: how long a delivery probe may take to come back, seconds.
+        policy: the topic policy (its history sizes and ttls go into the Redis Function
+            library; every instance on the channel must share it).
         """
         self._params = parse_url(url)
         self._where = redis_address(self._params)
@@ -93,6 +104,8 @@ class RedisBroker:
         self._probe_timeout = probe_timeout
         self._handler: BrokerEventHandler | None = None
         self._publisher = RedisPublisher(url, timeout=connect_timeout)
+        self._policy = policy
+        self._functions: HistoryFunctions | None = None
         self._task: asyncio.Task[None] | None = None
         self._subscribing = False  # start() was called: publish only while subscribed, ever after
         self._closing = False
@@ -131,8 +144,35 @@ class RedisBroker:
         self._serving = True
 
     def start_publisher(self) -> None:
-        """Create the publishing client only (for ``realtime publish``)."""
+        """Create the publishing client only (for ``realtime publish``; the history
+        library is loaded on its first call if Redis does not have it)."""
         self._publisher.start()
+        if self._functions is None:
+            self._functions = HistoryFunctions(self._publisher.client, channel=self._channel, policy=self._policy)
+
+    async def load_functions(self) -> bool:
+        """(Re)load the history library; a failure is logged (the first history call loads
+        it again). Returns ``True`` if it was loaded."""
+        if self._functions is None:
+            return False
+        try:
+            await self._functions.load()
+        except BrokerUnavailable as exc:
+            log.warning("redis_functions_not_loaded", channel=self._channel, error=str(exc))
+            return False
+        return True
+
+    def _history_functions(self) -> HistoryFunctions:
+        """The library's wrapper, if this broker may call it now.
+
+        Raises:
+            BrokerUnavailable: not started, or started and not subscribed.
+        """
+        if self._functions is None or not self._publisher.started:
+            raise BrokerUnavailable("broker is not started")
+        if self._subscribing and not self._ready:
+            raise BrokerUnavailable("this instance is not subscribed to redis")
+        return self._functions
 
     async def _publish(self, channel: str, payload: bytes) -> None:
         """PUBLISH ``payload``; refused while a started broker is not subscribed (its own
@@ -148,21 +188,45 @@ class RedisBroker:
         await self._publisher.publish(channel, payload)
 
     async def publish(self, topic: str, message: str, rule: TopicRule | None = None) -> Position | None:
-        """PUBLISH the envelope on the channel.
+        """PUBLISH the envelope on the channel; with a ``rule`` that keeps history, through
+        the library's ``<p>_publish`` (appended to history and published with its offset
+        and epoch, atomically).
 
         A broker started with :meth:`start` publishes only while subscribed; one with
         only :meth:`start_publisher` (``realtime publish``) publishes whenever Redis does.
+
+        Returns:
+            The publication's position when it went to history, else ``None``.
 
         Raises:
             BrokerUnavailable: Redis did not accept it (down, timeout, refused), or this
                 instance is not subscribed; it was not sent.
         """
+        if rule is not None and rule.has_history:
+            return await self._history_functions().publish(topic, message, rule)
         await self._publish(self._channel, encode_publication(topic, message))
-        return None  # TODO(issue 16): topics with history go through the Redis Function library
+        return None
 
     async def history(self, topic: str, *, since: int, limit: int, rule: TopicRule) -> HistoryPage:
-        """Read a topic's history (not yet: the Redis Function library)."""
-        raise BrokerUnavailable("history is not implemented on Redis yet")
+        """Read a topic's history through the library's ``<p>_history``; on a started
+        broker, then wait for a barrier on the subscriber link, so every publication up to
+        the page's offset has been handed to the handler when this returns.
+
+        Raises:
+            realtime.NoHistory: ``rule`` keeps no history.
+            BrokerUnavailable: Redis could not be read, or (started) this instance is not
+                subscribed or lost its subscription before the barrier came back.
+        """
+        functions = self._history_functions()
+        link = self._link if self._subscribing else None
+        page = await functions.read(topic, since, limit, rule)
+        if link is None:
+            return page
+        try:
+            await asyncio.wait_for(asyncio.shield(link.barrier()), self._connect_timeout)
+        except (ConnectionError, RuntimeError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"redis subscription lost: {str(exc) or type(exc).__name__}") from None
+        return page
 
     async def publish_control(self, message: dict[str, object]) -> None:
         """PUBLISH a control message on ``<channel>:control``.
@@ -224,6 +288,7 @@ class RedisBroker:
                 attempt += 1
                 await asyncio.sleep(delay)
                 continue
+            await self.load_functions()
             self._ready = True
             if not first.done():
                 first.set_result(None)
@@ -266,7 +331,6 @@ class RedisBroker:
     async def _watch(self, link: SubscriberLink) -> None:
         """Return when the link is lost; PING it and drop it when it goes silent."""
         assert link.transport is not None
-        ping = encode_command("PING")
         while True:
             done, _ = await asyncio.wait({link.lost}, timeout=self._health_interval)
             if done:
@@ -277,7 +341,7 @@ class RedisBroker:
                 log.warning("redis_link_silent", seconds=round(time.monotonic() - link.last_seen, 1))
                 link.transport.abort()
                 return
-            link.transport.write(ping)
+            link.ping()
 
     def _on_envelope(self, data: bytes) -> None:
         try:

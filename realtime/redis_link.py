@@ -22,6 +22,12 @@ read that wrote no publication (other topics, a PONG, a control message) never p
 either. Over TLS the pause only holds back delivery to us (the TLS layer keeps reading the
 socket), so it saves less there.
 
+Barriers: a PING written on the link after a command's reply arrived on another connection
+is answered after every publication Redis made before that command (Redis writes a
+connection's output in order), so its PONG proves those publications were handed on
+(:meth:`SubscriberLink.barrier`; the broker's history reads wait for one). Every PING the
+link writes (health checks too, :meth:`SubscriberLink.ping`) is matched to its PONG in order.
+
 The link hands raw payloads on, by channel (``on_data``, ``on_control``); what they
 mean is :mod:`realtime.envelope`'s business, and reconnecting is the supervisor's
 (:class:`realtime.redis_broker.RedisBroker`). A link is never reused.
@@ -32,7 +38,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import hiredis
@@ -68,6 +75,10 @@ _STREAM_GAP = 1.25
 ``batch_interval`` before it: under a stream, paced reads come one interval (plus the
 timer's ~0.2 ms) apart; a longer gap means the loop stalled, and the backlog is read at
 once."""
+
+
+_PING = encode_command("PING")
+_PONG = [b"pong", b""]
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:
@@ -112,6 +123,8 @@ class SubscriberLink(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None  # resolved by the next publication (probe)
         self._waiter_mark = 0  # ``received`` when the waiter was made
         self._confirmations = 0
+        self._pongs: deque[list[asyncio.Future[None]] | None] = deque()  # per PING written: its barriers
+        self._barriers: list[asyncio.Future[None]] | None = None  # waiting for this pass's PING
         self._reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
         self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -199,9 +212,62 @@ class SubscriberLink(asyncio.Protocol):
                 if self._confirmations == 2 and not self.subscribed.done():
                     self.subscribed.set_result(None)
                 return
-        if isinstance(reply, hiredis.ReplyError):
+        if reply == _PONG:
+            self._pong()
+        elif isinstance(reply, hiredis.ReplyError):
             self._fail(RuntimeError(f"redis refused: {reply}"))
-        # +OK (AUTH), ["pong", ""] (health check): nothing to do
+        # +OK (AUTH): nothing to do
+
+    def _pong(self) -> None:
+        """The answer to the oldest PING written: resolve its barriers."""
+        barriers = self._pongs.popleft() if self._pongs else None
+        for fut in barriers or ():
+            if not fut.done():
+                fut.set_result(None)
+
+    def ping(self) -> None:
+        """Write a PING (a health check; its PONG refreshes ``last_seen``)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._pongs.append(None)
+            self.transport.write(_PING)
+
+    def barrier(self) -> asyncio.Future[None]:
+        """A future resolved once every publication Redis made before now was handed on.
+
+        Call it after the reply of a command on another connection arrived: a PING is
+        written at the end of this event-loop pass (shared by every barrier asked for in
+        it) and the future resolves when its PONG is read, after everything Redis sent
+        before it.
+
+        Returns:
+            The future; it fails (``ConnectionError``, or the reason the link was lost) if
+            the link is lost first.
+        """
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_retrieve)
+        if self.lost.done():
+            fut.set_exception(ConnectionError("redis link lost"))
+            return fut
+        if self._barriers is None:
+            self._barriers = []
+            asyncio.get_running_loop().call_soon(self._write_barrier)
+        self._barriers.append(fut)
+        return fut
+
+    def _write_barrier(self) -> None:
+        barriers, self._barriers = self._barriers or [], None
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.lost.done():
+            self._fail_barriers([barriers], ConnectionError("redis link lost"))
+            return
+        self._pongs.append(barriers)
+        transport.write(_PING)
+
+    def _fail_barriers(self, groups: Iterable[list[asyncio.Future[None]] | None], exc: BaseException) -> None:
+        for barriers in groups:
+            for fut in barriers or ():
+                if not fut.done():
+                    fut.set_exception(exc)
 
     def next_delivery(self) -> asyncio.Future[None]:
         """A future resolved when the next publication arrives on the data channel."""
@@ -218,6 +284,8 @@ class SubscriberLink(asyncio.Protocol):
         for fut in (self.subscribed, self.lost):
             if not fut.done():
                 fut.set_exception(exc)
+        self._fail_barriers(self._pongs, exc)
+        self._pongs.clear()
         if self.transport is not None:
             self.transport.abort()
 
@@ -227,6 +295,8 @@ class SubscriberLink(asyncio.Protocol):
         for fut in (self.subscribed, self.lost):
             if not fut.done():
                 fut.set_exception(error)
+        self._fail_barriers(self._pongs, error)
+        self._pongs.clear()
 
 
 async def open_link(

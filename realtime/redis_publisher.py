@@ -1,4 +1,5 @@
-"""Publishing to Redis: redis-py's ``redis.asyncio`` client, used for ``PUBLISH`` only.
+"""Publishing to Redis: redis-py's ``redis.asyncio`` client, used for ``PUBLISH`` (and the
+history library's ``FCALL``, :mod:`realtime.redis_functions`).
 
 A ``PUBLISH`` is never retried: one that reached Redis before its reply was lost would be
 sent twice, or answered 503 though delivered. Every failure becomes
@@ -33,6 +34,17 @@ class RedisPublisher:
     def started(self) -> bool:
         """``True`` between :meth:`start` and :meth:`close`."""
         return self._client is not None
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The client (it never retries a command; its timeouts are ``timeout``).
+
+        Raises:
+            BrokerUnavailable: not started.
+        """
+        if self._client is None:
+            raise BrokerUnavailable("broker is not started")
+        return self._client
 
     def start(self) -> None:
         """Create the client (it connects on the first publish)."""

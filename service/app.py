@@ -26,7 +26,7 @@ from realtime.server import WsContext, shutdown_peers
 from realtime.settings import BrokerSettings, Settings
 from realtime.verification import TokenChecks
 from service.sentry import setup_sentry
-from topics import load_policy
+from topics import DEFAULT_POLICY, TopicPolicy, load_policy
 
 log = structlog.get_logger("realtime")
 
@@ -60,12 +60,13 @@ def load_keys(*, ws_signing_keys: str, keys_dir: str) -> KeyStore:
     return KeyStore([key])
 
 
-def make_broker(broker: BrokerSettings, *, write_interval: float) -> Broker:
+def make_broker(broker: BrokerSettings, *, write_interval: float, policy: TopicPolicy = DEFAULT_POLICY) -> Broker:
     """A :class:`RedisBroker` when ``REDIS_URL`` is set, else a :class:`MemoryBroker`.
 
     Args:
         broker: the broker settings.
         write_interval: ``WRITE_INTERVAL`` seconds, which also paces the subscriber's reads.
+        policy: the topic policy (the Redis broker's history library is generated from it).
     """
     if broker.redis_url:
         return RedisBroker(
@@ -74,6 +75,7 @@ def make_broker(broker: BrokerSettings, *, write_interval: float) -> Broker:
             batch_interval=write_interval,
             probe_interval=broker.redis_probe_interval,
             probe_timeout=broker.redis_probe_timeout,
+            policy=policy,
         )
     return MemoryBroker()
 
@@ -95,9 +97,10 @@ def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.
     server, limits, auth, database = settings.server, settings.limits, settings.auth, settings.database
     store = key_store or load_keys(ws_signing_keys=auth.ws_signing_keys, keys_dir=auth.keys_dir)
     verifier = TokenVerifier(store, issuer=auth.ws_token_issuer, audience=auth.ws_token_audience)
+    policy = load_policy(auth.topics_file)
     node = Node(
-        broker=make_broker(settings.broker, write_interval=server.write_interval),
-        policy=load_policy(auth.topics_file),
+        broker=make_broker(settings.broker, write_interval=server.write_interval, policy=policy),
+        policy=policy,
         verify=verifier.verify,
         max_connections_per_user=limits.max_connections_per_user,
         token_ttl=auth.ws_token_ttl,

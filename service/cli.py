@@ -187,20 +187,21 @@ async def _publish(args: argparse.Namespace) -> int:
         return 2
     policy = load_policy(settings.auth.topics_file) if settings.auth.topics_file else DEFAULT_POLICY
     try:
-        policy.check(args.topic)
+        _, rule = policy.check(args.topic)
     except BadTopic as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from realtime.envelope import message_text
     from realtime.redis_broker import RedisBroker
 
-    broker = RedisBroker(broker_settings.redis_url, channel=broker_settings.redis_channel)
+    broker = RedisBroker(broker_settings.redis_url, channel=broker_settings.redis_channel, policy=policy)
     broker.start_publisher()
     try:
-        await broker.publish(args.topic, message_text(message))
+        position = await broker.publish(args.topic, message_text(message), rule)
     finally:
         await broker.close()
-    print(f"published to {args.topic}")
+    where = f" (offset {position.offset}, epoch {position.epoch})" if position is not None else ""
+    print(f"published to {args.topic}{where}")
     return 0
 
 

@@ -105,8 +105,9 @@ async def _read_redis(topic: str, *, since: int, limit: int) -> dict[str, Any] |
             file=sys.stderr,
         )
         return 2
+    policy = load_policy(settings.auth.topics_file)
     try:
-        parsed, rule = load_policy(settings.auth.topics_file).check(topic)
+        parsed, rule = policy.check(topic)
     except BadTopic as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -115,7 +116,8 @@ async def _read_redis(topic: str, *, since: int, limit: int) -> dict[str, Any] |
         return 2
     from realtime.redis_broker import RedisBroker
 
-    broker = RedisBroker(broker_settings.redis_url, channel=broker_settings.redis_channel)
+    # the policy too: a Redis without the library gets it loaded from this one
+    broker = RedisBroker(broker_settings.redis_url, channel=broker_settings.redis_channel, policy=policy)
     broker.start_publisher()
     try:
         page = await broker.history(parsed.topic, since=since, limit=min(limit, rule.history_size), rule=rule)

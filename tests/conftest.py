@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -13,12 +14,14 @@ from urllib.parse import urlparse
 
 import orjson
 import pytest
+import redis
 import redis.asyncio as aioredis
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from keys import KeyStore, generate_key
 from realtime.aiohttp_adapter import RealtimeRunner
+from realtime.redis_functions import function_names
 from realtime.settings import Settings, parse_api_keys
 from service.app import create_app
 from tests import procs
@@ -71,9 +74,28 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def channel() -> str:
-    """A Redis channel of this test alone, so concurrent runs never collide."""
-    return f"realtime-test-{uuid.uuid4().hex}"
+def channel() -> Iterator[str]:
+    """A Redis channel of this test alone, so concurrent runs never collide; the history
+    library a broker on it loaded into the shared Redis, and its keys, are deleted after."""
+    name = f"realtime-test-{uuid.uuid4().hex}"
+    yield name
+    drop_channel(name)
+
+
+def drop_channel(channel: str, url: str = REDIS_URL) -> None:
+    """Delete ``channel``'s Redis Function library (libraries are global to a Redis server)
+    and its keys, if Redis is up."""
+    if not redis_reachable(url):
+        return
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    try:
+        with contextlib.suppress(redis.ResponseError):  # never loaded
+            client.function_delete(function_names(channel).library)
+        keys = list(client.scan_iter(match=f"{channel}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 @pytest.fixture

@@ -21,9 +21,9 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from realtime.redis_functions import function_names, history_key
 
 from realtime.client import RealtimeClient
+from realtime.redis_functions import function_names, history_key
 from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, auth
 from tests.integration.test_faults import PrivateRedis
 from tests.procs import Server
@@ -76,7 +76,7 @@ class Publisher:
         self.http_refused = 0
 
     async def run(self) -> None:
-        fn = function_names(CHANNEL)[0]
+        fn = function_names(CHANNEL).publish
         n = 0
         started = time.monotonic()
         async with aiohttp.ClientSession() as http:
@@ -280,7 +280,7 @@ async def test_redis_restarted_without_data_changes_the_epoch_and_says_history_l
     env = server_env(redis_server.url)
     server = spawn(env=env)
     topic = "dream:update.restart"
-    fn = function_names(CHANNEL)[0]
+    fn = function_names(CHANNEL).publish
     client = RealtimeClient(server.url, [topic], backoff_initial=0.05, backoff_max=0.5)
     await client.start()
     events: list[Any] = []
