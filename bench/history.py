@@ -32,7 +32,7 @@ from bench import history_publish, history_storm
 from bench.private_redis import PrivateRedis
 from bench.procstat import raise_fd_limit
 from bench.scenarios import Fleet, measure, open_listeners
-from bench.servers import Server, source_state
+from bench.servers import ROOT, Server, source_state
 
 SCENARIOS = ("publish", "delivery", "storm")
 CASES: dict[str, tuple[int, int, float]] = {"heavy": (50, 1, 1000.0), "sparse": (1000, 1000, 100.0)}
@@ -55,10 +55,17 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def delivery(
-    redis_url: str, directory: Path, *, reps: int, duration: float, scale: float, hist_mode: str
+    redis_url: str,
+    directory: Path,
+    *,
+    reps: int,
+    duration: float,
+    scale: float,
+    hist_mode: str,
+    root: Path | None = None,
 ) -> dict[str, Any]:
     """Scenario 2: every case with history and without, ``reps`` interleaved rounds."""
-    server = Server("ours-redis", redis_url, env={"TOPICS_FILE": str(topics_file(directory, 100))})
+    server = Server("ours-redis", redis_url, env={"TOPICS_FILE": str(topics_file(directory, 100))}, root=root or ROOT)
     fleet = Fleet(2)
     runs: list[dict[str, Any]] = []
     try:
@@ -172,7 +179,7 @@ def print_report(result: dict[str, Any]) -> None:
     for run in result.get("storm", []):
         print(
             f"storm ({run['broker']}): {run['complete']}/{run['conns']} recovered in {run['all_recovered_s']} s "
-            f"(p50 {run['recovered_ms']['p50']} ms), connected by {run['all_connected_s']} s, out of order {run['out_of_order']}, "
+            f"(p50 {run['recovered_ms']['p50']} ms; RESPONSE to last recovered p50/p99 {run['catch_up_ms']['p50']}/{run['catch_up_ms']['p99']} ms), connected by {run['all_connected_s']} s, out of order {run['out_of_order']}, "
             f"GAPs {run['gaps']}, reads {run['metrics'].get('history_reads')}, server CPU {run['server_cpu_pct']}%, "
             f"generators {run['generator_cpu_pct']}%, live p50/p99 {run['live']['latency_ms']['p50']}/{run['live']['latency_ms']['p99']} ms ({run['live']['got']} got)"
         )
@@ -197,6 +204,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--storm-topics", type=int, default=100)
     parser.add_argument("--storm-generators", type=int, default=2)
     parser.add_argument("--storm-concurrency", type=int, default=1000, help="handshakes in flight per generator")
+    parser.add_argument(
+        "--server-root", type=Path, help="run our server from this source tree (another commit's export)"
+    )
     parser.add_argument("--out", type=Path, help="write the JSON here")
     return parser.parse_args(argv)
 
@@ -211,28 +221,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "args": vars(args) | {"out": str(args.out)},
         }
     }
-    quick = args.quick
     with PrivateRedis() as redis_proc, tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:
-        if "publish" in only:
-            counts = (200, 1000) if quick else (5000, 50_000)
-            pub = history_publish.run(
-                reps=args.reps, sequential=counts[0], pipelined=counts[1], batch=100, size=200, history_size=100
-            )
-            result["publish"] = pub | {"summary": _publish_summary(pub)}
-        if "delivery" in only:
-            scale, duration = (0.1, 1.0) if quick else (1.0, args.duration)
-            result["delivery"] = delivery(
-                redis_proc.url, Path(tmp), reps=args.reps, duration=duration, scale=scale, hist_mode=args.hist_mode
-            )
-        if "storm" in only:
-            opts = {"conns": args.storm_conns, "topics": args.storm_topics, "behind": 100, "extra": 20, "size": 200}
-            opts |= {"generators": args.storm_generators, "concurrency": args.storm_concurrency, "timeout": 60.0}
-            if quick:
-                opts |= {"conns": 100, "topics": 5, "behind": 10, "extra": 2, "timeout": 20.0}
-            path = topics_file(Path(tmp), max(100, opts["behind"]))
-            result["storm"] = [history_storm.run(b, redis_proc.url, path, opts) for b in args.storm_brokers.split(",")]
+        for name in SCENARIOS:
+            if name in only:
+                try:
+                    result[name] = _scenario(name, args, redis_proc.url, Path(tmp))
+                except Exception as exc:  # noqa: BLE001 - reported in the JSON; the other scenarios still run
+                    result.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:2000]
     result["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return result
+
+
+def _scenario(name: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> Any:
+    quick = args.quick
+    if name == "publish":
+        counts = (200, 1000) if quick else (5000, 50_000)
+        pub = history_publish.run(
+            reps=args.reps, sequential=counts[0], pipelined=counts[1], batch=100, size=200, history_size=100
+        )
+        return pub | {"summary": _publish_summary(pub)}
+    if name == "delivery":
+        scale, duration = (0.1, 1.0) if quick else (1.0, args.duration)
+        return delivery(
+            redis_url,
+            tmp,
+            reps=args.reps,
+            duration=duration,
+            scale=scale,
+            hist_mode=args.hist_mode,
+            root=args.server_root,
+        )
+    opts = {"conns": args.storm_conns, "topics": args.storm_topics, "behind": 100, "extra": 20, "size": 200}
+    opts |= {"generators": args.storm_generators, "concurrency": args.storm_concurrency, "timeout": 60.0}
+    opts["root"] = args.server_root or ROOT
+    if quick:
+        opts |= {"conns": 100, "topics": 5, "behind": 10, "extra": 2, "timeout": 20.0}
+    path = topics_file(tmp, max(100, opts["behind"]))
+    return [history_storm.run(b, redis_url, path, opts) for b in args.storm_brokers.split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     print_report(result)
     if args.out:
-        args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    broken = any(r["lost"] or r["duplicated"] for r in result.get("delivery", {}).get("runs", []))
+        args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2, default=str))
+    for name, error in result.get("errors", {}).items():
+        print(f"{name} failed: {error}", file=sys.stderr)
+    broken = bool(result.get("errors"))
+    broken |= any(r["lost"] or r["duplicated"] for r in result.get("delivery", {}).get("runs", []))
     broken |= any(not s["all_recovered"] or s["out_of_order"] for s in result.get("storm", []))
     return 1 if broken else 0
 

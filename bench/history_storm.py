@@ -30,7 +30,7 @@ from bench import storm
 from bench.procstat import cpu, listen_overflows, loadavg
 from bench.publisher import payload
 from bench.scenarios import percentile
-from bench.servers import API_KEY, Server
+from bench.servers import API_KEY, ROOT, Server
 from bench.wsclient import PubSubDialect, Stats, connect
 
 METRICS = ("realtime_history_reads_total", "realtime_messages_recovered_total", "realtime_history_lost_total")
@@ -49,30 +49,40 @@ class PositionProbe(PubSubDialect):
             self.ready.set_result(None) if b'"error":""' in data else self.fail(data.decode())
 
 
-async def publish_each(url: str, topics: list[str], rounds: int, size: int, *, first_seq: int = 0) -> int:
-    """``rounds`` messages to each topic through ``POST /publish`` (32 in flight); returns errors."""
+async def publish_each(url: str, topics: list[str], rounds: int, size: int, *, first_seq: int = 0) -> list[str]:
+    """``rounds`` messages to each topic through ``POST /publish`` (32 in flight), round by
+    round so each topic's order is kept; a refused one is retried (5 tries, 0.2 s apart).
+
+    Returns:
+        The refusals (status and body), retried or not.
+    """
     headers = {"Authorization": f"Api-Key {API_KEY}", "Content-Type": "application/json"}
     sem = asyncio.Semaphore(32)
-    errors = 0
+    errors: list[str] = []
 
     async def post(http: aiohttp.ClientSession, topic: str, seq: int) -> None:
-        nonlocal errors
-        async with (
-            sem,
-            http.post(
-                url + "/publish", data=orjson.dumps({"topic": topic, "message": payload(seq, size)}), headers=headers
-            ) as resp,
-        ):
-            errors += resp.status != 202
+        for _ in range(5):
+            async with sem:  # stamped once a request slot is free: the stamp starts the request
+                body = orjson.dumps({"topic": topic, "message": payload(seq, size)})
+                async with http.post(url + "/publish", data=body, headers=headers) as resp:
+                    if resp.status == 202:
+                        return
+                    errors.append(f"{resp.status} {await resp.text()}"[:200])
+            await asyncio.sleep(0.2)
 
     async with aiohttp.ClientSession() as http:
-        for seq in range(first_seq, first_seq + rounds):  # round by round: each topic's order is kept
+        for seq in range(first_seq, first_seq + rounds):
             await asyncio.gather(*(post(http, topic, seq) for topic in topics))
     return errors
 
 
-async def prime(server: Server, topics: list[str], rounds: int, size: int) -> dict[str, tuple[int, str]]:
-    """Publish ``rounds`` per topic while probes listen; returns topic -> (last offset, epoch).
+async def prime(
+    server: Server, topics: list[str], rounds: int, size: int
+) -> tuple[dict[str, tuple[int, str]], list[str]]:
+    """Publish ``rounds`` per topic while probes listen.
+
+    Returns:
+        topic -> (last offset, epoch) as the probes saw it, and the refused publications.
 
     Raises:
         TimeoutError: the probes did not see every topic's last publication in 30 s.
@@ -87,11 +97,11 @@ async def prime(server: Server, topics: list[str], rounds: int, size: int) -> di
     deadline = time.monotonic() + 30
     while len(positions) < len(topics) or min(o for o, _ in positions.values()) < rounds:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the probes saw {len(positions)} of {len(topics)} topics ({errors} publish errors)")
+            raise TimeoutError(f"the probes saw {len(positions)} of {len(topics)} topics; refused: {errors[:3]}")
         await asyncio.sleep(0.02)
     for probe in probes:
         probe.close()
-    return dict(positions)
+    return dict(positions), errors
 
 
 def scrape(server: Server) -> dict[str, float]:
@@ -166,15 +176,19 @@ def _storm_cmds(
 
 def run(broker: str, redis_url: str, topics_file: Path, opts: dict[str, Any]) -> dict[str, Any]:
     """One storm (see the module docstring). ``opts``: ``conns``, ``topics``, ``behind``,
-    ``extra``, ``generators``, ``concurrency`` (per generator), ``timeout`` (s), ``size``."""
+    ``extra``, ``generators``, ``concurrency`` (per generator), ``timeout`` (s), ``size``,
+    ``root`` (the source tree our server runs from)."""
     server = Server(
-        "ours-memory" if broker == "memory" else "ours-redis", redis_url, env={"TOPICS_FILE": str(topics_file)}
+        "ours-memory" if broker == "memory" else "ours-redis",
+        redis_url,
+        env={"TOPICS_FILE": str(topics_file)},
+        root=opts.get("root", ROOT),
     )
     gens = Generators(opts["generators"])
     try:
         server.start()
         topics = [f"bench:hist.t{i}" for i in range(opts["topics"])]
-        positions = asyncio.run(prime(server, topics, opts["behind"] + opts["extra"], opts["size"]))
+        positions, refused = asyncio.run(prime(server, topics, opts["behind"] + opts["extra"], opts["size"]))
         time.sleep(0.5)  # the probes' streams are gone before the storm
         before = scrape(server)
         overflows, load = listen_overflows(), loadavg()
@@ -189,6 +203,8 @@ def run(broker: str, redis_url: str, topics_file: Path, opts: dict[str, Any]) ->
         live = _live(server, gens, positions, opts)
         result |= {
             "broker": broker,
+            "prime_refused": refused[:5],
+            "prime_refused_count": len(refused),
             "listen_overflows": listen_overflows() - overflows,
             "server_cpu_s": round(server_cpu.total, 3),
             "server_cpu_pct": round(100 * server_cpu.total / wall, 1),
@@ -205,10 +221,12 @@ def run(broker: str, redis_url: str, topics_file: Path, opts: dict[str, Any]) ->
 
 
 def _storm_figures(replies: list[dict[str, Any]], start: int, wall: float, opts: dict[str, Any]) -> dict[str, Any]:
-    recovered, connected = array("q"), array("q")
+    recovered, connected, catch_up = array("q"), array("q"), array("q")
     for reply in replies:
         recovered.frombytes(reply["recovered_ns"])
         connected.frombytes(reply["connected_ns"])
+        catch_up.frombytes(reply["catch_up_ns"])
+    catch_ms = _ms(catch_up, 0)
     rec_ms, conn_ms = _ms(recovered, start), _ms(array("q", (c for c in connected if c)), start)
     complete = sum(r["complete"] for r in replies)
     return {
@@ -225,6 +243,7 @@ def _storm_figures(replies: list[dict[str, Any]], start: int, wall: float, opts:
         "all_recovered_s": round(rec_ms[-1] / 1000, 3) if rec_ms and complete == opts["conns"] else None,
         "recovered_ms": {"p50": round(percentile(rec_ms, 50), 1), "p99": round(percentile(rec_ms, 99), 1)},
         "all_connected_s": round(conn_ms[-1] / 1000, 3) if conn_ms else None,
+        "catch_up_ms": {k: round(percentile(catch_ms, p), 1) for k, p in (("p50", 50), ("p99", 99), ("max", 100))},
         "wall_s": round(wall, 3),
     }
 
@@ -240,7 +259,7 @@ def _live(
         lat.frombytes(reply["latencies_ns"])
     ms = sorted(x / 1e6 for x in lat)
     return {
-        "publish_errors": errors,
+        "publish_errors": len(errors),
         "got": len(ms),
         "latency_ms": {k: round(percentile(ms, p), 2) for k, p in (("p50", 50), ("p99", 99), ("max", 100))},
     }

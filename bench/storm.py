@@ -14,8 +14,9 @@ Commands -> replies:
   "expect", "concurrency", "timeout"}`` opens every connection (at most ``concurrency``
   handshakes in flight) and waits until each recovered ``expect`` MESSAGEs or ``timeout`` s
   -> ``{"ok", "failed", "errors", "complete", "out_of_order", "gaps", "recovered_ns":
-  bytes, "connected_ns": bytes}`` (``array('q')`` of monotonic ns, one per complete connection /
-  per open connection).
+  bytes, "connected_ns": bytes, "catch_up_ns": bytes}`` (``array('q')`` of monotonic ns, one per
+  complete connection / per open connection; ns from a complete connection's RESPONSE to its
+  last recovered MESSAGE).
 - ``{"op": "live", "timeout"}`` waits until every open connection got a live MESSAGE ->
   ``{"got", "latencies_ns": bytes}``.
 - ``{"op": "close"}`` closes everything and ends the process -> ``{}``.
@@ -127,6 +128,7 @@ class Storm:
             "gaps": sum(d.gaps for d in self.dialects),
             "recovered_ns": array("q", (d.recovered_ns for d in done)).tobytes(),
             "connected_ns": array("q", (d.connected_ns for d in self.dialects)).tobytes(),
+            "catch_up_ns": array("q", (d.recovered_ns - d.connected_ns for d in done)).tobytes(),
         }
 
     async def live(self, cmd: dict[str, Any]) -> dict[str, Any]:
