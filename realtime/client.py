@@ -14,11 +14,18 @@ What it does for you:
   no ``PONG`` arrives within ``pong_timeout``;
 - reconnects after any disconnect with capped, jittered exponential backoff
   (``backoff_initial``, doubling, at most ``backoff_max``), and at once on ``RECONNECT``;
-- LISTENs again after every reconnect, then yields a ``RECONNECTED`` event (publications made
-  while disconnected are lost: there is no replay; refetch state);
-- yields ``GAP`` (the server lost its broker link: refetch) and ``AUTH_REVOKED`` (those topics
-  stopped; they are dropped from the client's set; call :meth:`RealtimeClient.listen` again
-  to retry).
+- LISTENs again after every reconnect, then yields a ``RECONNECTED`` event. On topics with
+  history (policy ``history_size > 0``) nothing is lost: the client keeps the last
+  ``(offset, epoch)`` it saw per topic (:attr:`RealtimeClient.positions`), sends it as
+  ``since`` in that LISTEN, and the server sends what was missed before the live stream; a
+  publication seen twice is dropped (:attr:`RealtimeClient.duplicates_dropped`). Publications
+  on topics without history made while disconnected are lost: refetch state;
+- yields ``GAP`` with a ``reason``: ``broker_reconnected`` (the server lost its broker link;
+  topics without history may have missed publications: refetch) or ``history_lost`` (history
+  could not cover the hole: another epoch, too old, or no history; only live publications
+  follow: refetch); and ``AUTH_REVOKED`` (those topics stopped; they are dropped from the
+  client's set with their positions; call :meth:`RealtimeClient.listen` again to retry);
+- resumes from saved positions: ``RealtimeClient(url, topics, since=saved_positions)``.
 
 - stops (raising :class:`Disconnected` from the iterator) when the server closes with a code
   after which reconnecting would fail the same way (:data:`realtime.disconnect.DISCONNECTS`).
@@ -36,7 +43,7 @@ import contextlib
 import itertools
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Self
 
 import aiohttp
@@ -44,6 +51,7 @@ import orjson
 
 from realtime.backoff import backoff_delay
 from realtime.client_events import ClientError, Disconnected, Event, ListenRefused, TokenRefused
+from realtime.client_positions import Position, Positions, message_position
 from realtime.client_tokens import fetch_token, refresh_deadline, token_expiry
 from realtime.disconnect import should_reconnect
 
@@ -52,6 +60,7 @@ __all__ = [
     "Disconnected",
     "Event",
     "ListenRefused",
+    "Position",
     "RealtimeClient",
     "TokenProvider",
     "TokenRefused",
@@ -88,7 +97,9 @@ class RealtimeClient:
     """A reconnecting LISTEN client; iterate it for :class:`Event` objects.
 
     Args:
-        url: the server's base URL (``http://host:4444``; ``https`` for TLS).
+        url: the server's base URL (``http://host:4444``; ``https`` for TLS), or several
+            instances' URLs: each reconnect (after RECONNECT or a failure) tries the next one,
+            so a client moves to another instance while one is deployed.
         topics: the topics to LISTEN to.
         api_key: an API key for ``/auth/ws`` (``Authorization: Api-Key``).
         token_provider: or a coroutine function returning a WS token.
@@ -106,11 +117,22 @@ class RealtimeClient:
         on_retry: called before each backoff wait with what failed (one line: the error,
             or that the connection closed) and the wait in seconds; not called for an
             immediate reconnect after RECONNECT. Default: nothing is reported.
+        since: positions to resume from, ``{topic: (offset, epoch)}`` (for example a
+            previous client's :attr:`positions`, saved): sent with the LISTEN that names the
+            topic, so the server first sends what was published after it.
+
+    Attributes:
+        reconnects: connections made after the first.
+        url: the URL of the current (or next) connection.
+
+    Raises:
+        ValueError: no URL, or a ``since`` entry is not an offset from 0 to 2**53 - 1 and an epoch
+            of 1 to 64 characters.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         topics: Iterable[str] = (),
         *,
         api_key: str | None = None,
@@ -125,8 +147,12 @@ class RealtimeClient:
         response_timeout: float = 10.0,
         queue_size: int = 1000,
         on_retry: Callable[[str, float], None] | None = None,
+        since: Mapping[str, tuple[int, str]] | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self._urls = [u.rstrip("/") for u in ([url] if isinstance(url, str) else url)]
+        if not self._urls:
+            raise ValueError("RealtimeClient needs a URL")
+        self.url = self._urls[0]
         self.topics: list[str] = list(dict.fromkeys(topics))
         self._api_key = api_key
         self._provider = token_provider
@@ -146,7 +172,23 @@ class RealtimeClient:
         self._runner: asyncio.Task[None] | None = None
         self._closed = False
         self._on_retry = on_retry
+        self._positions = Positions(since)
+        self._announce: dict[str, Event] = {}  # LISTEN nonce -> event to yield on its RESPONSE
         self.reconnects = 0
+
+    @property
+    def positions(self) -> dict[str, Position]:
+        """The ``(offset, epoch)`` of the last MESSAGE yielded per topic with history (a
+        copy; save it after handling an event to resume later with ``since=``). Starts as
+        ``since``. A GAP keeps a topic's position until the next MESSAGE replaces it;
+        UNLISTEN, AUTH_REVOKED and a MESSAGE without offset (no history) forget it."""
+        return self._positions.snapshot()
+
+    @property
+    def duplicates_dropped(self) -> int:
+        """MESSAGEs not yielded because their offset was not past the topic's known position
+        in the same epoch (sent again by a recovery that overlapped the live stream)."""
+        return self._positions.duplicates_dropped
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -165,6 +207,8 @@ class RealtimeClient:
             raise StopAsyncIteration
         if isinstance(item, BaseException):
             raise item
+        if item.offset is not None and item.epoch is not None:
+            self._positions.yielded(item.topic, Position(item.offset, item.epoch))
         return item
 
     async def start(self) -> None:
@@ -223,6 +267,7 @@ class RealtimeClient:
         """
         gone = [t for t in topics if t in self.topics]
         self.topics = [t for t in self.topics if t not in gone]
+        self._positions.forget(gone)
         if gone:
             await self._request(self._require_ws(), "UNLISTEN", {"topics": gone})
 
@@ -259,6 +304,7 @@ class RealtimeClient:
                     self._on_retry(reason, delay)
             await asyncio.sleep(delay)
             self.reconnects += 1
+            self.url = self._urls[self.reconnects % len(self._urls)]
 
     async def _connect_once(self) -> bool:
         """One connection's life. Returns ``True`` to reconnect at once (RECONNECT)."""
@@ -267,10 +313,13 @@ class RealtimeClient:
         self._ws = ws
         tasks: list[asyncio.Task[None]] = []
         reader = asyncio.create_task(self._read(ws))
+        reconnected = self._ready is not None and self._ready.done()
         try:
             if self.topics:
+                # RECONNECTED is yielded by the reader on the RESPONSE, before what it recovers
+                announce = Event("RECONNECTED", topics=tuple(self.topics)) if reconnected else None
                 try:
-                    await self._listen(ws, list(self.topics))
+                    await self._listen(ws, list(self.topics), announce)
                 except ListenRefused as exc:
                     if exc.code not in TRANSIENT_REFUSALS:
                         raise
@@ -278,8 +327,6 @@ class RealtimeClient:
             tasks = [asyncio.create_task(self._pinger(ws)), asyncio.create_task(self._refresher(ws))]
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
-            elif self.topics:
-                await self._events.put(Event("RECONNECTED", topics=tuple(self.topics)))
             now = await reader
             if not now and not should_reconnect(ws.close_code):
                 raise Disconnected(ws.close_code or 0)
@@ -303,7 +350,7 @@ class RealtimeClient:
             self._events.put_nowait(exc)
             self._events.put_nowait(None)
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> bool:  # noqa: C901 - one branch per server message type
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
         """Read frames until the connection ends; ``True`` if the server sent RECONNECT.
         Frames that are not what the protocol says are ignored."""
         async for msg in ws:
@@ -313,27 +360,58 @@ class RealtimeClient:
                 continue
             if not isinstance(data, dict):
                 continue
-            kind, body = data.get("type"), data.get("data")
-            body = body if isinstance(body, dict) else {}
-            if kind == "MESSAGE":
-                topic, message = body.get("topic"), body.get("message")
-                if isinstance(topic, str) and isinstance(message, str):
-                    await self._events.put(Event("MESSAGE", topic=topic, message=message))
-            elif kind == "PONG":
-                self._pong.set()
-            elif kind == "RESPONSE":
-                future = self._pending.pop(str(data.get("nonce", "")), None)
-                if future is not None and not future.done():
-                    future.set_result(data)
-            elif kind == "RECONNECT":
+            if data.get("type") == "RECONNECT":
                 return True
-            elif kind in ("GAP", "AUTH_REVOKED"):
-                topics = tuple(str(t) for t in body.get("topics", ()) if isinstance(t, str))
-                if kind == "AUTH_REVOKED":
-                    self.topics = [t for t in self.topics if t not in topics]
-                    self._token = None  # expired or revoked: the next LISTEN gets a new one
-                await self._events.put(Event(str(kind), topics=topics))
+            event = self._on_frame(data)
+            if event is not None:
+                await self._events.put(event)
         return False
+
+    def _on_frame(self, data: dict[str, Any]) -> Event | None:
+        """Handle one server frame; returns the event to yield, if any."""
+        kind, body = data.get("type"), data.get("data")
+        body = body if isinstance(body, dict) else {}
+        if kind == "MESSAGE":
+            return self._on_message(body)
+        if kind == "PONG":
+            self._pong.set()
+        elif kind == "RESPONSE":
+            return self._on_response(data)
+        elif kind in ("GAP", "AUTH_REVOKED"):
+            topics = tuple(str(t) for t in body.get("topics", ()) if isinstance(t, str))
+            if kind == "AUTH_REVOKED":
+                self.topics = [t for t in self.topics if t not in topics]
+                self._positions.forget(topics)
+                self._token = None  # expired or revoked: the next LISTEN gets a new one
+                return Event("AUTH_REVOKED", topics=topics)
+            self._positions.gap(topics)
+            reason = body.get("reason")
+            return Event("GAP", topics=topics, reason=reason if isinstance(reason, str) else None)
+        return None
+
+    def _on_message(self, body: dict[str, Any]) -> Event | None:
+        """A MESSAGE's event; ``None`` for a malformed one or a duplicate (an offset not past
+        the topic's known position in the same epoch), which is counted and dropped."""
+        topic, message = body.get("topic"), body.get("message")
+        if not isinstance(topic, str) or not isinstance(message, str):
+            return None
+        position = message_position(body)
+        if position is None:  # a topic without history: a position given for it is useless
+            self._positions.forget([topic])
+            return Event("MESSAGE", topic=topic, message=message)
+        # one in flight after its UNLISTEN is yielded but leaves no position behind
+        if not self._positions.accept(topic, position, track=topic in self.topics):
+            return None
+        return Event("MESSAGE", topic=topic, message=message, offset=position.offset, epoch=position.epoch)
+
+    def _on_response(self, data: dict[str, Any]) -> Event | None:
+        """Answer the request with this nonce; returns the event announced for its success."""
+        nonce = str(data.get("nonce", ""))
+        future = self._pending.pop(nonce, None)
+        announce = self._announce.pop(nonce, None)
+        if future is not None and not future.done():
+            future.set_result(data)
+        return None if data.get("error") else announce
 
     async def _pinger(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         interval, jitter, timeout = self._ping
@@ -368,23 +446,34 @@ class RealtimeClient:
 
     # -- requests --------------------------------------------------------------------
 
-    async def _listen(self, ws: aiohttp.ClientWebSocketResponse, topics: list[str]) -> None:
+    async def _listen(
+        self, ws: aiohttp.ClientWebSocketResponse, topics: list[str], announce: Event | None = None
+    ) -> None:
+        """LISTEN, with ``since`` for those topics whose position is known; ``announce`` is
+        yielded when (and as soon as) the server accepts it."""
         data: dict[str, Any] = {"topics": topics}
+        since = self._positions.since(topics)
+        if since:
+            data["since"] = since
         token = await self._current_token()
         if token is not None:
             data["auth_token"] = token
-        reply = await self._request(ws, "LISTEN", data)
+        reply = await self._request(ws, "LISTEN", data, announce)
         if reply.get("error") == "ERR_BADAUTH" and token is not None:
             self._token = None  # maybe expired or revoked: one retry with a fresh token
             data["auth_token"] = await self._current_token()
-            reply = await self._request(ws, "LISTEN", data)
+            reply = await self._request(ws, "LISTEN", data, announce)
         if reply.get("error"):
             raise ListenRefused(str(reply["error"]), str(reply.get("error_description", "")))
 
-    async def _request(self, ws: aiohttp.ClientWebSocketResponse, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    async def _request(
+        self, ws: aiohttp.ClientWebSocketResponse, kind: str, data: dict[str, Any], announce: Event | None = None
+    ) -> dict[str, Any]:
         nonce = f"c{next(self._nonces)}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[nonce] = future
+        if announce is not None:
+            self._announce[nonce] = announce
         await ws.send_str(orjson.dumps({"type": kind, "nonce": nonce, "data": data}).decode())
         try:
             return await asyncio.wait_for(future, self._response_timeout)
@@ -392,6 +481,7 @@ class RealtimeClient:
             raise _Reconnect() from None
         finally:
             self._pending.pop(nonce, None)
+            self._announce.pop(nonce, None)
 
     async def _current_token(self) -> str | None:
         if self._token is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Mapping
 from typing import TextIO
 
 import orjson
@@ -13,18 +14,32 @@ from realtime.client import ClientError, RealtimeClient
 
 
 async def listen_command(
-    url: str, topics: list[str], *, api_key: str = "", scope: str | None = None, out: TextIO | None = None
+    url: str,
+    topics: list[str],
+    *,
+    api_key: str = "",
+    scope: str | None = None,
+    since: Mapping[str, tuple[int, str]] | None = None,
+    out: TextIO | None = None,
 ) -> int:
     """``realtime listen``: print every event as one JSON line until SIGINT/SIGTERM.
 
-    Lines: ``{"type":"MESSAGE","topic":"...","message":"..."}``, or ``{"type":"GAP"|
-    "AUTH_REVOKED"|"RECONNECTED","topics":[...]}``. Status goes to stderr, one line each:
+    Lines: ``{"type":"MESSAGE","topic":"...","message":"..."}`` (plus ``"offset"`` and
+    ``"epoch"`` on topics with history), or ``{"type":"GAP"|"AUTH_REVOKED"|"RECONNECTED",
+    "topics":[...]}`` (a GAP also has ``"reason"``). ``since``: resume these topics after
+    these positions (``{topic: (offset, epoch)}``, from earlier MESSAGE lines): the server
+    first sends what its history holds after them. Status goes to stderr, one line each:
     listening, and every failed or lost connection with the delay before the next try
     (``not listening: ClientConnectorError: Cannot connect to host ... (URL); retrying in 1.2 s``).
 
     Returns:
-        0 when stopped by a signal, 2 when the LISTEN or the token was refused.
+        0 when stopped by a signal, 2 when the LISTEN or the token was refused or ``since``
+        names a topic not in ``topics``.
     """
+    stray = sorted(set(since or {}) - set(topics))
+    if stray:
+        print(f"error: --since names topics not listened to: {' '.join(stray)}", file=sys.stderr)
+        return 2
     out = out or sys.stdout
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -36,7 +51,9 @@ async def listen_command(
         print(f"not listening: {reason} ({url}); retrying in {delay:.1f} s", file=sys.stderr, flush=True)
 
     try:
-        async with RealtimeClient(url, topics, api_key=api_key or None, scope=scope, on_retry=report) as client:
+        async with RealtimeClient(
+            url, topics, api_key=api_key or None, scope=scope, on_retry=report, since=since
+        ) as client:
             print(f"listening to {' '.join(topics)} on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
             async for event in client:
                 out.write(orjson.dumps(event.to_dict()).decode() + "\n")

@@ -62,12 +62,22 @@ class Event:
         topic: the topic of a ``MESSAGE``.
         message: the ``MESSAGE`` text, as published (JSON values arrive JSON-encoded).
         topics: the topics a ``GAP``, ``AUTH_REVOKED`` or ``RECONNECTED`` is about.
+        offset: a ``MESSAGE``'s offset in its topic's stream (1 for the topic's first
+            publication, +1 per publication); ``None`` on topics without history.
+        epoch: the epoch of that stream (changes when the topic's history was lost);
+            ``None`` on topics without history.
+        reason: why a ``GAP`` was sent: ``broker_reconnected`` (the server's broker link was
+            down) or ``history_lost`` (history could not cover what was missed); ``None``
+            when the server gave none.
     """
 
     type: str
     topic: str = ""
     message: str = ""
     topics: tuple[str, ...] = ()
+    offset: int | None = None
+    epoch: str | None = None
+    reason: str | None = None
 
     def json(self) -> Any:
         """The message parsed as JSON.
@@ -78,7 +88,14 @@ class Event:
         return orjson.loads(self.message)
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"type": ..., "topic": ..., "message": ...}`` or ``{"type": ..., "topics": [...]}``."""
+        """``{"type": ..., "topic": ..., "message": ...}`` (plus ``"offset"`` and ``"epoch"``
+        when set) or ``{"type": ..., "topics": [...]}`` (plus ``"reason"`` when set)."""
         if self.type == "MESSAGE":
-            return {"type": self.type, "topic": self.topic, "message": self.message}
-        return {"type": self.type, "topics": list(self.topics)}
+            out: dict[str, Any] = {"type": self.type, "topic": self.topic, "message": self.message}
+            if self.offset is not None and self.epoch is not None:
+                out.update(offset=self.offset, epoch=self.epoch)
+            return out
+        out = {"type": self.type, "topics": list(self.topics)}
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out

@@ -13,6 +13,7 @@ import orjson
 from db import DatabaseError
 from db import cli as db_cli
 from keys import cli as keys_cli
+from realtime.client_positions import Position, parse_since_option
 from realtime.errors import RealtimeError, SettingsError
 from realtime.settings import BrokerSettings, Settings
 
@@ -62,7 +63,24 @@ def _parser() -> argparse.ArgumentParser:
         help="API key for a WS token; not needed for public topics (env REALTIME_API_KEY)",
     )
     lis.add_argument("--scope", help="narrow the token to these scopes (space-separated)")
+    lis.add_argument(
+        "--since",
+        action="append",
+        default=[],
+        type=_since,
+        metavar="TOPIC=OFFSET:EPOCH",
+        help="resume TOPIC after this position (a MESSAGE line's offset and epoch): first print what "
+        "history still holds after it (repeatable; topics with history only)",
+    )
     return parser
+
+
+def _since(text: str) -> tuple[str, Position]:
+    """``--since`` as ``(topic, position)``; argparse reports a bad one with its reason."""
+    try:
+        return parse_since_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_history_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -110,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "listen":
             from realtime.client_cli import listen_command
 
-            return asyncio.run(listen_command(args.url, args.topics, api_key=args.api_key, scope=args.scope))
+            return asyncio.run(
+                listen_command(args.url, args.topics, api_key=args.api_key, scope=args.scope, since=dict(args.since))
+            )
         if args.command == "history":
             from service.history_cli import history_command
 

@@ -97,7 +97,7 @@ async def test_messages_gap_and_auth_revoked_are_yielded(
         assert isinstance(broker, RedisBroker)
         await kill_subscriber(redis_client, broker.client_name)
         # GAP for the topic without history; remote-control:command keeps history: recovered
-        assert await next_event(client) == Event("GAP", topics=("channel:update.a",))
+        assert await next_event(client) == Event("GAP", topics=("channel:update.a",), reason="broker_reconnected")
         async with aiohttp.ClientSession() as http:
             resp = await http.post(url + "/auth/ws/revoke", json={"sub": "7"}, headers=auth(USER_KEY))
             assert resp.status == 202
@@ -232,6 +232,9 @@ async def test_server_restart_reconnects_and_listens_again(
         monkeypatch.setattr(procs, "free_port", lambda: first.port)
         second = await asyncio.to_thread(spawn, env=env)  # same port, same keys directory
         assert await next_event(client, timeout=10) == Event("RECONNECTED", topics=("remote-control:command.7",))
+        # the memory broker's history went with the first process: since gets GAP history_lost
+        gap = Event("GAP", topics=("remote-control:command.7",), reason="history_lost")
+        assert await next_event(client) == gap
         await publish(second.url, "remote-control:command.7", "after")
         assert (await next_event(client)).message == "after"
         assert client.reconnects >= 1
@@ -249,8 +252,9 @@ async def test_realtime_listen_prints_messages(spawn: type[procs.Server]) -> Non
         status = await asyncio.wait_for(proc.stderr.readline(), 10)
         assert b"listening to dream:update.a remote-control:command.7" in status
         await publish(server.url, "remote-control:command.7", {"n": 1})
-        line = await asyncio.wait_for(proc.stdout.readline(), 5)
-        assert orjson.loads(line) == {"type": "MESSAGE", "topic": "remote-control:command.7", "message": '{"n":1}'}
+        line = orjson.loads(await asyncio.wait_for(proc.stdout.readline(), 5))
+        assert isinstance(line.pop("epoch"), str)  # a topic with history: offset and epoch
+        assert line == {"type": "MESSAGE", "topic": "remote-control:command.7", "message": '{"n":1}', "offset": 1}
     finally:
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
@@ -293,3 +297,12 @@ async def test_frames_off_the_protocol_are_ignored(aiohttp_server: Any) -> None:
         assert await next_event(client) == Event("GAP", topics=())  # a GAP without topics is still a GAP
         assert await next_event(client) == Event("MESSAGE", topic="dream:update.a", message="ok")
         assert client.reconnects == 0
+
+
+async def test_several_urls_the_client_moves_to_the_next_on_reconnect(make_client: AppFactory) -> None:
+    url = base_url(await make_client())
+    dead = f"http://127.0.0.1:{procs.free_port()}"  # nothing listens there
+    async with RealtimeClient([dead, url], ["channel:update.a"], **FAST) as client:
+        assert client.url == url and client.reconnects == 1  # the first failed, the second served
+    with pytest.raises(ValueError, match="URL"):
+        RealtimeClient([], ["channel:update.a"])
