@@ -2,7 +2,7 @@
 
 Driven over a pipe like :mod:`bench.loadgen`:
 
-- ``{"op": "publish", "mode": "redis"|"http", "redis_url", "channel", "url", "api_key",
+- ``{"op": "publish", "mode": "redis"|"fcall"|"offsets"|"http", "redis_url", "channel", "url", "api_key",
   "topics": [...], "rate": msgs/s, "count": n, "size": bytes, "local_addr"?}`` publishes ``count``
   messages, round-robin over ``topics``, on the schedule ``i / rate`` seconds from the
   start (late batches catch up; the schedule never waits for deliveries) -> ``{"published",
@@ -12,7 +12,11 @@ Driven over a pipe like :mod:`bench.loadgen`:
 Each message is a string ``~<n>~<monotonic ns at send>~xxx...`` padded to ``size``
 bytes, ``n`` counting the messages of its topic from 0; ``redis`` mode publishes the
 envelope ``{"topic", "message"}`` with redis-py (the
-way a backend service does), ``http`` mode POSTs it to ``/publish``.
+way a backend service does), ``fcall`` mode calls the channel's Redis Function
+(``FCALL <p>_publish 1 <channel>:{<topic>}:history <topic> <message>``, for topics that keep
+history: :mod:`realtime.redis_functions`), ``offsets`` mode publishes the envelope with an
+``offset`` (1, 2, ... per topic) and an epoch new to the run, as the Function would but
+without keeping history, and ``http`` mode POSTs it to ``/publish``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -73,17 +79,16 @@ class Publisher:
     async def _sink(self) -> Any:
         cmd = self.cmd
         topics, size = self.topics, int(cmd["size"])
-        if cmd["mode"] == "redis":
+        if cmd["mode"] in REDIS_MODES:
             client = aioredis.from_url(cmd["redis_url"])
-            channel = cmd["channel"]
+            add = _redis_adder(cmd["mode"], cmd["channel"])
 
             async def to_redis(seqs: range) -> None:
                 pipe = client.pipeline(transaction=False)
                 for seq in seqs:
                     topic = topics[seq % len(topics)]
-                    message = payload(seq // len(topics), size)
-                    pipe.publish(channel, orjson.dumps({"topic": topic, "message": message}))
                     self.per_topic[topic] += 1
+                    add(pipe, topic, payload(seq // len(topics), size), self.per_topic[topic])
                 await pipe.execute()
 
             try:
@@ -120,6 +125,35 @@ class Publisher:
                 await asyncio.wait(pending, timeout=30)
         finally:
             await session.close()
+
+
+REDIS_MODES = ("redis", "fcall", "offsets")
+"""Publish modes that go to Redis directly (the others: ``http``)."""
+
+Adder = Callable[[Any, str, str, int], None]
+"""Adds one publication to a redis-py pipeline: ``(pipeline, topic, message, offset)``."""
+
+
+def _redis_adder(mode: str, channel: str) -> Adder:
+    """How ``mode`` puts one publication on a pipeline (see the module docstring)."""
+    if mode == "fcall":
+        from realtime.redis_functions import function_names, history_key
+
+        function = function_names(channel).publish
+
+        def fcall(pipe: Any, topic: str, message: str, offset: int) -> None:
+            pipe.fcall(function, 1, history_key(channel, topic), topic, message)
+
+        return fcall
+    epoch = uuid.uuid4().hex[:8]
+
+    def publish(pipe: Any, topic: str, message: str, offset: int) -> None:
+        envelope: dict[str, object] = {"topic": topic, "message": message}
+        if mode == "offsets":
+            envelope |= {"offset": offset, "epoch": epoch}
+        pipe.publish(channel, orjson.dumps(envelope))
+
+    return publish
 
 
 async def _serve(pipe: Connection) -> None:

@@ -144,9 +144,19 @@ def open_listeners(
 
 
 def measure(
-    server: Server, fleet: Fleet, topics: list[str], *, rate: float, duration: float, size: int, listeners: int
+    server: Server,
+    fleet: Fleet,
+    topics: list[str],
+    *,
+    rate: float,
+    duration: float,
+    size: int,
+    listeners: int,
+    mode: str | None = None,
 ) -> dict[str, Any]:
     """Publish ``rate`` msgs/s for ``duration`` s over ``topics`` and count the deliveries.
+
+    ``mode``: the publisher's mode (:mod:`bench.publisher`), by default the server's.
 
     Returns:
         One run's figures: offered and delivered rates, latency (ms), loss, duplicates,
@@ -159,7 +169,7 @@ def measure(
     client_cpu0 = {pid: cpu([pid]) for pid in client_pids}
     server_cpu0, t0 = cpu(server_pids), time.monotonic()
     fleet.pub.send(
-        {"op": "publish", "mode": server.publish_mode, "redis_url": server.redis_url, "channel": server.channel}
+        {"op": "publish", "mode": mode or server.publish_mode, "redis_url": server.redis_url, "channel": server.channel}
         | {"url": server.url, "api_key": API_KEY, "topics": topics}
         | {"rate": rate, "count": count, "size": size}
     )
