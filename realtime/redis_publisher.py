@@ -15,6 +15,9 @@ from redis.exceptions import RedisError
 
 from realtime.errors import BrokerUnavailable
 
+MAX_CONNECTIONS = 64
+"""Most connections the publishing client opens to Redis; more commands in flight wait."""
+
 
 class RedisPublisher:
     """One lazily created ``redis.asyncio`` client that publishes payloads on channels."""
@@ -49,8 +52,13 @@ class RedisPublisher:
     def start(self) -> None:
         """Create the client (it connects on the first publish)."""
         if self._client is None:
-            self._client = aioredis.from_url(
+            # a blocking pool: past MAX_CONNECTIONS commands in flight (a reconnect storm's
+            # reads of history, a burst of /publish) wait up to ``timeout`` for a connection
+            # instead of failing at once with MaxConnectionsError (redis-py's default pool)
+            pool = aioredis.BlockingConnectionPool.from_url(
                 self._url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=self._timeout,
                 socket_connect_timeout=self._timeout,
                 socket_timeout=self._timeout,
                 # never retry a PUBLISH (see the module docstring). A PING before a command
@@ -58,6 +66,7 @@ class RedisPublisher:
                 retry=Retry(NoBackoff(), 0),
                 health_check_interval=5,
             )
+            self._client = aioredis.Redis.from_pool(pool)  # closes the pool with the client
 
     async def publish(self, channel: str, payload: bytes) -> None:
         """``PUBLISH channel payload``.

@@ -128,8 +128,8 @@ DEFAULT_POLICY = TopicPolicy(
             _rule("remote-control:command", "user:read:remote-control", "self", 32, 300),
             # a dream's status changes a handful of times in its life: keep them an hour
             _rule("dream:update", None, "any", 16, 3600),
-            # progress at up to ~10/s: 100 cover a 10 s reconnect; a finished job's end stays 10 min
-            _rule("dream:job:progress", None, "any", 100, 600),
+            # progress at up to ~10/s: 300 cover a 30 s outage or deploy; a finished job stays 10 min
+            _rule("dream:job:progress", None, "any", 300, 600),
             _rule("system:notice", None, "none"),
         ]
     )

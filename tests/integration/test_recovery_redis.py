@@ -124,8 +124,13 @@ async def start_listeners(servers: list[Server], per_topic: int = 1) -> list[Lis
 async def finish(publisher: Publisher, listeners: list[Listener], timeout: float = 20) -> None:
     publisher.stop.set()
     deadline = time.monotonic() + timeout
-    while any(len(lst.got) < len(publisher.sent[lst.topic]) for lst in listeners):
-        assert time.monotonic() < deadline, "listeners did not catch up"
+    while lagging := [lst for lst in listeners if len(lst.got) < len(publisher.sent[lst.topic])]:
+        assert time.monotonic() < deadline, "listeners did not catch up: " + "; ".join(
+            f"{lst.topic} got {len(lst.got)} of {len(publisher.sent[lst.topic])}, last offsets "
+            f"{[o for o, _, _ in lst.got][-3:]}, gaps {lst.gaps}, url {lst.client.url}, "
+            f"reconnects {lst.client.reconnects}"
+            for lst in lagging[:3]
+        )
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.3)  # anything doubled would arrive by now
     for lst in listeners:

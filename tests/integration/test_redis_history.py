@@ -398,3 +398,19 @@ def test_cli_publish_prints_the_offset(
         assert "published to test:kept.cli (offset 2, epoch " in out
     finally:
         asyncio.run(_cleanup(redis_url, channel))
+
+
+async def test_more_reads_at_once_than_connections_wait_instead_of_failing(
+    redis_url: str, channel: str, cleanup: None
+) -> None:
+    """A reconnect storm's reads of history: past the pool's connections, commands wait for
+    one (redis-py's default pool raised MaxConnectionsError: 503s under load)."""
+    broker = RedisBroker(redis_url, channel=channel, policy=POLICY, probe_interval=0)
+    await broker.start(Recorder())
+    try:
+        pages = await asyncio.gather(
+            *(broker.history(f"test:kept.t{i}", since=0, limit=10, rule=KEPT) for i in range(300))
+        )
+    finally:
+        await broker.close()
+    assert len(pages) == 300 and all(page.offset == 0 for page in pages)
