@@ -37,7 +37,7 @@ def test_the_library_bakes_the_history_rules_in() -> None:
     assert 'local CHANNEL = "realtime"' in code
     rows = re.findall(r'^  \["([^"]+)"\] = \{(\d+), (\d+)\},$', code, re.MULTILINE)
     assert rows == [
-        ("dream:job:progress", "100", "600"),
+        ("dream:job:progress", "300", "600"),
         ("dream:update", "16", "3600"),
         ("remote-control:command", "32", "300"),
     ]
