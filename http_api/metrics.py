@@ -117,6 +117,11 @@ class NodeCollector(Collector):
             ),
             ("realtime_broker_invalid_envelopes", "Malformed Redis envelopes dropped.", counts.invalid_envelopes),
             (
+                "realtime_broker_received",
+                "Publications received from the broker (per-topic routing: only topics with local listeners).",
+                counts.received,
+            ),
+            (
                 "realtime_broker_stalls",
                 "Redis links dropped by the delivery probe (answering, not delivering).",
                 counts.stalls,

@@ -75,7 +75,7 @@ class FakeTransport:
 
 
 def _link() -> tuple[SubscriberLink, FakeTransport]:
-    link = SubscriberLink(b"c", b"c:control", lambda data: None, lambda data: None)
+    link = SubscriberLink(b"c:control", lambda data: None, lambda data: None)
     transport = FakeTransport()
     link.connection_made(transport)  # type: ignore[arg-type]
     return link, transport
