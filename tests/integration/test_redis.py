@@ -36,6 +36,9 @@ class Recorder:
         self.gaps: list[int] = []
         self._on_batch = on_batch
 
+    def on_listen_ready(self, topics: list[str]) -> None:
+        pass
+
     def on_publication(self, topic: str, message: str, offset: int = 0, epoch: str = "") -> None:
         self.publications.append((topic, message))
         self.messages.append(message)
