@@ -2,7 +2,7 @@
 
 Driven over a pipe like :mod:`bench.loadgen`:
 
-- ``{"op": "publish", "mode": "redis"|"fcall"|"offsets"|"http", "redis_url", "channel", "url", "api_key",
+- ``{"op": "publish", "mode": "redis"|"topic"|"fcall"|"offsets"|"http", "redis_url", "channel", "url", "api_key",
   "topics": [...], "rate": msgs/s, "count": n, "size": bytes, "local_addr"?}`` publishes ``count``
   messages, round-robin over ``topics``, on the schedule ``i / rate`` seconds from the
   start (late batches catch up; the schedule never waits for deliveries) -> ``{"published",
@@ -11,8 +11,9 @@ Driven over a pipe like :mod:`bench.loadgen`:
 
 Each message is a string ``~<n>~<monotonic ns at send>~xxx...`` padded to ``size``
 bytes, ``n`` counting the messages of its topic from 0; ``redis`` mode publishes the
-envelope ``{"topic", "message"}`` with redis-py (the
-way a backend service does), ``fcall`` mode calls the channel's Redis Function
+envelope ``{"topic", "message"}`` on the firehose (``channel``) with redis-py (the
+way a backend service does), ``topic`` mode the same envelope on the topic's own channel
+(``<channel>:{<topic>}``, per-topic routing), ``fcall`` mode calls the channel's Redis Function
 (``FCALL <p>_publish 1 <channel>:{<topic>}:history <topic> <message>``, for topics that keep
 history: :mod:`realtime.redis_functions`), ``offsets`` mode publishes the envelope with an
 ``offset`` (1, 2, ... per topic) and an epoch new to the run, as the Function would but
@@ -127,7 +128,7 @@ class Publisher:
             await session.close()
 
 
-REDIS_MODES = ("redis", "fcall", "offsets")
+REDIS_MODES = ("redis", "topic", "fcall", "offsets")
 """Publish modes that go to Redis directly (the others: ``http``)."""
 
 Adder = Callable[[Any, str, str, int], None]
@@ -145,13 +146,15 @@ def _redis_adder(mode: str, channel: str) -> Adder:
             pipe.fcall(function, 1, history_key(channel, topic), topic, message)
 
         return fcall
+    from realtime.redis_functions import topic_channel
+
     epoch = uuid.uuid4().hex[:8]
 
     def publish(pipe: Any, topic: str, message: str, offset: int) -> None:
         envelope: dict[str, object] = {"topic": topic, "message": message}
         if mode == "offsets":
             envelope |= {"offset": offset, "epoch": epoch}
-        pipe.publish(channel, orjson.dumps(envelope))
+        pipe.publish(topic_channel(channel, topic) if mode == "topic" else channel, orjson.dumps(envelope))
 
     return publish
 
