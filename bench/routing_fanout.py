@@ -50,9 +50,26 @@ def subscribers(pipe: Connection, port: int, channel: str, k: int) -> None:
             with contextlib.suppress(BlockingIOError):
                 key.data[0] += len(key.fileobj.recv(1 << 20))  # type: ignore[union-attr]
     pipe.recv()
+    while sel.select(0.2):  # what is still on its way
+        for key, _ in sel.select(0):
+            with contextlib.suppress(BlockingIOError):
+                key.data[0] += len(key.fileobj.recv(1 << 20))  # type: ignore[union-attr]
     pipe.send({"bytes": [sel.get_key(s).data[0] for s in socks]})
     for sock in socks:
         sock.close()
+
+
+def _wait_subscribed(client: redis.Redis, channel: str, k: int, timeout: float = 30.0) -> None:
+    """Return once ``channel`` has ``k`` subscribers.
+
+    Raises:
+        TimeoutError: it did not within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while int(client.pubsub_numsub(channel)[0][1]) < k:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{channel} did not get {k} subscribers")
+        time.sleep(0.01)
 
 
 def step(redis_proc: PrivateRedis, k: int, *, rate: float, count: int, size: int) -> dict[str, Any]:
@@ -71,8 +88,7 @@ def step(redis_proc: PrivateRedis, k: int, *, rate: float, count: int, size: int
             raise TimeoutError("the subscriber process did not get ready")
         mine.recv()
         client = redis.Redis.from_url(redis_proc.url)
-        while int(client.pubsub_numsub(channel)[0][1]) < k:
-            time.sleep(0.01)
+        _wait_subscribed(client, channel, k)
         client.config_resetstat()
         cpu0, t0 = redis_proc.cpu(), time.monotonic()
         cmd = {"mode": "redis", "redis_url": redis_proc.url, "channel": channel, "topics": ["channel:update.f"]}
@@ -177,6 +193,8 @@ def saturated(redis_proc: PrivateRedis, k: int, *, requests: int, clients: int, 
         if not mine.poll(30):
             raise TimeoutError("the subscriber process did not get ready")
         mine.recv()
+        with redis.Redis.from_url(redis_proc.url) as client:
+            _wait_subscribed(client, channel, k)
         argv = [binary, "-p", str(redis_proc.port), "-c", str(clients), "-n", str(requests), "-q"]
         argv += ["PUBLISH", channel, "x" * size]
         cpu0, t0 = redis_proc.cpu(), time.monotonic()
