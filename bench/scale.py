@@ -161,6 +161,8 @@ def print_run(run: dict[str, Any]) -> None:
             f"(kernel-stamped sample of {pub['kernel']['n']}: last {_ms(pub['kernel']['last_ms'])} ms); "
             f"server CPU {pub['server_cpu_s']} s, generators {pub['generator_cpu_s']} s"
         )
+        if pub["status"] != 202:
+            print(f"  POST /publish answered {pub['status']} {pub['refusal']}")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
