@@ -215,14 +215,15 @@ class Recovery:
         """The broker receives again after a time it did not: catch every stream up."""
         self._recent.clear()
         for topic, stream in self._streams.items():
+            if stream.epoch is None:  # never learned its position: cannot tell what was missed
+                self._gap(list(self._index.get(topic) or ()), topic, GAP_BROKER_RECONNECTED)
             read = stream.read
             if read is not None:
                 read.again = True
                 read.hold = read.hold or stream.epoch is not None
             elif stream.epoch is not None:
                 self._start(topic, stream, stream.position, hold=True)
-            else:  # never learned its position: cannot tell what was missed
-                self._gap(list(self._index.get(topic) or ()), topic, GAP_BROKER_RECONNECTED)
+            else:
                 self._start(topic, stream, _LEARN, hold=False)
 
     # -- delivery -----------------------------------------------------------------

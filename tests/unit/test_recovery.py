@@ -352,3 +352,19 @@ def test_recent_pages_are_bounded_in_time_and_count() -> None:
     assert pages.page("a", Position(1, "e")) is None and len(pages) == 3
     now[0] = 16
     assert pages.page("b", Position(1, "e")) is None  # expired
+
+
+async def test_a_broker_gap_during_a_read_that_learns_the_position_is_announced(
+    recovery: Recovery, broker: ScriptedBroker
+) -> None:
+    broker.append()
+    broker.failures = 1  # the read that learns the position fails once: out when the gap comes
+    c = conn()
+    recovery.listen(c, T, RULE, None)
+    await settle()
+    recovery.on_gap()  # this instance may have missed publications for c, and knows no offset
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+        if c.got:
+            break
+    assert c.kinds() == ["GAP broker_reconnected"]
