@@ -344,6 +344,10 @@ class Recovery:
         stream.position, stream.epoch = top, epoch
         if not reset:
             self._keep_recent(topic, stream, merged, top)
+        self._start_later(topic, stream)
+
+    def _start_later(self, topic: str, stream: _Stream) -> None:
+        """A read for the connections the read that just ended did not cover, if any."""
         if stream.later:
             self._start(topic, stream, min(p.offset for p in stream.later.values()), hold=False)
 
@@ -389,7 +393,8 @@ class Recovery:
         self.stats.count_recovered(len(wanted) * len(conns))
 
     def _give_up(self, topic: str, stream: _Stream, read: _Read, why: str) -> None:
-        """History cannot be read: GAP to everyone waiting on it, then the live stream."""
+        """History cannot be read: GAP to everyone waiting on it, then the live stream (the
+        connections left for the next read get a read of their own)."""
         log.warning("history_read_failed", topic=topic[:128], error=why, attempts=read.attempts)
         stream.read = None
         self._recent.drop(topic)
@@ -400,3 +405,4 @@ class Recovery:
         for conn in waiting:
             self._index.add(topic, conn)
         stream.epoch, stream.position = None, 0  # learned again from the next publication
+        self._start_later(topic, stream)

@@ -368,3 +368,25 @@ async def test_a_broker_gap_during_a_read_that_learns_the_position_is_announced(
         if c.got:
             break
     assert c.kinds() == ["GAP broker_reconnected"]
+
+
+async def test_connections_left_for_the_next_read_are_served_when_a_read_gives_up(
+    recovery: Recovery, broker: ScriptedBroker
+) -> None:
+    positions = [broker.append() for _ in range(4)]
+    broker.gate = asyncio.Event()
+    first, second = conn(), conn()
+    recovery.listen(first, T, RULE, positions[2])  # saw 3: the read is after 3
+    recovery.listen(second, T, RULE, positions[0])  # saw 1: not covered, left for the next read
+    await settle()
+    broker.failures = MAX_ATTEMPTS  # the gap makes it read again, and every retry fails
+    recovery.on_gap()
+    broker.gate.set()
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if second.got:
+            break
+    assert first.kinds() == ["GAP history_lost"]
+    assert second.offsets() == [2, 3, 4]  # not left waiting for a read that nobody starts
+    live(recovery, broker.append())
+    assert first.offsets() == [5] and second.offsets() == [2, 3, 4, 5]
