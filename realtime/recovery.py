@@ -192,7 +192,8 @@ class Recovery:
             read.buffer.append((offset, epoch, message))
             if len(read.buffer) > MAX_BUFFER:
                 self._give_up(topic, stream, read, "buffer full")
-                return 0
+                # not read: the live stream after the GAP starts with this publication
+                return self.on_publication(topic, message, offset, epoch)
             if read.hold:
                 return 0
         if stream.epoch != epoch:

@@ -390,3 +390,24 @@ async def test_connections_left_for_the_next_read_are_served_when_a_read_gives_u
     assert second.offsets() == [2, 3, 4]  # not left waiting for a read that nobody starts
     live(recovery, broker.append())
     assert first.offsets() == [5] and second.offsets() == [2, 3, 4, 5]
+
+
+async def test_a_full_buffer_loses_no_live_publication_for_listeners(
+    recovery: Recovery, broker: ScriptedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("realtime.recovery.MAX_BUFFER", 3)
+    old = broker.append()
+    listener = conn()
+    recovery.listen(listener, T, RULE, None)
+    await settle()
+    broker.gate = asyncio.Event()
+    waiting = conn()
+    recovery.listen(waiting, T, RULE, Position(0, old.epoch))  # a read out while 2..5 arrive live
+    await settle()
+    for _ in range(4):
+        live(recovery, broker.append())  # 5 overflows the buffer: the read gives up
+    live(recovery, broker.append())
+    assert listener.offsets() == [2, 3, 4, 5, 6]
+    assert "GAP history_lost" not in listener.kinds()
+    assert waiting.kinds() == ["GAP history_lost", "MESSAGE", "MESSAGE"]
+    assert waiting.offsets() == [5, 6]  # the live stream after the GAP has no hole
