@@ -333,7 +333,9 @@ class Recovery:
         if reset:
             merged, top = {}, max((o for o, e, _ in read.buffer if e == epoch), default=0)
         frames: dict[int, bytes] = {}
-        if read.hold:
+        # held back, or (never in step with the barrier, but an envelope this instance could
+        # not decode) the read holds offsets the live stream skipped: the listeners get them
+        if read.hold or (stream.epoch == epoch and stream.position < top):
             listeners = list(self._index.get(topic) or ())
             start = Position(stream.position, stream.epoch or "")
             self._catch_up(listeners, topic, start, page, merged, top, frames, reset)

@@ -411,3 +411,20 @@ async def test_a_full_buffer_loses_no_live_publication_for_listeners(
     assert "GAP history_lost" not in listener.kinds()
     assert waiting.kinds() == ["GAP history_lost", "MESSAGE", "MESSAGE"]
     assert waiting.offsets() == [5, 6]  # the live stream after the GAP has no hole
+
+
+async def test_a_read_that_finds_publications_never_delivered_live_catches_listeners_up(
+    recovery: Recovery, broker: ScriptedBroker
+) -> None:
+    listener = conn()
+    recovery.listen(listener, T, RULE, None)
+    await settle()
+    p1 = broker.append()
+    live(recovery, p1)
+    broker.append()  # 2 is in history but never reached this instance live (e.g. an envelope it could not decode)
+    waiting = conn()
+    recovery.listen(waiting, T, RULE, Position(0, p1.epoch))  # a read that sees 2
+    await settle()
+    live(recovery, broker.append())
+    assert waiting.offsets() == [1, 2, 3]
+    assert listener.offsets() == [1, 2, 3]  # 2 is not skipped for those already listening
