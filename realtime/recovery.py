@@ -290,6 +290,14 @@ class Recovery:
         return read
 
     async def _run(self, topic: str, stream: _Stream, read: _Read) -> None:
+        try:
+            await self._read(topic, stream, read)
+        except Exception as exc:  # a bug or an answer we cannot parse: never leave anyone waiting
+            log.exception("history_read_crashed", topic=topic[:128])
+            if self._streams.get(topic) is stream and stream.read is read:
+                self._give_up(topic, stream, read, repr(exc))
+
+    async def _read(self, topic: str, stream: _Stream, read: _Read) -> None:
         rule = stream.rule
         delay = self._retry_delay
         while True:

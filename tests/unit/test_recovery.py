@@ -428,3 +428,22 @@ async def test_a_read_that_finds_publications_never_delivered_live_catches_liste
     live(recovery, broker.append())
     assert waiting.offsets() == [1, 2, 3]
     assert listener.offsets() == [1, 2, 3]  # 2 is not skipped for those already listening
+
+
+async def test_a_read_that_fails_unexpectedly_leaves_nobody_waiting(
+    recovery: Recovery, broker: ScriptedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    positions = [broker.append() for _ in range(3)]
+    read = broker.history
+
+    async def broken(topic: str, *, since: int, limit: int, rule: TopicRule) -> HistoryPage:
+        monkeypatch.setattr(broker, "history", read)
+        raise ValueError("an answer this version cannot parse")
+
+    monkeypatch.setattr(broker, "history", broken)
+    c = conn()
+    recovery.listen(c, T, RULE, positions[0])
+    await settle()
+    assert c.kinds() == ["GAP history_lost"]  # not left outside the index for ever
+    live(recovery, broker.append())
+    assert c.offsets() == [4]
