@@ -175,8 +175,9 @@ class Node:
     def on_publication(self, topic: str, message: str, offset: int = 0, epoch: str = "") -> None:
         """Fan one publication out to this instance's listeners of ``topic`` (one with an
         offset through :class:`realtime.recovery.Recovery`, which drops duplicates and holds
-        back what follows a hole)."""
-        if offset:
+        back what follows a hole). An offset on a topic without history (a raw ``PUBLISH``
+        that forwards a MESSAGE's data) is ignored: it is delivered as any raw publication."""
+        if offset and topic in self.recovery:
             delivered = self.recovery.on_publication(topic, message, offset, epoch)
             if delivered:
                 self.stats.count_delivered(delivered)
@@ -185,7 +186,7 @@ class Node:
         listeners = self.index.get(topic)
         if not listeners:
             return
-        frame = encode_text_frame(message_payload(topic, message, offset, epoch))
+        frame = encode_text_frame(message_payload(topic, message))
         for conn in listeners:
             conn.send(frame)
         self.stats.count_delivered(len(listeners))

@@ -250,6 +250,26 @@ async def test_raw_fcall_message_is_delivered_as_is(
     assert page.publications == [Publication(n, t) for n, t in enumerate(texts, 1)]
 
 
+async def test_raw_fcall_message_that_is_not_utf8_is_delivered_live(
+    redis_url: str, channel: str, functions: HistoryFunctions, redis_client: aioredis.Redis
+) -> None:
+    """Bytes that are not UTF-8 go to history as they are; the live publication must not be
+    dropped as an invalid envelope (it would reach listeners only once a later publication
+    showed the hole): both carry the text with U+FFFD, as history reads decode it."""
+    handler = Recorder()
+    broker = RedisBroker(redis_url, channel=channel, policy=POLICY, probe_interval=0)
+    await broker.start(handler)
+    topic = "test:kept.bytes"
+    try:
+        await redis_client.fcall(function_names(channel).publish, 1, history_key(channel, topic), topic, b"a\xffb")
+        page = await broker.history(topic, since=0, limit=10, rule=KEPT)
+    finally:
+        await broker.close()
+    assert page.publications == [Publication(1, "a\ufffdb")]
+    assert [(t, m, o) for t, m, o, _ in handler.publications] == [(topic, "a\ufffdb", 1)]
+    assert broker.stats.invalid_envelopes == 0
+
+
 async def test_history_waits_for_the_publications_before_it(
     redis_url: str, channel: str, cleanup: None, redis_client: aioredis.Redis
 ) -> None:
