@@ -260,6 +260,7 @@ async def test_raw_fcall_message_that_is_not_utf8_is_delivered_live(
     broker = RedisBroker(redis_url, channel=channel, policy=POLICY, probe_interval=0)
     await broker.start(handler)
     topic = "test:kept.bytes"
+    await watch(broker, handler, topic)
     try:
         await redis_client.fcall(function_names(channel).publish, 1, history_key(channel, topic), topic, b"a\xffb")
         page = await broker.history(topic, since=0, limit=10, rule=KEPT)

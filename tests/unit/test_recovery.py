@@ -452,12 +452,13 @@ async def test_a_read_that_fails_unexpectedly_leaves_nobody_waiting(
 async def test_a_raw_publication_with_an_offset_on_a_topic_without_history_is_delivered() -> None:
     from realtime.broker import MemoryBroker
     from realtime.node import Node
+    from realtime.protocol import Listen
     from topics import load_policy
 
     node = Node(broker=MemoryBroker(), policy=load_policy(None), verify=lambda token: cast(Any, None))
     c = conn()
     plain = Topic("channel:update.1")
-    node.listen(c, plain, PLAIN)
+    assert node.listen(c, [Listen(plain, PLAIN, None)], b"")
     # a service forwarding a MESSAGE's data with a raw PUBLISH: the envelope is valid
     node.on_publication(plain, "hello", 7, "some-epoch")
     assert c.got == [{"type": "MESSAGE", "data": {"topic": plain, "message": "hello"}}]
