@@ -39,7 +39,7 @@ import structlog
 
 from realtime.broker import Broker
 from realtime.errors import BrokerUnavailable
-from realtime.history import MAX_OFFSET, HistoryPage, Position, Publication
+from realtime.history import MAX_OFFSET, NO_EPOCH, HistoryPage, Position, Publication
 from realtime.protocol import GAP_BROKER_RECONNECTED, GAP_HISTORY_LOST, gap_payload, message_payload
 from realtime.recent import RecentPages
 from realtime.send_queue import SendQueue, encode_text_frame
@@ -334,6 +334,9 @@ class Recovery:
         for offset, buffered_epoch, message in read.buffer:
             if buffered_epoch == epoch:
                 merged[offset] = message
+            elif epoch == NO_EPOCH and not page.publications:  # its first publication came live
+                epoch = buffered_epoch
+                merged[offset] = message
             else:
                 reset = True  # the history was reset while we read: trust nothing before
                 epoch = buffered_epoch
@@ -346,11 +349,11 @@ class Recovery:
         if read.hold or (stream.epoch == epoch and stream.position < top):
             listeners = list(self._index.get(topic) or ())
             start = Position(stream.position, stream.epoch or "")
-            self._catch_up(listeners, topic, start, page, merged, top, frames, reset)
+            self._catch_up(listeners, topic, start, (page.offset, epoch), merged, top, frames, reset)
         elif stream.epoch == epoch and stream.position > top:
             top = stream.position  # live deliveries went past what the read saw
         for conn, since in read.waiting.items():
-            self._catch_up([conn], topic, since, page, merged, top, frames, reset)
+            self._catch_up([conn], topic, since, (page.offset, epoch), merged, top, frames, reset)
             self._index.add(topic, conn)
         stream.position, stream.epoch = top, epoch
         if not reset:
@@ -377,27 +380,30 @@ class Recovery:
         conns: list[SendQueue],
         topic: str,
         since: Position,
-        page: HistoryPage,
+        read_at: tuple[int, str],
         merged: dict[int, str],
         top: int,
         frames: dict[int, bytes],
         reset: bool,
     ) -> None:
         """Send ``conns`` the publications after ``since`` up to ``top``; when they are not
-        all there, a GAP and then only those that arrived live after the read (newer than
-        ``page.offset``), so the stream after the GAP has no hole either."""
+        all there, a GAP and then only those that arrived live after the read (``read_at``:
+        the offset and epoch the read found), so the stream after the GAP has no hole either.
+        An offset of 0 asks for everything from the first publication, in any epoch."""
         if not conns:
             return
+        offset_read, epoch = read_at
         wanted = range(since.offset + 1, top + 1)
-        if reset or since.epoch != page.epoch or since.offset > top or any(o not in merged for o in wanted):
+        same = since.epoch == epoch or since.offset == 0
+        if reset or not same or since.offset > top or any(o not in merged for o in wanted):
             self._gap(conns, topic)
-            wanted = range(page.offset + 1, top + 1)
+            wanted = range(offset_read + 1, top + 1)
             if reset or any(o not in merged for o in wanted):
                 return
         for offset in wanted:
             frame = frames.get(offset)
             if frame is None:
-                payload = message_payload(topic, merged[offset], offset, page.epoch)
+                payload = message_payload(topic, merged[offset], offset, epoch)
                 frame = frames[offset] = encode_text_frame(payload)
             for conn in conns:
                 conn.send(frame)

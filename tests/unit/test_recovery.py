@@ -284,9 +284,10 @@ def test_memory_history_keeps_the_last_size_and_expires() -> None:
     epoch = page.epoch
     now[0] = 10.5
     page = store.read("t.a", since=0, limit=10, size=3, ttl=10)
-    assert (page.offset, page.first, page.publications) == (0, 1, [])
-    assert page.epoch != epoch
-    assert store.append("t.a", "x", size=3, ttl=10) == Position(1, page.epoch)  # the epoch a reader saw
+    assert (page.offset, page.epoch, page.first, page.publications) == (0, "", 1, [])  # no history
+    assert len(store) == 0  # a read creates nothing
+    fresh = store.append("t.a", "x", size=3, ttl=10)
+    assert fresh.offset == 1 and fresh.epoch not in ("", epoch)
     now[0] = 30
     store.append("t.b", "x", size=3, ttl=10)
     assert len(store) == 1  # t.a expired, dropped when t.b was published
@@ -298,6 +299,8 @@ def test_history_page_covers() -> None:
     assert not page.covers(Position(4, "e"))
     assert not page.covers(Position(11, "e"))
     assert not page.covers(Position(7, "f"))
+    assert not page.covers(Position(0, "e"))  # offset 0: from the first publication, which is gone
+    assert HistoryPage([], offset=10, epoch="e", first=1).covers(Position(0, "another"))
 
 
 async def test_resumers_after_a_read_are_served_from_the_recent_page(
@@ -462,3 +465,29 @@ async def test_a_raw_publication_with_an_offset_on_a_topic_without_history_is_de
     # a service forwarding a MESSAGE's data with a raw PUBLISH: the envelope is valid
     node.on_publication(plain, "hello", 7, "some-epoch")
     assert c.got == [{"type": "MESSAGE", "data": {"topic": plain, "message": "hello"}}]
+
+
+async def test_a_topic_without_history_yet_is_learned_as_empty_and_caught_up_from_one(
+    recovery: Recovery, broker: ScriptedBroker
+) -> None:
+    """Reads create nothing: a never-published topic reads as offset 0, epoch "". Its first
+    publication arriving during that read is no reset, and after a broker gap the listeners
+    get everything from offset 1."""
+    broker.gate = asyncio.Event()
+    c = conn()
+    recovery.listen(c, T, RULE, None)
+    await settle()  # the learning read is out and saw no history
+    p1 = broker.append("m1")
+    live(recovery, p1, "m1")
+    broker.gate.set()
+    await settle()
+    assert c.kinds() == ["MESSAGE"]
+    broker.gate = None
+    broker.append("m2"), broker.append("m3")  # missed while unsubscribed
+    recovery.on_gap()
+    await settle()
+    assert c.offsets() == [1, 2, 3] and "GAP history_lost" not in c.kinds()
+    resumer = conn()
+    recovery.listen(resumer, T, RULE, Position(0, ""))  # "from the first publication"
+    await settle()
+    assert resumer.offsets() == [1, 2, 3]
