@@ -93,12 +93,14 @@ class LocalCluster:
             raise RuntimeError("redis-server and redis-cli are needed for a Redis Cluster")
         self.server_bin, self.cli_bin = tools
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.n_masters, self.n_replicas = masters, replicas
         self.node_timeout_ms = node_timeout_ms
         self.form_timeout = form_timeout
         self.ports = free_cluster_ports(masters * (1 + replicas))
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.formation_seconds = 0.0
+        self._replicas_of: dict[int, list[int]] = {}  # a killed master's replicas
 
     # -- life ---------------------------------------------------------------------------
 
@@ -290,20 +292,26 @@ class LocalCluster:
     # -- faults and topology changes ----------------------------------------------------
 
     def kill(self, port: int) -> None:
-        """SIGKILL the node on ``port`` (by the PID this harness started)."""
+        """SIGKILL the node on ``port`` (by the PID this harness started); a master's
+        replicas are noted first, for ``wait_failover``."""
+        with contextlib.suppress(redis.RedisError, IndexError):
+            self._replicas_of[port] = self.replicas(port)
         proc = self.procs[port]
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
     def wait_failover(self, old_master: int, timeout: float = 20) -> int:
-        """Until a replica of ``old_master`` (now dead) is master of its slots on every live
-        node's view and the cluster is ``ok`` again.
+        """Until a replica of ``old_master`` (killed with ``kill``) is master of its slots on
+        every live node's view and the cluster is ``ok`` again.
 
         Returns:
             The port of the new master.
+
+        Raises:
+            ClusterTimeout: not within ``timeout`` seconds.
         """
         old = Address(HOST, old_master)
-        replicas = [r.port for r in self.slot_map().replicas(old)]
+        replicas = self._replicas_of.get(old_master) or self.replicas(old_master)
         if not replicas:
             raise RuntimeError(f"{old_master} has no replica to fail over to")
         found: list[int] = []
