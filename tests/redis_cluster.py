@@ -325,6 +325,17 @@ class LocalCluster:
         self.wait_ok(timeout=timeout)
         return found[0]
 
+    def manual_failover(self, replica: int, timeout: float = 20) -> None:
+        """``CLUSTER FAILOVER`` on ``replica`` (its master steps down, nothing is lost), then
+        wait until every live node sees it as master and the cluster is ok."""
+        self.call(replica, "CLUSTER", "FAILOVER")
+        self._wait(
+            lambda: all(Address(HOST, replica) in self.slot_map(p).masters() for p in self.alive()),
+            f"{replica} is master on every node's view",
+            timeout,
+        )
+        self.wait_ok(timeout=timeout)
+
     def node_id(self, port: int) -> str:
         raw = self.call(port, "CLUSTER", "MYID")
         return raw.decode() if isinstance(raw, bytes) else str(raw)

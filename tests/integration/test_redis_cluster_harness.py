@@ -205,6 +205,30 @@ async def test_failover_after_a_master_is_killed(redis_cluster: LocalCluster) ->
         await pubsub.aclose()
 
 
+async def test_a_demoted_master_pushes_sunsubscribe_and_replicas_serve_shard_channels(
+    redis_cluster: LocalCluster,
+) -> None:
+    view = redis_cluster.slot_map()
+    master = sorted(view.masters())[0]
+    replica = view.replicas(master)[0]
+    name = channel_on(view, master)
+    async with node_client(master) as old, node_client(replica) as other:
+        on_master, on_replica = old.pubsub(), other.pubsub()
+        assert (await subscribe(on_master, name))["type"] == "ssubscribe"
+        assert (await subscribe(on_replica, name))["type"] == "ssubscribe"  # no READONLY needed
+        assert await old.spublish(name, "both") == 1  # counts the master's own subscribers
+        assert (await next_message(on_master))["data"] == b"both"
+        assert (await next_message(on_replica))["data"] == b"both"  # propagated to the replica
+        await asyncio.to_thread(redis_cluster.manual_failover, replica.port)
+        pushed = await next_message(on_master)  # the old master, now a replica, drops them
+        assert (pushed["type"], pushed["channel"]) == ("sunsubscribe", name.encode())
+        await assert_no_message(on_replica)  # the promoted replica keeps its subscribers
+        assert await other.spublish(name, "after") == 1
+        assert (await next_message(on_replica))["data"] == b"after"
+        await on_master.aclose()
+        await on_replica.aclose()
+
+
 async def test_moving_a_slot_pushes_sunsubscribe(redis_cluster: LocalCluster) -> None:
     view = redis_cluster.slot_map()
     source, target = sorted(view.masters())[:2]
