@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -341,26 +341,34 @@ class LocalCluster:
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     def move_slot(self, slot: int, to_master: int, timeout: float = 20) -> None:
-        """Move ``slot`` and its keys to the master on ``to_master`` the way ``redis-cli
-        --cluster reshard`` does (``SETSLOT IMPORTING/MIGRATING``, ``MIGRATE`` the keys,
-        ``SETSLOT NODE`` on both ends and every other master), then wait until every live
-        node agrees."""
-        source = self.slot_map().master_for(slot).port
-        if source == to_master:
-            return
-        src_id, dst_id = self.node_id(source), self.node_id(to_master)
-        self.call(to_master, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
-        self.call(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
-        while keys := self.call(source, "CLUSTER", "GETKEYSINSLOT", slot, 100):
-            self.call(source, "MIGRATE", HOST, to_master, "", 0, 5000, "KEYS", *keys)
-        for port in [to_master, source, *(m for m in self.masters() if m not in (source, to_master))]:
-            self.call(port, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        """Move ``slot`` and its keys to the master on ``to_master`` (see ``move_slots``)."""
+        self.move_slots([slot], to_master, timeout)
+
+    def move_slots(self, slots: Iterable[int], to_master: int, timeout: float = 20) -> None:
+        """Move each slot (a ``range`` will do) and its keys to the master on ``to_master``
+        with the commands ``redis-cli --cluster reshard`` sends (``SETSLOT IMPORTING`` and
+        ``MIGRATING``, ``MIGRATE`` the keys, ``SETSLOT NODE`` on both ends and every other
+        master), then wait until every live node sees the new owner and the cluster is ok."""
+        slots = list(slots)
+        dst_id = self.node_id(to_master)
+        for slot in slots:
+            source = self.slot_map().master_for(slot).port
+            if source != to_master:
+                self._migrate(slot, source, to_master, dst_id)
         self._wait(
-            lambda: all(self.slot_map(p).master_for(slot).port == to_master for p in self.alive()),
-            f"every node sees slot {slot} on {to_master}",
+            lambda: all(self.slot_map(p).master_for(s).port == to_master for p in self.alive() for s in slots),
+            f"every node sees slots {slots[0]}..{slots[-1]} on {to_master}",
             timeout,
         )
         self.wait_ok(timeout=timeout)
+
+    def _migrate(self, slot: int, source: int, target: int, target_id: str) -> None:
+        self.call(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+        self.call(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := self.call(source, "CLUSTER", "GETKEYSINSLOT", slot, 100):
+            self.call(source, "MIGRATE", HOST, target, "", 0, 5000, "KEYS", *keys)
+        for port in [target, source, *(m for m in self.masters() if m not in (source, target))]:
+            self.call(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
     def move_slot_of(self, name: str | bytes, to_master: int) -> int:
         """Move the slot of a key or channel (see ``move_slot``); returns the slot."""

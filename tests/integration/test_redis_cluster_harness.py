@@ -259,6 +259,13 @@ async def test_moving_a_slot_pushes_sunsubscribe(redis_cluster: LocalCluster) ->
         await pubsub.aclose()
 
 
+def test_moving_a_range_of_slots(redis_cluster: LocalCluster) -> None:
+    view = redis_cluster.slot_map()
+    target = view.master_for(16383)
+    redis_cluster.move_slots(range(100, 110), target.port)
+    assert diff(view, redis_cluster.slot_map()).moves == ((100, 109, view.master_for(100), target),)
+
+
 def test_reshard_with_redis_cli(redis_cluster: LocalCluster) -> None:
     view = redis_cluster.slot_map()
     source, target = sorted(view.masters())[:2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from redis.crc import key_slot as redis_key_slot
 
 from realtime.redis_cluster import (
     SLOTS,
@@ -101,6 +102,13 @@ def test_crc16_xmodem_check_value() -> None:
 def test_key_slot_known_values(name: str, slot: int) -> None:
     assert key_slot(name) == slot
     assert key_slot(name.encode()) == slot
+
+
+def test_key_slot_agrees_with_redis_py() -> None:
+    names = [f"realtime:{{user:remote-control.{i}}}:history" for i in range(500)]
+    names += ["", "{", "}", "{}", "}{", "{a", "a}", "{a}", "{{}}", "x{y}z{w}", "ü{ß}", "\x00{\xff}"]
+    for name in names:
+        assert key_slot(name) == redis_key_slot(name.encode()), name
 
 
 def test_hash_tag_rules() -> None:
