@@ -146,6 +146,12 @@ def _text(value: Any) -> str:
     raise ClusterReplyError(f"expected a string in the cluster reply, got {value!r}")
 
 
+def _int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ClusterReplyError(f"expected an integer in the cluster reply, got {value!r}")
+
+
 def _fields(value: Any) -> dict[str, Any]:
     """A RESP3 map, or a RESP2 flat ``[key, value, key, value, ...]`` list, as a dict."""
     if isinstance(value, Mapping):
@@ -166,11 +172,18 @@ def _node_address(node: Mapping[str, Any]) -> Address:
     return Address(host, port)
 
 
+def _slots_node(node: Any) -> Address:
+    """A ``CLUSTER SLOTS`` node, ``[host, port, id, ...]``."""
+    if not isinstance(node, list | tuple) or len(node) < 2:
+        raise ClusterReplyError(f"a CLUSTER SLOTS node without an address: {node!r}")
+    return Address(_text(node[0]), _int(node[1]))
+
+
 def _ranges(flat: Any) -> Iterator[tuple[int, int]]:
     if not isinstance(flat, list | tuple) or len(flat) % 2:
         raise ClusterReplyError(f"expected [start, end, ...] slot ranges, got {flat!r}")
     for i in range(0, len(flat), 2):
-        start, end = int(flat[i]), int(flat[i + 1])
+        start, end = _int(flat[i]), _int(flat[i + 1])
         if not 0 <= start <= end < SLOTS:
             raise ClusterReplyError(f"a slot range out of bounds: {start}-{end}")
         yield start, end
@@ -189,10 +202,12 @@ class SlotMap:
     def __init__(
         self, ranges: Iterable[tuple[int, int, Address]], replicas: Mapping[Address, Iterable[Address]]
     ) -> None:
-        """Args:
-        ranges: ``(start, end, master)`` triples, ``end`` inclusive; slots not in any
-            range are uncovered.
-        replicas: each master's replicas (masters without any may be left out).
+        """A map from owned ranges.
+
+        Args:
+            ranges: ``(start, end, master)`` triples, ``end`` inclusive; slots not in any
+                range are uncovered.
+            replicas: each master's replicas (masters without any may be left out).
 
         Raises:
             ClusterReplyError: a range out of 0..16383, or a slot given two owners.
@@ -245,8 +260,8 @@ class SlotMap:
         for entry in reply:
             if not isinstance(entry, list | tuple) or len(entry) < 3:
                 raise ClusterReplyError(f"a CLUSTER SLOTS entry without a master: {entry!r}")
-            master, *others = (Address(_text(node[0]), int(node[1])) for node in entry[2:])
-            ranges.append((int(entry[0]), int(entry[1]), master))
+            master, *others = (_slots_node(node) for node in entry[2:])
+            ranges.append((_int(entry[0]), _int(entry[1]), master))
             replicas.setdefault(master, set()).update(others)
         return cls(ranges, replicas)
 

@@ -114,11 +114,12 @@ class LocalCluster:
             ClusterTimeout: the cluster did not form within ``form_timeout`` seconds.
         """
         began = time.monotonic()
+        deadline = began + self.form_timeout
         for attempt in range(attempts):
             for port in self.ports:
                 self._spawn(port)
             try:
-                self._wait(self._all_listening, "every node answers PING", 10)
+                self._wait(self._all_listening, "every node answers PING", deadline - time.monotonic())
                 break
             except _NodeExited:
                 self.stop()
@@ -127,22 +128,14 @@ class LocalCluster:
                 self.procs.clear()
                 self.ports = free_cluster_ports(len(self.ports))
         create = subprocess.run(
-            [
-                self.cli_bin,
-                "--cluster",
-                "create",
-                *self.seeds,
-                "--cluster-replicas",
-                str(self.n_replicas),
-                "--cluster-yes",
-            ],
+            [self.cli_bin, "--cluster", "create", *self.seeds, "--cluster-replicas", str(self.n_replicas), "--cluster-yes"],
             capture_output=True,
-            timeout=self.form_timeout,
+            timeout=max(1.0, deadline - time.monotonic()),
             check=False,
-        )
+        )  # fmt: skip
         if create.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {create.stdout.decode()}{create.stderr.decode()}")
-        self.wait_ok(self.ports, timeout=max(1.0, self.form_timeout - (time.monotonic() - began)))
+        self.wait_ok(self.ports, timeout=max(1.0, deadline - time.monotonic()))
         self.formation_seconds = time.monotonic() - began
         return self
 
@@ -228,10 +221,13 @@ class LocalCluster:
     # -- waiting ------------------------------------------------------------------------
 
     def _pings(self, port: int) -> bool:
+        """True when the node on ``port`` answers and is ours (its PID is the one we started,
+        not another test's server that took the port first)."""
         try:
-            return bool(self.call(port, "PING"))
+            info = self.call(port, "INFO", "server")
         except redis.RedisError:
             return False
+        return bool(info.get("process_id") == self.procs[port].pid)
 
     def _wait(self, predicate: Callable[[], bool], what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

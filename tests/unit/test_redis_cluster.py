@@ -196,6 +196,7 @@ def test_endpoint_and_tls_port() -> None:
         [{"slots": [0, 1], "nodes": [{"ip": "h", "role": "master"}]}],  # no port
         [["slots", [0, 1], "nodes"]],  # odd key/value list
         [{"slots": [0, 1], "nodes": [{1: "h"}]}],  # a key that is not a string
+        [{"slots": [0, None], "nodes": []}],  # a slot that is not an integer
         [
             {"slots": [0, 10], "nodes": [{"ip": "h", "port": 1, "role": "master"}]},
             {"slots": [10, 20], "nodes": [{"ip": "h", "port": 2, "role": "master"}]},
@@ -207,9 +208,22 @@ def test_malformed_shards_replies(reply: Any) -> None:
         SlotMap.from_shards(reply)
 
 
-def test_malformed_slots_reply() -> None:
+@pytest.mark.parametrize(
+    "reply",
+    [
+        [[0, 16383]],  # no master
+        [[0, 16383, ["h"]]],  # a node without a port
+        [[0, 16383, ["h", "6379"]]],  # a port that is not an integer
+        [["0", 16383, ["h", 6379]]],  # a slot that is not an integer
+        [[0, 16383, None]],
+    ],
+)
+def test_malformed_slots_replies(reply: Any) -> None:
     with pytest.raises(ClusterReplyError):
-        SlotMap.from_slots([[0, 16383]])
+        SlotMap.from_slots(reply)
+
+
+def test_a_range_out_of_bounds() -> None:
     with pytest.raises(ClusterReplyError):
         SlotMap([(5, 4, a(1))], {})
 
