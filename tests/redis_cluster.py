@@ -105,7 +105,8 @@ class LocalCluster:
     # -- life ---------------------------------------------------------------------------
 
     def start(self, attempts: int = 3) -> LocalCluster:
-        """Start every node, create the cluster and wait until it is ``ok`` everywhere.
+        """Start every node, create the cluster and wait until it is ``ok`` everywhere; on
+        any failure every node started is killed before the error propagates.
 
         A node that exits at start (another process took its port or bus port between our
         check and its bind) makes it retry on fresh ports, up to ``attempts`` times.
@@ -113,6 +114,17 @@ class LocalCluster:
         Raises:
             ClusterTimeout: the cluster did not form within ``form_timeout`` seconds.
         """
+        try:
+            return self._start(attempts)
+        except subprocess.TimeoutExpired as error:
+            message = f"not within {self.form_timeout:.1f} s: {' '.join(map(str, error.cmd))}\n{self._describe()}"
+            self.stop()
+            raise ClusterTimeout(message) from error
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, attempts: int) -> LocalCluster:
         began = time.monotonic()
         deadline = began + self.form_timeout
         for attempt in range(attempts):
