@@ -33,7 +33,7 @@ def test_the_library_bakes_the_history_rules_in() -> None:
     code = library_code("realtime", DEFAULT_POLICY)
     assert code.startswith("#!lua name=realtime\n")
     assert "redis.register_function('realtime_publish', publish)" in code
-    assert "redis.register_function('realtime_history', history)" in code
+    assert "redis.register_function{function_name='realtime_history', callback=history, flags={'no-writes'}}" in code
     assert 'local CHANNEL = "realtime"' in code
     rows = re.findall(r'^  \["([^"]+)"\] = \{(\d+), (\d+)\},$', code, re.MULTILINE)
     assert rows == [
@@ -75,7 +75,7 @@ class FakeTransport:
 
 
 def _link() -> tuple[SubscriberLink, FakeTransport]:
-    link = SubscriberLink(b"c", b"c:control", lambda data: None, lambda data: None)
+    link = SubscriberLink(b"c:control", lambda data: None, lambda data: None)
     transport = FakeTransport()
     link.connection_made(transport)  # type: ignore[arg-type]
     return link, transport
