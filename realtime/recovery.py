@@ -40,6 +40,7 @@ import structlog
 from realtime.broker import Broker
 from realtime.errors import BrokerUnavailable
 from realtime.history import MAX_OFFSET, NO_EPOCH, HistoryPage, Position, Publication
+from realtime.limits import TokenBucket
 from realtime.protocol import GAP_BROKER_RECONNECTED, GAP_HISTORY_LOST, gap_payload, message_payload
 from realtime.recent import RecentPages
 from realtime.send_queue import SendQueue, encode_text_frame
@@ -56,6 +57,12 @@ RETRY_DELAY = 0.2
 """Wait before the first retry of a failed read, seconds (doubles per attempt)."""
 MAX_BUFFER = 10_000
 """Most live publications one topic's read keeps aside; past it the read gives up (GAP)."""
+LEARN_RATE = 1000.0
+"""Reads per second, per instance, that learn the position of a topic a client LISTENs to
+without ``since`` (burst: twice that). Each is one call into Redis; a client LISTENing to
+ever new public topics would otherwise turn its LISTEN rate into Redis load. Past it, a
+topic's position is learned from its first live publication, and a broker gap before that
+gets ``GAP`` (``broker_reconnected``) instead of recovery."""
 _LEARN = MAX_OFFSET + 1
 """The ``since`` of a read that only learns a topic's position (no publications)."""
 
@@ -108,14 +115,24 @@ class Recovery:
         stats: reads, publications recovered, GAPs sent for lost history, duplicates dropped.
     """
 
-    def __init__(self, broker: Broker, index: TopicIndex[SendQueue], *, retry_delay: float = RETRY_DELAY) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        index: TopicIndex[SendQueue],
+        *,
+        retry_delay: float = RETRY_DELAY,
+        learn_rate: float = LEARN_RATE,
+    ) -> None:
         """Args:
         broker: reads history (:meth:`realtime.broker.Broker.history`).
         index: the node's topic index (connections join it here when recovered).
         retry_delay: wait before the first retry of a failed read, seconds (doubles per
             attempt, at most 2 s).
+        learn_rate: reads per second (burst twice that) that learn a new topic's position
+            (see :data:`LEARN_RATE`).
         """
         self._retry_delay = retry_delay
+        self._learn_budget = TokenBucket(learn_rate, 2 * learn_rate)
         self._broker = broker
         self._index = index
         self._streams: dict[str, _Stream] = {}
@@ -145,7 +162,7 @@ class Recovery:
         if stream is None:
             stream = self._streams[topic] = _Stream(rule)
             if since is None:
-                self._start(topic, stream, _LEARN, hold=False)
+                self._learn(topic, stream)
         if since is None:
             self._index.add(topic, conn)
             return
@@ -225,7 +242,7 @@ class Recovery:
             elif stream.epoch is not None:
                 self._start(topic, stream, stream.position, hold=True)
             else:
-                self._start(topic, stream, _LEARN, hold=False)
+                self._learn(topic, stream)
 
     # -- delivery -----------------------------------------------------------------
 
@@ -259,6 +276,14 @@ class Recovery:
             read.buffer.append((offset, epoch, message))
 
     # -- reads ----------------------------------------------------------------------
+
+    def _learn(self, topic: str, stream: _Stream) -> None:
+        """Learn a new topic's position with a read, within :data:`LEARN_RATE`; past it the
+        position is learned from the topic's first live publication instead."""
+        if self._learn_budget.take():
+            self._start(topic, stream, _LEARN, hold=False)
+        else:
+            self.stats.count_unlearned()
 
     def _start(self, topic: str, stream: _Stream, since: int, *, hold: bool) -> _Read:
         read = stream.read = _Read(since, hold)

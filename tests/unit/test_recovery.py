@@ -491,3 +491,20 @@ async def test_a_topic_without_history_yet_is_learned_as_empty_and_caught_up_fro
     recovery.listen(resumer, T, RULE, Position(0, ""))  # "from the first publication"
     await settle()
     assert resumer.offsets() == [1, 2, 3]
+
+
+async def test_learning_reads_are_budgeted_and_past_it_the_first_publication_teaches(
+    broker: ScriptedBroker,
+) -> None:
+    """A client LISTENing to ever new topics cannot turn its LISTENs into Redis calls past the
+    instance's learning budget; such a topic learns its position from its first publication."""
+    recovery = Recovery(cast(Any, broker), TopicIndex(), retry_delay=0.001, learn_rate=2)
+    conns = [conn() for _ in range(10)]
+    for i, c in enumerate(conns):
+        recovery.listen(c, Topic(f"dream:update.n{i}"), RULE, None)
+    await settle()
+    assert len(broker.reads) == 4  # the burst: twice the rate
+    assert recovery.stats.unlearned == 6
+    assert recovery.on_publication("dream:update.n9", "first", 3, "e") == 1  # no read: taken as is
+    assert recovery.on_publication("dream:update.n9", "next", 4, "e") == 1
+    assert conns[9].offsets() == [3, 4]
