@@ -387,7 +387,7 @@ async def test_reconnect_reloads_the_library(private_redis: PrivateRedis, channe
         second = await broker.publish("test:kept.a", "after", KEPT)
         assert first is not None and second is not None
         assert second.offset == 1 and second.epoch != first.epoch and handler.gaps == 1
-        await wait_for(lambda: [m for _, m, _, _ in handler.publications] == ["before", "after"])
+        await wait_for(lambda: [m for _, m, _, _ in handler.publications] == ["before", "after"], timeout=15)
     finally:
         await client.aclose()
         await broker.close()
