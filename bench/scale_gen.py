@@ -27,13 +27,12 @@ Commands -> replies:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from array import array
 from multiprocessing.connection import Connection
 from typing import Any
 
-from bench.procstat import raise_fd_limit
+from bench.procstat import run_generator, serve_commands
 from bench.wsclient import STAMP, PubSubDialect, Stats, WsClient, connect
 
 
@@ -166,24 +165,10 @@ def _sources(clients: list[WsClient]) -> dict[str, int]:
 
 
 async def _serve(pipe: Connection) -> None:
-    loop = asyncio.get_running_loop()
     crowd = Crowd()
-    while True:
-        cmd: dict[str, Any] = await loop.run_in_executor(None, pipe.recv)
-        if cmd["op"] == "open":
-            pipe.send(await crowd.open(cmd))
-        elif cmd["op"] == "wait":
-            pipe.send(await crowd.wait(cmd))
-        else:
-            pipe.send(await crowd.close())
-            return
+    await serve_commands(pipe, {"open": crowd.open, "wait": crowd.wait}, crowd.close)
 
 
 def main(pipe: Connection) -> None:
     """Process entry point: serve commands from ``pipe`` until ``close``."""
-    raise_fd_limit()
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(_serve(pipe))
+    run_generator(lambda: _serve(pipe))
