@@ -13,15 +13,18 @@ itself is not used: Chromium's Local Network Access checks then block its WebSoc
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
 from realtime.redis_functions import function_names, history_key
-from tests.conftest import API_KEYS_JSON, USER_KEY
+from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, USER_KEY, auth
 from tests.integration.test_console import CHROMIUM_ARGS, chromium_or_skip
 from tests.procs import Server
 
@@ -106,8 +109,13 @@ async def page_site() -> AsyncIterator[str]:
         body = PAGE.replace("SERVER", request.query["server"]).replace("KEY", USER_KEY)
         return web.Response(text=body, content_type="text/html")
 
+    async def readme_page(request: web.Request) -> web.Response:
+        body = readme_snippet().replace("http://localhost:4445", request.query["server"])
+        return web.Response(text=body, content_type="text/html")
+
     app = web.Application()
     app.router.add_get(PAGE_PATH, handler)
+    app.router.add_get("/page.html", readme_page)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -115,6 +123,14 @@ async def page_site() -> AsyncIterator[str]:
     port = runner.addresses[0][1]
     yield f"http://127.0.0.1:{port}"
     await runner.cleanup()
+
+
+def readme_snippet() -> str:
+    """The browser page of the README's "Try it"."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    found = re.search(r"```html\n(.*?)```", readme, re.DOTALL)
+    assert found is not None
+    return found.group(1)
 
 
 async def open_page(browser: Any, origin: str, server: Server, errors: list[str]) -> Any:
@@ -207,3 +223,18 @@ async def test_a_page_cannot_listen_to_another_users_topic(
     assert await page.evaluate("listenResult", [SCOPED_TOPIC]) == {"ok": True}  # its own: fine
     assert await page.evaluate("client.topics") == [SCOPED_TOPIC]
     assert errors == []
+
+
+async def test_the_readme_browser_snippet_works(spawn: type[Server], browser: Any, page_site: str) -> None:
+    from playwright.async_api import expect
+
+    server = spawn(env={"API_KEYS": API_KEYS_JSON})  # the memory broker: public topics need no token
+    page = await browser.new_page()
+    await page.goto(f"{page_site}/page.html?server={server.url}")
+    log = page.locator("#log")
+    await expect(log).to_contain_text("listening to dream:update.abc")
+    async with aiohttp.ClientSession() as http:
+        body = {"topic": "dream:update.abc", "message": {"status": "processed"}}
+        resp = await http.post(server.url + "/publish", json=body, headers=auth(PUBLISHER_KEY))
+        assert resp.status == 202
+    await expect(log).to_contain_text('dream:update.abc: {"status":"processed"}')
