@@ -323,6 +323,20 @@ const systemClock = {
 function baseOf(url) {
     return url.replace(/\/+$/, "").replace(/\/ws$/, "").replace(/^ws/, "http");
 }
+/** Close `ws` with `code` and `reason` (ASCII, cut to fit a CLOSE frame); never throws. */
+function closeQuietly(ws, code, reason) {
+    try {
+        ws.close(code, reason.replace(/[^\x20-\x7e]/g, "?").slice(0, 120));
+    }
+    catch {
+        try {
+            ws.close();
+        }
+        catch {
+            // already closed
+        }
+    }
+}
 function strings(value) {
     return Array.isArray(value) ? value.filter((t) => typeof t === "string") : [];
 }
@@ -452,9 +466,15 @@ class RealtimeClient extends Emitter {
      * connected; at once when not (nothing to tell the server).
      */
     unlisten(topics) {
+        const gone = new Set(topics);
         for (const topic of topics)
             this.listened.delete(topic);
         this.track.forget(topics);
+        for (const job of this.queue)
+            job.topics = job.topics.filter((t) => !gone.has(t)); // not sent yet
+        for (const job of this.queue.filter((j) => !j.topics.length))
+            job.resolve();
+        this.queue.splice(0, this.queue.length, ...this.queue.filter((j) => j.topics.length));
         if (!this.ready)
             return Promise.resolve();
         return new Promise((resolve, reject) => this.run({ kind: "UNLISTEN", topics: [...topics], resolve, reject }));
@@ -533,13 +553,8 @@ class RealtimeClient extends Emitter {
     abandon(ws, reason, immediate = false) {
         if (this.ws !== ws)
             return;
-        ws.onopen = ws.onmessage = ws.onclose = null;
-        try {
-            ws.close(CLIENT_ABORT, reason.slice(0, 120));
-        }
-        catch {
-            // already closing
-        }
+        ws.onopen = ws.onmessage = ws.onclose = null; // onerror stays: `ws` throws an error nobody listens to
+        closeQuietly(ws, CLIENT_ABORT, reason);
         this.ended(CLIENT_ABORT, reason, immediate);
     }
     /** A connection ended with `code`: tell, fail what waited for it, and reconnect or stop. */
@@ -582,12 +597,7 @@ class RealtimeClient extends Emitter {
         const wasOpen = this.opened;
         if (ws !== null) {
             ws.onopen = ws.onmessage = ws.onclose = null;
-            try {
-                ws.close(1000);
-            }
-            catch {
-                // already closing
-            }
+            closeQuietly(ws, 1000, "");
         }
         this.ended(1000, "", false);
         for (const name of ["reconnect", "refresh"])

@@ -43,7 +43,7 @@ interface Frame {
 /** A request of the caller's, kept until a connection answers it. */
 interface Job {
   kind: "LISTEN" | "UNLISTEN";
-  topics: string[];
+  topics: string[]; // a queued LISTEN loses those unlistened before it is sent
   resolve: () => void;
   reject: (error: Error) => void;
 }
@@ -70,6 +70,19 @@ const systemClock: Clock = {
 
 function baseOf(url: string): string {
   return url.replace(/\/+$/, "").replace(/\/ws$/, "").replace(/^ws/, "http");
+}
+
+/** Close `ws` with `code` and `reason` (ASCII, cut to fit a CLOSE frame); never throws. */
+function closeQuietly(ws: WebSocketLike, code: number, reason: string): void {
+  try {
+    ws.close(code, reason.replace(/[^\x20-\x7e]/g, "?").slice(0, 120));
+  } catch {
+    try {
+      ws.close();
+    } catch {
+      // already closed
+    }
+  }
 }
 
 function strings(value: unknown): string[] {
@@ -216,8 +229,12 @@ export class RealtimeClient extends Emitter<RealtimeEvents> {
    * connected; at once when not (nothing to tell the server).
    */
   unlisten(topics: string[]): Promise<void> {
+    const gone = new Set(topics);
     for (const topic of topics) this.listened.delete(topic);
     this.track.forget(topics);
+    for (const job of this.queue) job.topics = job.topics.filter((t) => !gone.has(t)); // not sent yet
+    for (const job of this.queue.filter((j) => !j.topics.length)) job.resolve();
+    this.queue.splice(0, this.queue.length, ...this.queue.filter((j) => j.topics.length));
     if (!this.ready) return Promise.resolve();
     return new Promise((resolve, reject) => this.run({ kind: "UNLISTEN", topics: [...topics], resolve, reject }));
   }
@@ -288,12 +305,8 @@ export class RealtimeClient extends Emitter<RealtimeEvents> {
   /** Drop `ws` (no PONG, a timeout, RECONNECT) and carry on as if the server had closed it. */
   private abandon(ws: WebSocketLike, reason: string, immediate = false): void {
     if (this.ws !== ws) return;
-    ws.onopen = ws.onmessage = ws.onclose = null;
-    try {
-      ws.close(CLIENT_ABORT, reason.slice(0, 120));
-    } catch {
-      // already closing
-    }
+    ws.onopen = ws.onmessage = ws.onclose = null; // onerror stays: `ws` throws an error nobody listens to
+    closeQuietly(ws, CLIENT_ABORT, reason);
     this.ended(CLIENT_ABORT, reason, immediate);
   }
 
@@ -333,11 +346,7 @@ export class RealtimeClient extends Emitter<RealtimeEvents> {
     const wasOpen = this.opened;
     if (ws !== null) {
       ws.onopen = ws.onmessage = ws.onclose = null;
-      try {
-        ws.close(1000);
-      } catch {
-        // already closing
-      }
+      closeQuietly(ws, 1000, "");
     }
     this.ended(1000, "", false);
     for (const name of ["reconnect", "refresh"] as const) this.clearTimer(name);

@@ -289,3 +289,19 @@ test("a default token provider posts to /auth/ws with the page's credentials", a
     globalThis.fetch = realFetch;
   }
 });
+
+test("unlisten before a queued LISTEN is sent takes its topics out of it", async () => {
+  const { WS, client } = setup({ tokenProvider: null });
+  const both = client.listen(["dream:update.a", "dream:update.b"]);
+  const onlyA = client.listen(["dream:update.a"]);
+  await client.unlisten(["dream:update.a"]);
+  await onlyA; // nothing left to send
+  const ws = WS.instances[0];
+  ws.open();
+  await flush();
+  assert.deepEqual(ws.sent.map((f) => f.data.topics), [["dream:update.b"]]);
+  ws.answer("LISTEN");
+  await both;
+  assert.deepEqual(client.topics, ["dream:update.b"]);
+  client.close();
+});
