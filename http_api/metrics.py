@@ -117,6 +117,11 @@ class NodeCollector(Collector):
             ),
             ("realtime_broker_invalid_envelopes", "Malformed Redis envelopes dropped.", counts.invalid_envelopes),
             (
+                "realtime_broker_received",
+                "Publications received from the broker (per-topic routing: only topics with local listeners).",
+                counts.received,
+            ),
+            (
                 "realtime_broker_stalls",
                 "Redis links dropped by the delivery probe (answering, not delivering).",
                 counts.stalls,
@@ -185,8 +190,9 @@ class LatencyProbe:
 
     async def run(self) -> None:
         """Probe until cancelled."""
-        index = self._node.index
+        index, broker = self._node.index, self._node.broker
         index.add(self.topic, cast(SendQueue, self))
+        broker.watch(self.topic)  # per-topic routing: receive the probe topic's channel
         try:
             while True:
                 await asyncio.sleep(self._interval)
@@ -199,6 +205,7 @@ class LatencyProbe:
                     self._sent = None
         finally:
             index.discard(self.topic, cast(SendQueue, self))
+            broker.unwatch(self.topic)
 
 
 class HttpMetrics:

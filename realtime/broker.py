@@ -49,6 +49,12 @@ class BrokerEventHandler(Protocol):
         server started serving): publications may have been missed."""
         ...
 
+    def on_listen_ready(self, topics: list[str]) -> None:
+        """The broker now receives these topics (a SUBSCRIBE to their channels was
+        confirmed), or stopped waiting for them (its link was lost: a gap is announced with
+        the next subscription): LISTENs waiting on them may be answered."""
+        ...
+
     def on_batch_end(self) -> bool:
         """A burst of :meth:`on_publication` calls read together ended: write them out now.
         Returns ``True`` if the burst delivered a publication to a local listener (the
@@ -113,6 +119,16 @@ class Broker(Protocol):
         """
         ...
 
+    def watch(self, topic: str) -> bool:
+        """A local listener needs ``topic``: receive its publications. Returns ``True`` if
+        they are received now, ``False`` if not yet (the handler's ``on_listen_ready`` says
+        when). Idempotent."""
+        ...
+
+    def unwatch(self, topic: str) -> None:
+        """No local listener needs ``topic`` any more."""
+        ...
+
     async def close(self) -> None:
         """Stop receiving and release connections."""
         ...
@@ -157,6 +173,13 @@ class MemoryBroker:
         position = self.history_store.append(topic, message, size=rule.history_size, ttl=rule.history_ttl)
         self._handler.on_publication(topic, message, position.offset, position.epoch)
         return position
+
+    def watch(self, topic: str) -> bool:
+        """Always received: every publication is fanned out in this process."""
+        return True
+
+    def unwatch(self, topic: str) -> None:
+        """Nothing to unsubscribe."""
 
     async def history(self, topic: str, *, since: int, limit: int, rule: TopicRule) -> HistoryPage:
         """Read the topic's ring buffer (in step with delivery: publishing delivers at once)."""

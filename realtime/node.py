@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
@@ -38,9 +39,9 @@ from realtime.disconnect import CloseCode
 from realtime.envelope import InvalidEnvelope, UnknownControl, message_text, parse_control, revocation_message
 from realtime.errors import NoHistory
 from realtime.grant_expiry import GrantExpiry
-from realtime.history import HistoryPage, Position
+from realtime.history import HistoryPage
 from realtime.limits import TokenBucket
-from realtime.protocol import Session, auth_revoked_payload, gap_payload, message_payload
+from realtime.protocol import Listen, Session, auth_revoked_payload, gap_payload, message_payload
 from realtime.recovery import Recovery
 from realtime.revocations import CLOCK_MARGIN, RevocationTable
 from realtime.send_queue import FlushScheduler, SendQueue, encode_text_frame
@@ -67,6 +68,23 @@ class Peer(Protocol):
     def close_soon(self, code: int, reason: str) -> None:
         """Ask the adapter to close the WebSocket with ``code``."""
         ...
+
+
+@dataclass(slots=True)
+class _HeldListen:
+    """A LISTEN answered once the broker receives its topics (:meth:`Node.listen`).
+
+    Attributes:
+        conn: the connection.
+        reply: its RESPONSE.
+        topics: topic -> what to hand to recovery once answered (dropped on UNLISTEN).
+        waiting: the topics the broker does not receive yet.
+    """
+
+    conn: SendQueue
+    reply: bytes
+    topics: dict[Topic, Listen]
+    waiting: set[str]
 
 
 class Node:
@@ -127,6 +145,9 @@ class Node:
         self.checks = TokenChecks() if checks is None else checks
         self.expiries: GrantExpiry[SendQueue] = GrantExpiry(self._expire)
         self.recovery = Recovery(broker, self.index)
+        self._interest: dict[str, int] = {}  # topic -> connections holding it (index, recovery or held)
+        self._held: dict[SendQueue, list[_HeldListen]] = {}
+        self._waiting_on: dict[str, list[_HeldListen]] = {}
 
     @property
     def scheduler(self) -> FlushScheduler:
@@ -154,8 +175,9 @@ class Node:
     def on_publication(self, topic: str, message: str, offset: int = 0, epoch: str = "") -> None:
         """Fan one publication out to this instance's listeners of ``topic`` (one with an
         offset through :class:`realtime.recovery.Recovery`, which drops duplicates and holds
-        back what follows a hole)."""
-        if offset:
+        back what follows a hole). An offset on a topic without history (a raw ``PUBLISH``
+        that forwards a MESSAGE's data) is ignored: it is delivered as any raw publication."""
+        if offset and topic in self.recovery:
             delivered = self.recovery.on_publication(topic, message, offset, epoch)
             if delivered:
                 self.stats.count_delivered(delivered)
@@ -164,7 +186,7 @@ class Node:
         listeners = self.index.get(topic)
         if not listeners:
             return
-        frame = encode_text_frame(message_payload(topic, message, offset, epoch))
+        frame = encode_text_frame(message_payload(topic, message))
         for conn in listeners:
             conn.send(frame)
         self.stats.count_delivered(len(listeners))
@@ -317,6 +339,7 @@ class Node:
     def remove_peer(self, peer: Peer) -> None:
         """Forget a peer, every topic it listened to, its user slots and its expiry."""
         peer.session.close()
+        self._held.pop(peer.conn, None)
         self.peers.pop(peer.conn, None)
         self.expiries.forget(peer.conn)
         self.checks.forget(peer.conn)
@@ -379,13 +402,64 @@ class Node:
                 log.info("ws_closed_for_bad_tokens", conn_id=key.id, address=peer.address)
                 asyncio.get_running_loop().call_soon(peer.close_soon, CloseCode.BAD_TOKENS, "too many invalid tokens")
 
-    def listen(self, key: SendQueue, topic: Topic, rule: TopicRule, since: Position | None = None) -> None:
-        """Index ``key`` under ``topic`` (its session LISTENed), at once or, with ``since``,
-        once it has what it missed (:meth:`realtime.recovery.Recovery.listen`)."""
-        self.recovery.listen(key, topic, rule, since)
+    def listen(self, key: SendQueue, topics: list[Listen], reply: bytes) -> bool:
+        """``key``'s session LISTENed to ``topics``: make the broker receive them, and index
+        ``key`` under each (at once or, with ``since``, once it has what it missed:
+        :meth:`realtime.recovery.Recovery.listen`). When the broker does not receive one of
+        them yet (its SUBSCRIBE is on the way), keep ``reply`` and do all of it, RESPONSE
+        first, once it does (:meth:`on_listen_ready`); returns ``False`` then."""
+        waiting: set[str] = set()
+        for item in topics:
+            topic = item.topic
+            self._interest[topic] = self._interest.get(topic, 0) + 1
+            if not self.broker.watch(topic):
+                waiting.add(topic)
+        if not waiting:
+            for item in topics:
+                self.recovery.listen(key, item.topic, item.rule, item.since)
+            return True
+        held = _HeldListen(key, reply, {item.topic: item for item in topics}, waiting)
+        self._held.setdefault(key, []).append(held)
+        for name in waiting:
+            self._waiting_on.setdefault(name, []).append(held)
+        return False
+
+    def on_listen_ready(self, topics: list[str]) -> None:
+        """The broker receives ``topics`` now (or stopped waiting for them): answer the
+        LISTENs that waited on them."""
+        for topic in topics:
+            for held in self._waiting_on.pop(topic, ()):
+                if topic in held.waiting:
+                    held.waiting.discard(topic)
+                    if not held.waiting:
+                        self._answer(held)
+
+    def _answer(self, held: _HeldListen) -> None:
+        """Send a held LISTEN's RESPONSE, then index its connection under its topics."""
+        helds = self._held.get(held.conn)
+        if helds is not None:
+            helds.remove(held)
+            if not helds:
+                del self._held[held.conn]
+        held.conn.send_payload(held.reply)
+        for item in held.topics.values():
+            self.recovery.listen(held.conn, item.topic, item.rule, item.since)
 
     def unlisten(self, key: SendQueue, topic: Topic) -> None:
         """Drop ``key`` from ``topic`` (its session dropped the topic)."""
+        left = self._interest.get(topic, 1) - 1
+        if left > 0:
+            self._interest[topic] = left
+        else:
+            self._interest.pop(topic, None)
+            self._waiting_on.pop(topic, None)
+            self.broker.unwatch(topic)
+        for held in self._held.get(key, ()):
+            if held.topics.pop(topic, None) is not None:
+                held.waiting.discard(topic)
+                if not held.waiting:
+                    self._answer(held)
+                return
         self.recovery.unlisten(key, topic)
 
     def granted(self, key: SendQueue, grant: Grant) -> None:

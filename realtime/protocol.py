@@ -38,7 +38,7 @@ its shape and hands each new topic's position to its owner).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -132,6 +132,14 @@ def _since_of(data: dict[str, Any], topics: dict[Topic, TopicRule]) -> dict[str,
     return since
 
 
+class Listen(NamedTuple):
+    """One topic a LISTEN added: its policy rule, and the position to resume from (``since``)."""
+
+    topic: Topic
+    rule: TopicRule
+    since: Position | None
+
+
 class Owner(Protocol):
     """What sessions need from the instance that holds them (the node), as one object that
     every session shares. Each call names the connection it is about (``key``), so a session
@@ -143,9 +151,12 @@ class Owner(Protocol):
         :class:`realtime.verification.TooManyChecks` when the token was not checked."""
         ...
 
-    def listen(self, key: Any, topic: Topic, rule: TopicRule, since: Position | None) -> None:
-        """Called once for each topic ``key``'s session newly LISTENs to, with its policy
-        rule and the position the client asked to resume from (``since``), if any."""
+    def listen(self, key: Any, topics: list[Listen], reply: bytes) -> bool:
+        """Called once per successful LISTEN with the topics ``key``'s session newly listens
+        to (their rules and the positions the client asked to resume from) and the
+        RESPONSE. Returns ``True`` if the RESPONSE may go now; ``False`` when the owner took
+        it, to send once it receives every one of those topics (nothing published after the
+        RESPONSE may be missed)."""
         ...
 
     def unlisten(self, key: Any, topic: Topic) -> None:
@@ -213,7 +224,9 @@ class Session:
         self.sub: str | None = None
 
     def receive(self, text: str | bytes) -> bytes:
-        """Handle one inbound text frame and return the reply payload (JSON bytes).
+        """Handle one inbound text frame and return the reply payload (JSON bytes), or
+        ``b""`` when the owner will send it later (a LISTEN waiting for the broker to
+        receive its topics: :meth:`Owner.listen`).
 
         Never raises for anything a client sends: a bad frame yields an
         ``ERR_BADMESSAGE`` RESPONSE; an unexpected failure yields ``ERR_SERVER``.
@@ -234,8 +247,10 @@ class Session:
             return self._refuse(nonce, ERR_RATELIMIT, "too many LISTEN/UNLISTEN requests; slow down")
         try:
             if kind == "LISTEN":
-                self._do_listen(request)
-            elif kind == "UNLISTEN":
+                added = self._do_listen(request)
+                reply = response(nonce)
+                return reply if not added or self._owner.listen(self._key, added, reply) else b""
+            if kind == "UNLISTEN":
                 self._do_unlisten(request)
             else:
                 raise Refused(ERR_BADMESSAGE, "type must be PING, LISTEN or UNLISTEN")
@@ -302,7 +317,7 @@ class Session:
             raise Refused(ERR_BADTOPIC, f"at most {self._max_topics} topics per connection")
         return data, topics
 
-    def _do_listen(self, request: dict[str, Any]) -> None:  # noqa: C901 - LISTEN's checks in the spec's order
+    def _do_listen(self, request: dict[str, Any]) -> list[Listen]:  # noqa: C901 - LISTEN's checks in the spec's order
         data, raw_topics = self._topics_of(request)
         checked = []
         for raw in raw_topics:
@@ -351,11 +366,10 @@ class Session:
             replaced.difference_update(g.sub for g in held.values() if g is not None)
             for sub in replaced:
                 owner.released(key, sub)
-        for topic in new:
-            owner.listen(key, topic, rules[topic], since.get(topic))
         if grant is not None and holds_grant:
             owner.granted(key, grant)
         self.listening = True
+        return [Listen(topic, rules[topic], since.get(topic)) for topic in new]
 
     def _do_unlisten(self, request: dict[str, Any]) -> None:
         _, raw_topics = self._topics_of(request)

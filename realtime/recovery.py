@@ -192,7 +192,8 @@ class Recovery:
             read.buffer.append((offset, epoch, message))
             if len(read.buffer) > MAX_BUFFER:
                 self._give_up(topic, stream, read, "buffer full")
-                return 0
+                # not read: the live stream after the GAP starts with this publication
+                return self.on_publication(topic, message, offset, epoch)
             if read.hold:
                 return 0
         if stream.epoch != epoch:
@@ -215,14 +216,15 @@ class Recovery:
         """The broker receives again after a time it did not: catch every stream up."""
         self._recent.clear()
         for topic, stream in self._streams.items():
+            if stream.epoch is None:  # never learned its position: cannot tell what was missed
+                self._gap(list(self._index.get(topic) or ()), topic, GAP_BROKER_RECONNECTED)
             read = stream.read
             if read is not None:
                 read.again = True
                 read.hold = read.hold or stream.epoch is not None
             elif stream.epoch is not None:
                 self._start(topic, stream, stream.position, hold=True)
-            else:  # never learned its position: cannot tell what was missed
-                self._gap(list(self._index.get(topic) or ()), topic, GAP_BROKER_RECONNECTED)
+            else:
                 self._start(topic, stream, _LEARN, hold=False)
 
     # -- delivery -----------------------------------------------------------------
@@ -288,6 +290,14 @@ class Recovery:
         return read
 
     async def _run(self, topic: str, stream: _Stream, read: _Read) -> None:
+        try:
+            await self._read(topic, stream, read)
+        except Exception as exc:  # a bug or an answer we cannot parse: never leave anyone waiting
+            log.exception("history_read_crashed", topic=topic[:128])
+            if self._streams.get(topic) is stream and stream.read is read:
+                self._give_up(topic, stream, read, repr(exc))
+
+    async def _read(self, topic: str, stream: _Stream, read: _Read) -> None:
         rule = stream.rule
         delay = self._retry_delay
         while True:
@@ -331,7 +341,9 @@ class Recovery:
         if reset:
             merged, top = {}, max((o for o, e, _ in read.buffer if e == epoch), default=0)
         frames: dict[int, bytes] = {}
-        if read.hold:
+        # held back, or (never in step with the barrier, but an envelope this instance could
+        # not decode) the read holds offsets the live stream skipped: the listeners get them
+        if read.hold or (stream.epoch == epoch and stream.position < top):
             listeners = list(self._index.get(topic) or ())
             start = Position(stream.position, stream.epoch or "")
             self._catch_up(listeners, topic, start, page, merged, top, frames, reset)
@@ -343,6 +355,10 @@ class Recovery:
         stream.position, stream.epoch = top, epoch
         if not reset:
             self._keep_recent(topic, stream, merged, top)
+        self._start_later(topic, stream)
+
+    def _start_later(self, topic: str, stream: _Stream) -> None:
+        """A read for the connections the read that just ended did not cover, if any."""
         if stream.later:
             self._start(topic, stream, min(p.offset for p in stream.later.values()), hold=False)
 
@@ -388,7 +404,8 @@ class Recovery:
         self.stats.count_recovered(len(wanted) * len(conns))
 
     def _give_up(self, topic: str, stream: _Stream, read: _Read, why: str) -> None:
-        """History cannot be read: GAP to everyone waiting on it, then the live stream."""
+        """History cannot be read: GAP to everyone waiting on it, then the live stream (the
+        connections left for the next read get a read of their own)."""
         log.warning("history_read_failed", topic=topic[:128], error=why, attempts=read.attempts)
         stream.read = None
         self._recent.drop(topic)
@@ -399,3 +416,4 @@ class Recovery:
         for conn in waiting:
             self._index.add(topic, conn)
         stream.epoch, stream.position = None, 0  # learned again from the next publication
+        self._start_later(topic, stream)

@@ -46,10 +46,11 @@ from realtime.delivery_probe import PROBE_TOPIC_PREFIX, probe_delivery
 from realtime.envelope import InvalidEnvelope, decode_control, decode_publication, encode_control, encode_publication
 from realtime.errors import BrokerUnavailable
 from realtime.history import HistoryPage, Position
-from realtime.redis_functions import HistoryFunctions
+from realtime.redis_functions import HistoryFunctions, topic_channel
 from realtime.redis_link import SubscriberLink, open_link, redis_address
 from realtime.redis_publisher import RedisPublisher
 from realtime.stats import BrokerStats
+from realtime.topic_subscriptions import TopicSubscriptions
 from topics import DEFAULT_POLICY, TopicPolicy, TopicRule
 
 log = structlog.get_logger("realtime.broker")
@@ -77,6 +78,7 @@ class RedisBroker:
         probe_interval: float = 15.0,
         probe_timeout: float = 5.0,
         policy: TopicPolicy = DEFAULT_POLICY,
+        firehose: bool = True,
     ) -> None:
         """Args:
         url: ``redis://``, ``rediss://`` (TLS, e.g. Upstash) or ``unix://`` URL.
@@ -91,6 +93,10 @@ class RedisBroker:
         probe_timeout: how long a delivery probe may take to come back, seconds.
         policy: the topic policy (its history sizes and ttls go into the Redis Function
             library; every instance on the channel must share it).
+        firehose: also subscribe to ``channel`` itself, where raw ``PUBLISH`` from any
+            language lands (every instance receives all of it); ``False`` when every
+            publisher uses the per-topic channels (``/publish``, ``realtime publish``, the
+            Function library).
         """
         self._params = parse_url(url)
         self._where = redis_address(self._params)
@@ -116,6 +122,10 @@ class RedisBroker:
         self._stats = BrokerStats()
         self.client_name = f"realtime-sub-{os.getpid()}-{id(self):x}"
         self._probe_envelope = encode_publication(PROBE_TOPIC_PREFIX + self.client_name, "")
+        self._probe_channel = f"{channel}:probe:{self.client_name}"  # this instance's alone
+        self._firehose = firehose
+        self._topics = TopicSubscriptions(channel)
+        self._flush_due = False
 
     @property
     def ready(self) -> bool:
@@ -204,8 +214,47 @@ class RedisBroker:
         """
         if rule is not None and rule.has_history:
             return await self._history_functions().publish(topic, message, rule)
-        await self._publish(self._channel, encode_publication(topic, message))
+        await self._publish(topic_channel(self._channel, topic), encode_publication(topic, message))
         return None
+
+    def watch(self, topic: str) -> bool:
+        """Receive ``topic``'s channel (a local listener needs it); ``True`` if it is received
+        now (subscribed, or no link at all: a GAP or recovery follows the next one), ``False``
+        while the SUBSCRIBE is on its way (``on_listen_ready`` tells when it is done)."""
+        topics = self._topics
+        topics.want(topic)
+        if not self._ready or topics.receiving(topic):
+            return True
+        self._flush_soon()
+        return False
+
+    def unwatch(self, topic: str) -> None:
+        """No local listener needs ``topic`` any more: unsubscribe from its channel."""
+        self._topics.unwant(topic)
+        if self._ready:
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write this pass's (un)subscriptions to the link, batched."""
+        self._flush_due = False
+        link = self._link
+        if not self._ready or link is None:
+            return
+        added, removed = self._topics.changes()
+        if removed:
+            link.unsubscribe(removed)
+        if added:
+            link.subscribe(added)
+
+    def _on_subscribed(self, channel: bytes) -> None:
+        topic = self._topics.confirm(channel)
+        if topic is not None and self._handler is not None:
+            self._handler.on_listen_ready([topic])
 
     async def history(self, topic: str, *, since: int, limit: int, rule: TopicRule) -> HistoryPage:
         """Read a topic's history through the library's ``<p>_history``; on a started
@@ -256,10 +305,14 @@ class RedisBroker:
 
     async def _open(self) -> SubscriberLink:
         handler = self._handler
+        channels = [self._probe_channel, *(c.decode() for c in self._topics.begin_link())]
+        if self._firehose:
+            channels.append(self._channel)
         return await open_link(
             self._params,
-            channel=self._channel,
+            channels=channels,
             control=self._control_channel,
+            on_subscribed=self._on_subscribed,
             client_name=self.client_name,
             connect_timeout=self._connect_timeout,
             on_data=self._on_envelope,
@@ -289,7 +342,9 @@ class RedisBroker:
                 await asyncio.sleep(delay)
                 continue
             await self.load_functions()
+            self._topics.link_opened()
             self._ready = True
+            self._flush()  # topics wanted while the link was opening
             if not first.done():
                 first.set_result(None)
             if connected_before:
@@ -312,6 +367,9 @@ class RedisBroker:
                 await self._watch(link)
             finally:
                 self._ready = False
+                waiting = self._topics.link_lost()
+                if waiting and self._handler is not None:
+                    self._handler.on_listen_ready(waiting)  # answered now; the next link's GAP covers them
                 if probe is not None:
                     probe.cancel()
                     await asyncio.gather(probe, return_exceptions=True)
@@ -323,7 +381,7 @@ class RedisBroker:
 
     async def _probe(self, link: SubscriberLink) -> None:
         async def publish() -> None:  # reaches no listener: no client can LISTEN to the topic
-            await self._publish(self._channel, self._probe_envelope)
+            await self._publish(self._probe_channel, self._probe_envelope)
 
         await probe_delivery(link, publish, interval=self._probe_interval, timeout=self._probe_timeout)
         self._stats.count_stall()  # it returns only after dropping a link that stopped delivering
@@ -350,6 +408,7 @@ class RedisBroker:
             self._invalid(exc)
             return
         assert self._handler is not None
+        self._stats.count_received()
         try:
             self._handler.on_publication(topic, message, offset, epoch)
         except Exception:

@@ -18,12 +18,14 @@ Keys, per topic (the topic is the hash tag, so both share a Cluster slot):
 - ``<channel>:{<topic>}:history``: a stream, one entry per publication, ID
   ``<offset>-0``, field ``m`` = the message text; trimmed to exactly ``history_size``.
 - ``<channel>:{<topic>}:meta``: a hash, ``o`` = the last offset, ``e`` = the epoch.
+- ``<channel>:{<topic>}``: the topic's pub/sub channel (:func:`topic_channel`).
 
 Both get ``EXPIRE history_ttl`` on every publication. ``<p>_publish`` atomically starts a
 new epoch when the meta hash (or its epoch) is missing (never published, expired, Redis
 restarted without its data: the stream is deleted and offsets restart at 1), increments
 the offset, appends to the stream, refreshes both ttls and PUBLISHes the envelope
-``{"topic", "message", "offset", "epoch"}`` (:mod:`realtime.envelope`) on the channel.
+``{"topic", "message", "offset", "epoch"}`` (:mod:`realtime.envelope`) on the topic's
+channel.
 ``<p>_history`` reads the entries after ``since`` (oldest first, at most ``limit``); on a
 topic without meta it creates one (offset 0, a new epoch, living ``history_ttl``) so the
 epoch a reader sees is the one the next publication carries (as
@@ -76,6 +78,12 @@ def history_key(channel: str, topic: str) -> str:
     return f"{channel}:{{{topic}}}:history"
 
 
+def topic_channel(channel: str, topic: str) -> str:
+    """The pub/sub channel of ``topic``'s publications: ``<channel>:{<topic>}`` (the topic is
+    the hash tag, as in its history keys)."""
+    return f"{channel}:{{{topic}}}"
+
+
 def meta_key(channel: str, topic: str) -> str:
     """The hash holding ``topic``'s offset (``o``) and epoch (``e``): ``<channel>:{<topic>}:meta``."""
     return f"{channel}:{{{topic}}}:meta"
@@ -102,7 +110,7 @@ local CHANNEL = @CHANNEL@
 -- topic name -> {history_size, history_ttl seconds}
 local POLICY = @POLICY@
 
--- the rule, stream key and meta key of a call, or nil and an error message
+-- the rule, stream key, meta key and key prefix of a call, or nil and an error message
 local function resolve(keys, topic)
   if #keys ~= 1 then
     return nil, nil, nil, 'ERR expected 1 key: the topic\\'s history stream'
@@ -118,7 +126,7 @@ local function resolve(keys, topic)
   if keys[1] ~= stream then
     return nil, nil, nil, 'ERR wrong key for topic ' .. topic .. ': expected ' .. stream
   end
-  return rule, stream, prefix .. 'meta'
+  return rule, stream, prefix .. 'meta', prefix
 end
 
 local function new_epoch()
@@ -144,9 +152,9 @@ local function publish(keys, args)
     return redis.error_reply('ERR usage: FCALL @PUBLISH@ 1 <stream key> <topic> <message>')
   end
   local topic, message = args[1], args[2]
-  local rule, stream, meta, err = resolve(keys, topic)
+  local rule, stream, meta, prefix = resolve(keys, topic)
   if not rule then
-    return redis.error_reply(err)
+    return redis.error_reply(prefix)  -- the error message
   end
   local epoch = redis.call('HGET', meta, 'e')
   local offset
@@ -165,7 +173,9 @@ local function publish(keys, args)
   -- cjson writes numbers with 14 significant digits: the offset is spliced in as text
   local envelope = '{"topic":' .. cjson.encode(topic) .. ',"message":' .. cjson.encode(message)
     .. ',"offset":' .. digits .. ',"epoch":' .. cjson.encode(epoch) .. '}'
-  redis.call('PUBLISH', CHANNEL, envelope)
+  -- the topic's own channel (per-topic routing): instances subscribe to it while they have
+  -- a listener of the topic; the prefix ends with ':', the channel is the prefix without it
+  redis.call('PUBLISH', string.sub(prefix, 1, -2), envelope)
   return {offset, epoch}
 end
 

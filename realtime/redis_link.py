@@ -87,27 +87,46 @@ def _retrieve(fut: asyncio.Future[None]) -> None:
         fut.exception()
 
 
+SUBSCRIBE_BATCH = 512
+"""Most channels named in one SUBSCRIBE or UNSUBSCRIBE command."""
+
+
+def subscribe_commands(verb: str, channels: Iterable[bytes]) -> bytes:
+    """``SUBSCRIBE`` (or ``UNSUBSCRIBE``) commands for ``channels``, at most
+    :data:`SUBSCRIBE_BATCH` per command."""
+    names = list(channels)
+    return b"".join(
+        encode_command(verb, *names[i : i + SUBSCRIBE_BATCH]) for i in range(0, len(names), SUBSCRIBE_BATCH)
+    )
+
+
 class SubscriberLink(asyncio.Protocol):
-    """One RESP2 connection subscribed to the data and control channels (see the module
-    docstring). Not reused.
+    """One RESP2 connection subscribed to the control channel and to data channels (the
+    firehose, this instance's probe channel, and one channel per topic with local
+    listeners, added and removed while it lives: :meth:`subscribe`, :meth:`unsubscribe`).
+    Not reused.
 
     Attributes:
-        received: publications on the data channel, ever (read by the delivery probe).
-        subscribed: resolved once both channels are subscribed; fails if the link fails first.
+        received: publications on the data channels, ever (read by the delivery probe).
+        subscribed: resolved once every channel it was opened with is subscribed; fails if
+            the link fails first.
         lost: fails with the reason the link was lost.
         last_seen: when the link last received anything (``time.monotonic()`` seconds).
     """
 
     def __init__(
         self,
-        channel: bytes,
         control: bytes,
         on_data: Callable[[bytes], None],
         on_control: Callable[[bytes], None],
         on_batch: OnBatchEnd | None = None,
         batch_interval: float = 0.0,
+        *,
+        initial: int = 2,
+        on_subscribed: Callable[[bytes], None] | None = None,
     ) -> None:
-        self._channel = channel
+        self._initial = initial  # channels subscribed when opened: ``subscribed`` waits for them
+        self._on_subscribed = on_subscribed
         self._control = control
         self._on_data = on_data
         self._on_control = on_control
@@ -200,17 +219,21 @@ class SubscriberLink(asyncio.Protocol):
         if isinstance(reply, list) and len(reply) == 3:
             kind = reply[0]
             if kind == b"message":
-                if reply[1] == self._channel:
+                if reply[1] == self._control:
+                    self._on_control(reply[2])
+                else:
                     self._count += 1
                     self.received += 1
                     self._on_data(reply[2])
-                elif reply[1] == self._control:
-                    self._on_control(reply[2])
                 return
             if kind == b"subscribe":
                 self._confirmations += 1
-                if self._confirmations == 2 and not self.subscribed.done():
+                if self._confirmations >= self._initial and not self.subscribed.done():
                     self.subscribed.set_result(None)
+                elif self._confirmations > self._initial and self._on_subscribed is not None:
+                    self._on_subscribed(reply[1])
+                return
+            if kind == b"unsubscribe":
                 return
         if reply == _PONG:
             self._pong()
@@ -224,6 +247,16 @@ class SubscriberLink(asyncio.Protocol):
         for fut in barriers or ():
             if not fut.done():
                 fut.set_result(None)
+
+    def subscribe(self, channels: Iterable[bytes]) -> None:
+        """SUBSCRIBE to more channels; each confirmation is handed to ``on_subscribed``."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(subscribe_commands("SUBSCRIBE", channels))
+
+    def unsubscribe(self, channels: Iterable[bytes]) -> None:
+        """UNSUBSCRIBE from channels (publications already on the way may still arrive)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(subscribe_commands("UNSUBSCRIBE", channels))
 
     def ping(self) -> None:
         """Write a PING (a health check; its PONG refreshes ``last_seen``)."""
@@ -302,7 +335,7 @@ class SubscriberLink(asyncio.Protocol):
 async def open_link(
     params: Mapping[str, Any],
     *,
-    channel: str,
+    channels: Iterable[str],
     control: str,
     client_name: str,
     connect_timeout: float,
@@ -310,20 +343,22 @@ async def open_link(
     on_control: Callable[[bytes], None],
     on_batch: OnBatchEnd | None = None,
     batch_interval: float = 0.0,
+    on_subscribed: Callable[[bytes], None] | None = None,
 ) -> SubscriberLink:
-    """Connect, authenticate, name the connection and subscribe to both channels.
+    """Connect, authenticate, name the connection and subscribe to the channels.
 
     Args:
         params: the parsed Redis URL (``redis.asyncio.connection.parse_url``): TCP, TLS
             (``rediss://``) or a Unix socket.
-        channel: the data channel.
+        channels: the data channels (distinct).
         control: the control channel.
         client_name: the ``CLIENT SETNAME`` (so operators can spot the link in ``CLIENT LIST``).
         connect_timeout: for connecting, and again for the subscription, seconds.
-        on_data: called with each payload on ``channel``.
+        on_data: called with each payload on a data channel.
         on_control: called with each payload on ``control``.
         on_batch: called after a read that handed publications on (see the module docstring).
         batch_interval: the pacing interval, seconds (0: never pause).
+        on_subscribed: called with each channel subscribed later (:meth:`SubscriberLink.subscribe`).
 
     Returns:
         The subscribed link.
@@ -333,10 +368,19 @@ async def open_link(
         RuntimeError: Redis refused a command (e.g. a wrong password).
     """
     loop = asyncio.get_running_loop()
-    data_channel, control_channel = channel.encode(), control.encode()
+    control_channel = control.encode()
+    data_channels = [c.encode() for c in channels]
 
     def factory() -> SubscriberLink:
-        return SubscriberLink(data_channel, control_channel, on_data, on_control, on_batch, batch_interval)
+        return SubscriberLink(
+            control_channel,
+            on_data,
+            on_control,
+            on_batch,
+            batch_interval,
+            initial=1 + len(data_channels),
+            on_subscribed=on_subscribed,
+        )
 
     if params.get("connection_class") is UnixDomainSocketConnection:
         connect = loop.create_unix_connection(factory, params["path"])
@@ -356,7 +400,7 @@ async def open_link(
         auth = [params["username"]] if params.get("username") else []
         commands.append(encode_command("AUTH", *auth, params["password"]))
     commands.append(encode_command("CLIENT", "SETNAME", client_name))
-    commands.append(encode_command("SUBSCRIBE", data_channel, control_channel))
+    commands.append(subscribe_commands("SUBSCRIBE", [control_channel, *data_channels]))
     link.transport.write(b"".join(commands))
     try:
         await asyncio.wait_for(asyncio.shield(link.subscribed), connect_timeout)

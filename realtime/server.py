@@ -304,7 +304,9 @@ class WsProtocol(asyncio.Protocol):
             if conn.closed:
                 return  # closed while handling (a slow consumer): the rest is ignored
             if opcode == OP_TEXT:
-                conn.send_payload(session.receive(payload))
+                reply = session.receive(payload)
+                if reply:  # empty: a LISTEN answered once the broker receives its topics
+                    conn.send_payload(reply)
             elif opcode == OP_BINARY:
                 conn.send_payload(session.receive_binary())
             else:  # OP_PONG: the answer to a PING, queued behind the replies before it

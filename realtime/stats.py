@@ -105,12 +105,23 @@ class NodeStats:
 class BrokerStats:
     """What one broker counted since it was created (all zero for the memory broker)."""
 
-    __slots__ = ("_invalid_envelopes", "_reconnects", "_stalls")
+    __slots__ = ("_invalid_envelopes", "_received", "_reconnects", "_stalls")
 
     def __init__(self) -> None:
         self._reconnects = 0
         self._stalls = 0
         self._invalid_envelopes = 0
+        self._received = 0
+
+    def count_received(self) -> None:
+        """One publication received from the broker (any topic, any channel)."""
+        self._received += 1
+
+    @property
+    def received(self) -> int:
+        """Publications received from the broker: with per-topic routing, only those of topics
+        with local listeners (and what arrives on the firehose)."""
+        return self._received
 
     def count_reconnect(self) -> None:
         """The subscriber link came back after a loss."""

@@ -76,6 +76,7 @@ def make_broker(broker: BrokerSettings, *, write_interval: float, policy: TopicP
             probe_interval=broker.redis_probe_interval,
             probe_timeout=broker.redis_probe_timeout,
             policy=policy,
+            firehose=broker.redis_firehose,
         )
     return MemoryBroker()
 

@@ -159,6 +159,7 @@ def read_broker(env: SettingsEnv) -> BrokerSettings:
         redis_channel=env.str("REDIS_CHANNEL", d.redis_channel),
         redis_probe_interval=env.float("REDIS_PROBE_INTERVAL", d.redis_probe_interval),
         redis_probe_timeout=env.float("REDIS_PROBE_TIMEOUT", d.redis_probe_timeout),
+        redis_firehose=env.flag("REDIS_FIREHOSE", d.redis_firehose),
     )
 
 

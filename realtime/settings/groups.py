@@ -175,12 +175,15 @@ class BrokerSettings:
         redis_channel: the pub/sub channel shared by all instances.
         redis_probe_interval: seconds of a quiet channel before a delivery probe (0: off).
         redis_probe_timeout: seconds a probe may take to come back before resubscribing.
+        redis_firehose: also subscribe to ``redis_channel`` itself, where raw ``PUBLISH``
+            envelopes land (every instance receives all of them).
     """
 
     redis_url: str = ""
     redis_channel: str = "realtime"
     redis_probe_interval: float = 15.0
     redis_probe_timeout: float = 5.0
+    redis_firehose: bool = True
 
     def validate(self) -> None:
         """Check the URL scheme, the channel and the probe's times.

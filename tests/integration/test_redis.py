@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from http_api.appkeys import NODE
 from realtime.backoff import backoff_delay
 from realtime.redis_broker import RedisBroker
+from realtime.redis_functions import topic_channel
 from tests.conftest import (
     PUBLISHER_KEY,
     AppFactory,
@@ -34,6 +35,9 @@ class Recorder:
         self.messages: list[str] = []
         self.gaps: list[int] = []
         self._on_batch = on_batch
+
+    def on_listen_ready(self, topics: list[str]) -> None:
+        pass
 
     def on_publication(self, topic: str, message: str, offset: int = 0, epoch: str = "") -> None:
         self.publications.append((topic, message))
@@ -79,7 +83,7 @@ async def test_http_publish_goes_through_redis(
 ) -> None:
     client = await redis_app(make_client, redis_url, channel)
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(channel)
+    await pubsub.subscribe(topic_channel(channel, "dream:job:progress.j1"))  # per-topic routing
     async with client.ws_connect("/ws") as ws:
         await listen(ws, ["dream:job:progress.j1"])
         resp = await client.post(
@@ -281,7 +285,7 @@ async def test_the_link_rests_only_while_quiet() -> None:
     got: list[bytes] = []
     ours, redis_end = socket_module.socketpair()
     transport, _ = await loop.connect_accepted_socket(
-        lambda: SubscriberLink(b"c", b"c:control", got.append, lambda d: None, lambda: True, 0.6), ours
+        lambda: SubscriberLink(b"c:control", got.append, lambda d: None, lambda: True, 0.6), ours
     )
     try:
         redis_end.sendall(_push(b"c", b"first"))

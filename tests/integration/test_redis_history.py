@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 from realtime.errors import BrokerUnavailable
 from realtime.history import Position, Publication
 from realtime.redis_broker import RedisBroker
-from realtime.redis_functions import HistoryFunctions, function_names, history_key, meta_key
+from realtime.redis_functions import HistoryFunctions, function_names, history_key, meta_key, topic_channel
 from tests.conftest import wait_for
 from tests.integration.test_faults import PrivateRedis, private_redis  # noqa: F401 - a fixture
 from topics import TopicPolicy, TopicRule
@@ -39,6 +39,7 @@ class Recorder:
         self.publications: list[tuple[str, str, int, str]] = []
         self.gaps = 0
         self.wrote = wrote  # what on_batch_end answers (True: a paced link rests after a read)
+        self.ready: list[str] = []
 
     def on_publication(self, topic: str, message: str, offset: int = 0, epoch: str = "") -> None:
         self.publications.append((topic, message, offset, epoch))
@@ -51,6 +52,15 @@ class Recorder:
 
     def on_batch_end(self) -> bool:
         return self.wrote
+
+    def on_listen_ready(self, topics: list[str]) -> None:
+        self.ready.extend(topics)
+
+
+async def watch(broker: RedisBroker, handler: Recorder, topic: str) -> None:
+    """Have the broker receive ``topic``'s channel (per-topic routing), as a LISTEN would."""
+    if not broker.watch(topic):
+        await wait_for(lambda: topic in handler.ready)
 
 
 async def _cleanup(url: str, channel: str) -> None:
@@ -106,7 +116,7 @@ async def test_concurrent_publishers_get_gap_free_offsets(
         pytest.skip("no redis-cli")
     topic = "test:kept.race"
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(channel)
+    await pubsub.subscribe(topic_channel(channel, topic))  # the Function publishes on the topic's channel
     broker = RedisBroker(redis_url, channel=channel, policy=POLICY)
     broker.start_publisher()
     host, port = (
@@ -137,7 +147,7 @@ async def test_concurrent_publishers_get_gap_free_offsets(
     assert len({m["epoch"] for m in got}) == 1
     assert len(set(positions)) == 200 and {p.epoch for p in positions} == {got[0]["epoch"]}
     assert sum(m["message"] == "from cli" for m in got) == 120
-    assert await pubsub_silent(redis_client, channel)
+    assert await pubsub_silent(redis_client, topic_channel(channel, topic))
 
 
 async def pubsub_silent(client: aioredis.Redis, channel: str) -> bool:
@@ -228,6 +238,7 @@ async def test_raw_fcall_message_is_delivered_as_is(
     broker = RedisBroker(redis_url, channel=channel, policy=POLICY, probe_interval=0)
     await broker.start(handler)
     topic = "test:kept.raw"
+    await watch(broker, handler, topic)
     texts = ['{"a": [1, 2]}', 'quote " slash / \\ tab \t é ✓', ""]
     try:
         for text in texts:
@@ -239,6 +250,27 @@ async def test_raw_fcall_message_is_delivered_as_is(
     assert page.publications == [Publication(n, t) for n, t in enumerate(texts, 1)]
 
 
+async def test_raw_fcall_message_that_is_not_utf8_is_delivered_live(
+    redis_url: str, channel: str, functions: HistoryFunctions, redis_client: aioredis.Redis
+) -> None:
+    """Bytes that are not UTF-8 go to history as they are; the live publication must not be
+    dropped as an invalid envelope (it would reach listeners only once a later publication
+    showed the hole): both carry the text with U+FFFD, as history reads decode it."""
+    handler = Recorder()
+    broker = RedisBroker(redis_url, channel=channel, policy=POLICY, probe_interval=0)
+    await broker.start(handler)
+    topic = "test:kept.bytes"
+    await watch(broker, handler, topic)
+    try:
+        await redis_client.fcall(function_names(channel).publish, 1, history_key(channel, topic), topic, b"a\xffb")
+        page = await broker.history(topic, since=0, limit=10, rule=KEPT)
+    finally:
+        await broker.close()
+    assert page.publications == [Publication(1, "a\ufffdb")]
+    assert [(t, m, o) for t, m, o, _ in handler.publications] == [(topic, "a\ufffdb", 1)]
+    assert broker.stats.invalid_envelopes == 0
+
+
 async def test_history_waits_for_the_publications_before_it(
     redis_url: str, channel: str, cleanup: None, redis_client: aioredis.Redis
 ) -> None:
@@ -248,6 +280,7 @@ async def test_history_waits_for_the_publications_before_it(
     broker = RedisBroker(redis_url, channel=channel, policy=POLICY, probe_interval=0, batch_interval=0.05)
     await broker.start(handler)
     topic, names = "test:kept.barrier", function_names(channel)
+    await watch(broker, handler, topic)
     try:
         for round_ in range(5):
             pipe = redis_client.pipeline(transaction=False)
@@ -271,6 +304,7 @@ async def test_history_returns_only_after_delivery_caught_up(
     broker = RedisBroker(redis_url, channel=channel, policy=POLICY, probe_interval=0)
     await broker.start(handler)
     topic, names = "test:kept.held", function_names(channel)
+    await watch(broker, handler, topic)
     try:
         link = broker._link
         assert link is not None and link.transport is not None
@@ -337,6 +371,7 @@ async def test_reconnect_reloads_the_library(private_redis: PrivateRedis, channe
     await broker.start(handler)
     client = aioredis.from_url(private_redis.url)
     library = function_names(channel).library
+    await watch(broker, handler, "test:kept.a")  # watched again on the next link by itself
     try:
         assert [lib[b"library_name"] for lib in await _libraries(client)] == [library.encode()]
         first = await broker.publish("test:kept.a", "before", KEPT)

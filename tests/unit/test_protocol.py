@@ -9,8 +9,8 @@ import pytest
 
 from keys import Grant, KeyStore, TokenIssuer, TokenVerifier
 from realtime.history import Position
-from realtime.protocol import Session
-from topics import DEFAULT_POLICY, Topic, TopicRule
+from realtime.protocol import Listen, Session
+from topics import DEFAULT_POLICY, Topic
 
 
 class SetOwner:
@@ -24,18 +24,25 @@ class SetOwner:
         self.admit = True
         self.events: list[str] = []  # listen/granted calls, in order
         self.since: dict[Topic, Position | None] = {}
+        self.hold = False  # take the RESPONSE to send later (the broker does not receive yet)
+        self.held: list[bytes] = []
 
     def verify(self, key: object, token: str) -> Grant:
         assert key == "conn-1"
         return self.verifier.verify(token)
 
-    def listen(self, key: object, topic: Topic, rule: TopicRule, since: Position | None) -> None:
+    def listen(self, key: object, topics: list[Listen], reply: bytes) -> bool:
         assert key == "conn-1"
-        assert rule.name == topic.partition(".")[0]
-        self.since[topic] = since
-        self.listens.append(topic)
-        self.events.append(f"listen {topic}")
-        self.index.add(topic)
+        for topic, rule, since in topics:
+            assert rule.name == topic.partition(".")[0]
+            self.since[topic] = since
+            self.listens.append(topic)
+            self.events.append(f"listen {topic}")
+            self.index.add(topic)
+        if self.hold:
+            self.held.append(reply)
+            return False
+        return True
 
     def unlisten(self, key: object, topic: Topic) -> None:
         assert key == "conn-1"
@@ -222,7 +229,7 @@ def test_owner_is_told_in_order_and_a_refused_user_gets_nothing(h: Harness) -> N
     assert h.index == set() and h.owner.events == [] and h.session.topics == {}
     h.owner.admit = True
     assert h.listen(["remote-control:command.7", "dream:update.a"], h.token())["error"] == ""
-    assert h.owner.events == ["listen remote-control:command.7", "listen dream:update.a", "granted 7"]
+    assert h.owner.events == ["granted 7", "listen remote-control:command.7", "listen dream:update.a"]
     assert h.owner.refusals == ["ERR_RATELIMIT"]
 
 
@@ -278,3 +285,12 @@ def test_since_for_many_topics_is_bounded_by_the_topic_limit(key_store: KeyStore
     since = {t: {"offset": 1, "epoch": "e"} for t in topics}
     assert listen_since(h, topics, since)["error"] == "ERR_BADTOPIC"
     assert listen_since(h, topics[:50], dict(list(since.items())[:50]))["error"] == ""
+
+
+def test_a_listen_the_owner_holds_is_answered_later(h: Harness) -> None:
+    h.owner.hold = True
+    assert h.session.receive(b'{"type":"LISTEN","nonce":"n1","data":{"topics":["dream:update.a"]}}') == b""
+    assert orjson.loads(h.owner.held[0]) == {"type": "RESPONSE", "nonce": "n1", "error": ""}
+    assert h.session.topics.keys() == {"dream:update.a"}
+    h.owner.hold = False  # a LISTEN that adds nothing new is answered at once
+    assert h.listen(["dream:update.a"])["error"] == ""

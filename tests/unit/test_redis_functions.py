@@ -37,7 +37,7 @@ def test_the_library_bakes_the_history_rules_in() -> None:
     assert 'local CHANNEL = "realtime"' in code
     rows = re.findall(r'^  \["([^"]+)"\] = \{(\d+), (\d+)\},$', code, re.MULTILINE)
     assert rows == [
-        ("dream:job:progress", "100", "600"),
+        ("dream:job:progress", "300", "600"),
         ("dream:update", "16", "3600"),
         ("remote-control:command", "32", "300"),
     ]
@@ -75,7 +75,7 @@ class FakeTransport:
 
 
 def _link() -> tuple[SubscriberLink, FakeTransport]:
-    link = SubscriberLink(b"c", b"c:control", lambda data: None, lambda data: None)
+    link = SubscriberLink(b"c:control", lambda data: None, lambda data: None)
     transport = FakeTransport()
     link.connection_made(transport)  # type: ignore[arg-type]
     return link, transport
