@@ -21,13 +21,12 @@ with small dict commands; every reply is a dict:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from array import array
 from multiprocessing.connection import Connection
 from typing import Any
 
-from bench.procstat import raise_fd_limit
+from bench.procstat import run_generator
 from bench.wsclient import Dialect, PubSubDialect, SocketIODialect, Stats, WsClient, connect
 
 DIALECTS: dict[str, type[Dialect]] = {"pubsub": PubSubDialect, "sio": SocketIODialect}
@@ -146,9 +145,4 @@ async def _serve(pipe: Connection) -> None:
 
 def main(pipe: Connection) -> None:
     """Process entry point: serve commands from ``pipe`` until ``close``."""
-    raise_fd_limit()
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(_serve(pipe))
+    run_generator(lambda: _serve(pipe))

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import resource
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -96,3 +101,32 @@ def listen_overflows() -> int:
             table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
             return int(table.get("ListenOverflows", 0))
     return 0
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+async def serve_commands(
+    pipe: Connection, handlers: Mapping[str, Handler], close: Callable[[], Awaitable[Any]]
+) -> None:
+    """A generator process's command loop: each ``{"op": ...}`` from ``pipe`` runs its handler
+    and its answer goes back; any other op (``close``) runs ``close``, answers and returns."""
+    loop = asyncio.get_running_loop()
+    while True:
+        cmd: dict[str, Any] = await loop.run_in_executor(None, pipe.recv)
+        handler = handlers.get(cmd["op"])
+        if handler is None:
+            pipe.send(await close())
+            return
+        pipe.send(await handler(cmd))
+
+
+def run_generator(serve: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """A generator process's entry point: raise the fd limit, use uvloop when it is
+    installed, and run ``serve``."""
+    raise_fd_limit()
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(serve())

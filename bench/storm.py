@@ -25,7 +25,6 @@ Commands -> replies:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from array import array
@@ -34,7 +33,7 @@ from typing import Any, Final
 
 import orjson
 
-from bench.procstat import raise_fd_limit
+from bench.procstat import run_generator, serve_commands
 from bench.wsclient import STAMP, Dialect, Stats, WsClient, connect
 
 OFFSET: Final = re.compile(rb'"offset":(\d+)')
@@ -150,24 +149,10 @@ class Storm:
 
 
 async def _serve(pipe: Connection) -> None:
-    loop = asyncio.get_running_loop()
     storm = Storm()
-    while True:
-        cmd: dict[str, Any] = await loop.run_in_executor(None, pipe.recv)
-        if cmd["op"] == "storm":
-            pipe.send(await storm.storm(cmd))
-        elif cmd["op"] == "live":
-            pipe.send(await storm.live(cmd))
-        else:
-            pipe.send(await storm.close())
-            return
+    await serve_commands(pipe, {"storm": storm.storm, "live": storm.live}, storm.close)
 
 
 def main(pipe: Connection) -> None:
     """Process entry point: serve commands from ``pipe`` until ``close``."""
-    raise_fd_limit()
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(_serve(pipe))
+    run_generator(lambda: _serve(pipe))

@@ -378,6 +378,17 @@ class StampingTransport:
     def is_closing(self) -> bool:
         return self._closing
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``sockname`` and ``peername``, as asyncio's transports give them."""
+        try:
+            if name == "sockname":
+                return self._sock.getsockname()
+            if name == "peername":
+                return self._sock.getpeername()
+        except OSError:
+            pass
+        return default
+
     def abort(self) -> None:
         self._lost(None)
 
@@ -394,6 +405,34 @@ class StampingTransport:
         self._loop.call_soon(self._protocol.connection_lost, exc)
 
 
+_IP_BIND_ADDRESS_NO_PORT: Final = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux 4.2+
+
+
+def _client_socket(local_addr: str | None, *, stamped: bool) -> socket.socket:
+    """A non-blocking TCP socket, bound to ``local_addr`` if given.
+
+    A socket bound to an address with port 0 gets its port at ``bind()``, from a search of the
+    whole ephemeral range that slows as the address's ports fill (tens of thousands of
+    connections from one address spent seconds of kernel time per thousand);
+    ``IP_BIND_ADDRESS_NO_PORT`` leaves the port to ``connect()``, which picks it per
+    destination, as for an unbound socket.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if stamped:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        if local_addr:
+            if sys.platform.startswith("linux"):
+                sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((local_addr, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def connect(
     host: str, port: int, path: str, dialect: Dialect, *, deflate: bool = False, local_addr: str | None = None
 ) -> WsClient:
@@ -402,7 +441,8 @@ async def connect(
     Sampled connections (``dialect.stats.sampled``) read through a
     :class:`StampingTransport` on Linux. ``deflate``: offer permessage-deflate (see
     :class:`WsClient`). ``local_addr``: the source address to bind (e.g. ``127.0.0.2``, so a
-    server's per-address limits see this client apart from others on loopback).
+    server's per-address limits see this client apart from others on loopback; the port is
+    chosen at connect, see :func:`_client_socket`).
 
     Raises:
         WsError: the handshake or the subscription was refused.
@@ -410,23 +450,21 @@ async def connect(
     """
     loop = asyncio.get_running_loop()
     factory: Callable[[], WsClient] = lambda: WsClient(f"{host}:{port}", path, dialect, deflate=deflate)  # noqa: E731
-    if KERNEL_STAMPS and dialect.stats.sampled:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stamped = KERNEL_STAMPS and dialect.stats.sampled
+    if stamped or local_addr:
+        sock = _client_socket(local_addr, stamped=stamped)
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-            if local_addr:
-                sock.bind((local_addr, 0))
             await loop.sock_connect(sock, (host, port))
-            client = factory()
-            StampingTransport(sock, client, dialect.stats)
+            if stamped:
+                client = factory()
+                StampingTransport(sock, client, dialect.stats)
+            else:
+                _, client = await loop.create_connection(factory, sock=sock)
         except BaseException:
             sock.close()
             raise
     else:
-        source = (local_addr, 0) if local_addr else None
-        _, client = await loop.create_connection(factory, host, port, local_addr=source)
+        _, client = await loop.create_connection(factory, host, port)
     try:
         await dialect.ready
     except BaseException:

@@ -6,6 +6,11 @@ Content-Security-Policy says so). They hold no data: everything the page shows c
 ``/console/stats``, ``/auth/ws``, ``/ws`` and ``/publish``, each with the admin's
 credentials (``Authorization: Api-Key``, kept in the tab's ``sessionStorage``).
 
+The console's WebSocket client is the JavaScript package of ``clients/js``, built into one
+ES module (``http_api/static/realtime-client.js``, committed; a test checks it equals a fresh
+build) and served as ``GET /static/realtime-client.js`` for any page to import, from any origin
+(``Access-Control-Allow-Origin: *``: module scripts are fetched with CORS; it holds no data).
+
 ``/console/stats`` needs a caller with the ``realtime:admin`` scope.
 """
 
@@ -35,6 +40,7 @@ _ASSETS = {
     "/console/console.js": ("console.js", "text/javascript"),
     "/console/console.css": ("console.css", "text/css"),
 }
+CLIENT_PATH = "/static/realtime-client.js"
 
 
 class ConsoleStats:
@@ -110,10 +116,24 @@ def _asset_handler(body: bytes, content_type: str) -> Handler:
     return handler
 
 
+def _client_handler(body: bytes) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(
+            body=body,
+            content_type="text/javascript",
+            charset="utf-8",
+            headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "no-cache"},
+        )
+
+    return handler
+
+
 def setup_console(app: web.Application) -> None:
-    """Add ``/console``, its assets and ``/console/stats`` to ``app`` (after ``app[NODE]``)."""
+    """Add ``/console``, its assets, the JavaScript client and ``/console/stats`` to ``app``
+    (after ``app[NODE]``)."""
     static = files("http_api").joinpath("static")
     for path, (name, content_type) in _ASSETS.items():
         app.router.add_get(path, _asset_handler(static.joinpath(name).read_bytes(), content_type))
+    app.router.add_get(CLIENT_PATH, _client_handler(static.joinpath("realtime-client.js").read_bytes()))
     app[STATS] = ConsoleStats(app[NODE], app[METRICS].probe if METRICS in app else None)
     app.router.add_get("/console/stats", stats)

@@ -80,6 +80,11 @@ class NodeCollector(Collector):
         recovery = node.recovery.stats
         yield _counter("realtime_history_reads", "Reads of topic history for recovery.", recovery.reads)
         yield _counter(
+            "realtime_history_reads_skipped",
+            "New topics whose position was not read (over the per-instance learning budget).",
+            recovery.unlearned,
+        )
+        yield _counter(
             "realtime_messages_recovered", "MESSAGE frames queued from history (resumed clients).", recovery.recovered
         )
         yield _counter(

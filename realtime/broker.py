@@ -109,8 +109,8 @@ class Broker(Protocol):
 
     async def history(self, topic: str, *, since: int, limit: int, rule: TopicRule) -> HistoryPage:
         """Read a topic's history: the publications after offset ``since`` (at most
-        ``limit``) and the current offset and epoch; a topic without history yet gets one
-        (offset 0, a new epoch). On a started broker the read is in step with delivery:
+        ``limit``) and the current offset and epoch; a topic without history answers offset
+        0 and the empty epoch (and nothing is created). On a started broker the read is in step with delivery:
         when it returns, every publication up to the page's offset has been handed to the
         handler's ``on_publication``.
 

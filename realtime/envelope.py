@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -93,6 +94,24 @@ def encode_publication(topic: str, text: str, position: Position | None = None) 
     return orjson.dumps({"topic": topic, "message": text, "offset": position.offset, "epoch": position.epoch})
 
 
+def _loads(data: bytes) -> object:
+    """``orjson.loads``, reading bytes that are not UTF-8 with U+FFFD in their place: text
+    sent as bytes through the history library (``FCALL`` keeps them as they are, and history
+    reads decode them so) arrives live as it is read back, instead of being dropped.
+
+    Raises:
+        orjson.JSONDecodeError: not JSON.
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            data.decode()
+        except UnicodeDecodeError:
+            return orjson.loads(data.decode("utf-8", "replace"))
+        raise
+
+
 def decode_publication(data: bytes) -> tuple[str, str, int, str]:
     """A data-channel envelope -> ``(topic, message text, offset, epoch)``; ``offset`` is 0
     and ``epoch`` empty for a publication outside history.
@@ -104,7 +123,7 @@ def decode_publication(data: bytes) -> tuple[str, str, int, str]:
             most 64 characters.
     """
     try:
-        envelope = orjson.loads(data)
+        envelope: Any = _loads(data)
         topic = envelope["topic"]
         message = envelope["message"]
         if not isinstance(topic, str):

@@ -25,6 +25,8 @@ from typing import NamedTuple
 
 MAX_EPOCH_LENGTH = 64
 """Longest epoch a client may send in ``since``, characters."""
+NO_EPOCH = ""
+"""The epoch a read answers for a topic without history (never published, expired, lost)."""
 MAX_OFFSET = 2**53 - 1
 """Largest offset a client may send (the largest integer JSON numbers carry exactly)."""
 
@@ -68,8 +70,11 @@ class HistoryPage:
     first: int
 
     def covers(self, since: Position) -> bool:
-        """``True`` if every publication after ``since`` is still in history: same epoch,
-        not ahead of the stream, and not fallen out of it."""
+        """``True`` if every publication after ``since`` is still in history: same epoch
+        (offset 0 means "from the first publication", in any epoch), not ahead of the
+        stream, and not fallen out of it."""
+        if since.offset == 0:
+            return self.first == 1
         return since.epoch == self.epoch and self.first - 1 <= since.offset <= self.offset
 
 
@@ -157,12 +162,14 @@ class MemoryHistory:
 
     def read(self, topic: str, *, since: int, limit: int, size: int, ttl: int) -> HistoryPage:
         """The publications after offset ``since`` (at most ``limit``, oldest first) and the
-        topic's current position. A topic without history gets an empty one (a new epoch,
-        offset 0, living ``ttl`` seconds), so the epoch a reader sees is the one the next
-        publication carries."""
+        topic's current position. A topic without history answers offset 0 and the empty
+        epoch :data:`NO_EPOCH`, and nothing is created (reads of ever new topics cannot fill
+        memory)."""
         now = self._clock()
         self._expire(now)
-        ring = self._ring(topic, size, ttl, now)
+        ring = self._rings.get(topic)
+        if ring is None:
+            return HistoryPage([], 0, NO_EPOCH, 1)
         items = ring.items
         first = items[0].offset if items else ring.offset + 1
         start = max(0, since - first + 1)

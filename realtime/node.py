@@ -17,7 +17,9 @@ It is made of named parts, each in its own module:
 - :class:`realtime.user_slots.UserSlots`: ``MAX_CONNECTIONS_PER_USER``;
 - :mod:`realtime.verification`: the verified-token cache, failed tokens and the budgets
   of token checks;
-- :mod:`realtime.envelope`: how publications and control messages are encoded.
+- :mod:`realtime.envelope`: how publications and control messages are encoded;
+- :class:`realtime.recovery.Recovery`: offsets, resuming with ``since``, catching up;
+- :class:`realtime.held_listens.HeldListens`: RESPONSEs waiting for a topic's SUBSCRIBE.
 
 The node is the broker's :class:`realtime.broker.BrokerEventHandler` and the sessions'
 :class:`realtime.protocol.Owner`.
@@ -28,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
@@ -39,6 +40,7 @@ from realtime.disconnect import CloseCode
 from realtime.envelope import InvalidEnvelope, UnknownControl, message_text, parse_control, revocation_message
 from realtime.errors import NoHistory
 from realtime.grant_expiry import GrantExpiry
+from realtime.held_listens import HeldListen, HeldListens
 from realtime.history import HistoryPage
 from realtime.limits import TokenBucket
 from realtime.protocol import Listen, Session, auth_revoked_payload, gap_payload, message_payload
@@ -70,23 +72,6 @@ class Peer(Protocol):
         ...
 
 
-@dataclass(slots=True)
-class _HeldListen:
-    """A LISTEN answered once the broker receives its topics (:meth:`Node.listen`).
-
-    Attributes:
-        conn: the connection.
-        reply: its RESPONSE.
-        topics: topic -> what to hand to recovery once answered (dropped on UNLISTEN).
-        waiting: the topics the broker does not receive yet.
-    """
-
-    conn: SendQueue
-    reply: bytes
-    topics: dict[Topic, Listen]
-    waiting: set[str]
-
-
 class Node:
     """Everything one server instance shares between its connections.
 
@@ -102,6 +87,8 @@ class Node:
         checks: budgets of token checks per address and connection.
         expiries: when each connection's earliest grant expires.
         slots: the per-user connection slots.
+        recovery: the streams of topics with history (:mod:`realtime.recovery`).
+        held: LISTENs whose RESPONSE waits for the broker to receive their topics.
     """
 
     def __init__(
@@ -146,8 +133,7 @@ class Node:
         self.expiries: GrantExpiry[SendQueue] = GrantExpiry(self._expire)
         self.recovery = Recovery(broker, self.index)
         self._interest: dict[str, int] = {}  # topic -> connections holding it (index, recovery or held)
-        self._held: dict[SendQueue, list[_HeldListen]] = {}
-        self._waiting_on: dict[str, list[_HeldListen]] = {}
+        self.held: HeldListens[SendQueue] = HeldListens()
 
     @property
     def scheduler(self) -> FlushScheduler:
@@ -175,8 +161,9 @@ class Node:
     def on_publication(self, topic: str, message: str, offset: int = 0, epoch: str = "") -> None:
         """Fan one publication out to this instance's listeners of ``topic`` (one with an
         offset through :class:`realtime.recovery.Recovery`, which drops duplicates and holds
-        back what follows a hole)."""
-        if offset:
+        back what follows a hole). An offset on a topic without history (a raw ``PUBLISH``
+        that forwards a MESSAGE's data) is ignored: it is delivered as any raw publication."""
+        if offset and topic in self.recovery:
             delivered = self.recovery.on_publication(topic, message, offset, epoch)
             if delivered:
                 self.stats.count_delivered(delivered)
@@ -185,7 +172,7 @@ class Node:
         listeners = self.index.get(topic)
         if not listeners:
             return
-        frame = encode_text_frame(message_payload(topic, message, offset, epoch))
+        frame = encode_text_frame(message_payload(topic, message))
         for conn in listeners:
             conn.send(frame)
         self.stats.count_delivered(len(listeners))
@@ -338,7 +325,7 @@ class Node:
     def remove_peer(self, peer: Peer) -> None:
         """Forget a peer, every topic it listened to, its user slots and its expiry."""
         peer.session.close()
-        self._held.pop(peer.conn, None)
+        self.held.forget(peer.conn)
         self.peers.pop(peer.conn, None)
         self.expiries.forget(peer.conn)
         self.checks.forget(peer.conn)
@@ -417,29 +404,17 @@ class Node:
             for item in topics:
                 self.recovery.listen(key, item.topic, item.rule, item.since)
             return True
-        held = _HeldListen(key, reply, {item.topic: item for item in topics}, waiting)
-        self._held.setdefault(key, []).append(held)
-        for name in waiting:
-            self._waiting_on.setdefault(name, []).append(held)
+        self.held.hold(key, reply, topics, waiting)
         return False
 
     def on_listen_ready(self, topics: list[str]) -> None:
         """The broker receives ``topics`` now (or stopped waiting for them): answer the
         LISTENs that waited on them."""
-        for topic in topics:
-            for held in self._waiting_on.pop(topic, ()):
-                if topic in held.waiting:
-                    held.waiting.discard(topic)
-                    if not held.waiting:
-                        self._answer(held)
+        for held in self.held.ready(topics):
+            self._answer(held)
 
-    def _answer(self, held: _HeldListen) -> None:
+    def _answer(self, held: HeldListen[SendQueue]) -> None:
         """Send a held LISTEN's RESPONSE, then index its connection under its topics."""
-        helds = self._held.get(held.conn)
-        if helds is not None:
-            helds.remove(held)
-            if not helds:
-                del self._held[held.conn]
         held.conn.send_payload(held.reply)
         for item in held.topics.values():
             self.recovery.listen(held.conn, item.topic, item.rule, item.since)
@@ -451,15 +426,13 @@ class Node:
             self._interest[topic] = left
         else:
             self._interest.pop(topic, None)
-            self._waiting_on.pop(topic, None)
+            self.held.forget_topic(topic)
             self.broker.unwatch(topic)
-        for held in self._held.get(key, ()):
-            if held.topics.pop(topic, None) is not None:
-                held.waiting.discard(topic)
-                if not held.waiting:
-                    self._answer(held)
-                return
-        self.recovery.unlisten(key, topic)
+        was_held, complete = self.held.drop(key, topic)
+        if complete is not None:
+            self._answer(complete)
+        if not was_held:
+            self.recovery.unlisten(key, topic)
 
     def granted(self, key: SendQueue, grant: Grant) -> None:
         """Arm the expiry of ``grant``'s topics on ``key``."""

@@ -39,7 +39,8 @@ import structlog
 
 from realtime.broker import Broker
 from realtime.errors import BrokerUnavailable
-from realtime.history import MAX_OFFSET, HistoryPage, Position, Publication
+from realtime.history import MAX_OFFSET, NO_EPOCH, HistoryPage, Position, Publication
+from realtime.limits import TokenBucket
 from realtime.protocol import GAP_BROKER_RECONNECTED, GAP_HISTORY_LOST, gap_payload, message_payload
 from realtime.recent import RecentPages
 from realtime.send_queue import SendQueue, encode_text_frame
@@ -56,6 +57,12 @@ RETRY_DELAY = 0.2
 """Wait before the first retry of a failed read, seconds (doubles per attempt)."""
 MAX_BUFFER = 10_000
 """Most live publications one topic's read keeps aside; past it the read gives up (GAP)."""
+LEARN_RATE = 1000.0
+"""Reads per second, per instance, that learn the position of a topic a client LISTENs to
+without ``since`` (burst: twice that). Each is one call into Redis; a client LISTENing to
+ever new public topics would otherwise turn its LISTEN rate into Redis load. Past it, a
+topic's position is learned from its first live publication, and a broker gap before that
+gets ``GAP`` (``broker_reconnected``) instead of recovery."""
 _LEARN = MAX_OFFSET + 1
 """The ``since`` of a read that only learns a topic's position (no publications)."""
 
@@ -108,14 +115,24 @@ class Recovery:
         stats: reads, publications recovered, GAPs sent for lost history, duplicates dropped.
     """
 
-    def __init__(self, broker: Broker, index: TopicIndex[SendQueue], *, retry_delay: float = RETRY_DELAY) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        index: TopicIndex[SendQueue],
+        *,
+        retry_delay: float = RETRY_DELAY,
+        learn_rate: float = LEARN_RATE,
+    ) -> None:
         """Args:
         broker: reads history (:meth:`realtime.broker.Broker.history`).
         index: the node's topic index (connections join it here when recovered).
         retry_delay: wait before the first retry of a failed read, seconds (doubles per
             attempt, at most 2 s).
+        learn_rate: reads per second (burst twice that) that learn a new topic's position
+            (see :data:`LEARN_RATE`).
         """
         self._retry_delay = retry_delay
+        self._learn_budget = TokenBucket(learn_rate, 2 * learn_rate)
         self._broker = broker
         self._index = index
         self._streams: dict[str, _Stream] = {}
@@ -145,7 +162,7 @@ class Recovery:
         if stream is None:
             stream = self._streams[topic] = _Stream(rule)
             if since is None:
-                self._start(topic, stream, _LEARN, hold=False)
+                self._learn(topic, stream)
         if since is None:
             self._index.add(topic, conn)
             return
@@ -192,7 +209,8 @@ class Recovery:
             read.buffer.append((offset, epoch, message))
             if len(read.buffer) > MAX_BUFFER:
                 self._give_up(topic, stream, read, "buffer full")
-                return 0
+                # not read: the live stream after the GAP starts with this publication
+                return self.on_publication(topic, message, offset, epoch)
             if read.hold:
                 return 0
         if stream.epoch != epoch:
@@ -215,15 +233,16 @@ class Recovery:
         """The broker receives again after a time it did not: catch every stream up."""
         self._recent.clear()
         for topic, stream in self._streams.items():
+            if stream.epoch is None:  # never learned its position: cannot tell what was missed
+                self._gap(list(self._index.get(topic) or ()), topic, GAP_BROKER_RECONNECTED)
             read = stream.read
             if read is not None:
                 read.again = True
                 read.hold = read.hold or stream.epoch is not None
             elif stream.epoch is not None:
                 self._start(topic, stream, stream.position, hold=True)
-            else:  # never learned its position: cannot tell what was missed
-                self._gap(list(self._index.get(topic) or ()), topic, GAP_BROKER_RECONNECTED)
-                self._start(topic, stream, _LEARN, hold=False)
+            else:
+                self._learn(topic, stream)
 
     # -- delivery -----------------------------------------------------------------
 
@@ -258,6 +277,14 @@ class Recovery:
 
     # -- reads ----------------------------------------------------------------------
 
+    def _learn(self, topic: str, stream: _Stream) -> None:
+        """Learn a new topic's position with a read, within :data:`LEARN_RATE`; past it the
+        position is learned from the topic's first live publication instead."""
+        if self._learn_budget.take():
+            self._start(topic, stream, _LEARN, hold=False)
+        else:
+            self.stats.count_unlearned()
+
     def _start(self, topic: str, stream: _Stream, since: int, *, hold: bool) -> _Read:
         read = stream.read = _Read(since, hold)
         read.waiting.update(stream.later)
@@ -288,6 +315,14 @@ class Recovery:
         return read
 
     async def _run(self, topic: str, stream: _Stream, read: _Read) -> None:
+        try:
+            await self._read(topic, stream, read)
+        except Exception as exc:  # a bug or an answer we cannot parse: never leave anyone waiting
+            log.exception("history_read_crashed", topic=topic[:128])
+            if self._streams.get(topic) is stream and stream.read is read:
+                self._give_up(topic, stream, read, repr(exc))
+
+    async def _read(self, topic: str, stream: _Stream, read: _Read) -> None:
         rule = stream.rule
         delay = self._retry_delay
         while True:
@@ -324,6 +359,9 @@ class Recovery:
         for offset, buffered_epoch, message in read.buffer:
             if buffered_epoch == epoch:
                 merged[offset] = message
+            elif epoch == NO_EPOCH and not page.publications:  # its first publication came live
+                epoch = buffered_epoch
+                merged[offset] = message
             else:
                 reset = True  # the history was reset while we read: trust nothing before
                 epoch = buffered_epoch
@@ -331,18 +369,24 @@ class Recovery:
         if reset:
             merged, top = {}, max((o for o, e, _ in read.buffer if e == epoch), default=0)
         frames: dict[int, bytes] = {}
-        if read.hold:
+        # held back, or (never in step with the barrier, but an envelope this instance could
+        # not decode) the read holds offsets the live stream skipped: the listeners get them
+        if read.hold or (stream.epoch == epoch and stream.position < top):
             listeners = list(self._index.get(topic) or ())
             start = Position(stream.position, stream.epoch or "")
-            self._catch_up(listeners, topic, start, page, merged, top, frames, reset)
+            self._catch_up(listeners, topic, start, (page.offset, epoch), merged, top, frames, reset)
         elif stream.epoch == epoch and stream.position > top:
             top = stream.position  # live deliveries went past what the read saw
         for conn, since in read.waiting.items():
-            self._catch_up([conn], topic, since, page, merged, top, frames, reset)
+            self._catch_up([conn], topic, since, (page.offset, epoch), merged, top, frames, reset)
             self._index.add(topic, conn)
         stream.position, stream.epoch = top, epoch
         if not reset:
             self._keep_recent(topic, stream, merged, top)
+        self._start_later(topic, stream)
+
+    def _start_later(self, topic: str, stream: _Stream) -> None:
+        """A read for the connections the read that just ended did not cover, if any."""
         if stream.later:
             self._start(topic, stream, min(p.offset for p in stream.later.values()), hold=False)
 
@@ -361,34 +405,38 @@ class Recovery:
         conns: list[SendQueue],
         topic: str,
         since: Position,
-        page: HistoryPage,
+        read_at: tuple[int, str],
         merged: dict[int, str],
         top: int,
         frames: dict[int, bytes],
         reset: bool,
     ) -> None:
         """Send ``conns`` the publications after ``since`` up to ``top``; when they are not
-        all there, a GAP and then only those that arrived live after the read (newer than
-        ``page.offset``), so the stream after the GAP has no hole either."""
+        all there, a GAP and then only those that arrived live after the read (``read_at``:
+        the offset and epoch the read found), so the stream after the GAP has no hole either.
+        An offset of 0 asks for everything from the first publication, in any epoch."""
         if not conns:
             return
+        offset_read, epoch = read_at
         wanted = range(since.offset + 1, top + 1)
-        if reset or since.epoch != page.epoch or since.offset > top or any(o not in merged for o in wanted):
+        same = since.epoch == epoch or since.offset == 0
+        if reset or not same or since.offset > top or any(o not in merged for o in wanted):
             self._gap(conns, topic)
-            wanted = range(page.offset + 1, top + 1)
+            wanted = range(offset_read + 1, top + 1)
             if reset or any(o not in merged for o in wanted):
                 return
         for offset in wanted:
             frame = frames.get(offset)
             if frame is None:
-                payload = message_payload(topic, merged[offset], offset, page.epoch)
+                payload = message_payload(topic, merged[offset], offset, epoch)
                 frame = frames[offset] = encode_text_frame(payload)
             for conn in conns:
                 conn.send(frame)
         self.stats.count_recovered(len(wanted) * len(conns))
 
     def _give_up(self, topic: str, stream: _Stream, read: _Read, why: str) -> None:
-        """History cannot be read: GAP to everyone waiting on it, then the live stream."""
+        """History cannot be read: GAP to everyone waiting on it, then the live stream (the
+        connections left for the next read get a read of their own)."""
         log.warning("history_read_failed", topic=topic[:128], error=why, attempts=read.attempts)
         stream.read = None
         self._recent.drop(topic)
@@ -399,3 +447,4 @@ class Recovery:
         for conn in waiting:
             self._index.add(topic, conn)
         stream.epoch, stream.position = None, 0  # learned again from the next publication
+        self._start_later(topic, stream)

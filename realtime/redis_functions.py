@@ -26,10 +26,9 @@ restarted without its data: the stream is deleted and offsets restart at 1), inc
 the offset, appends to the stream, refreshes both ttls and PUBLISHes the envelope
 ``{"topic", "message", "offset", "epoch"}`` (:mod:`realtime.envelope`) on the topic's
 channel.
-``<p>_history`` reads the entries after ``since`` (oldest first, at most ``limit``); on a
-topic without meta it creates one (offset 0, a new epoch, living ``history_ttl``) so the
-epoch a reader sees is the one the next publication carries (as
-:meth:`realtime.history.MemoryHistory.read` does).
+``<p>_history`` reads the entries after ``since`` (oldest first, at most ``limit``); a
+topic without history answers offset 0 and the empty epoch ``""`` and creates nothing (as
+:meth:`realtime.history.MemoryHistory.read` does); the function is flagged ``no-writes``.
 
 An epoch is the Redis server's clock in microseconds (``TIME``) and 16 pseudo-random bits,
 in hex. (``math.random`` in Redis functions restarts the same sequence at every server
@@ -195,11 +194,9 @@ local function history(keys, args)
   local state = redis.call('HMGET', meta, 'o', 'e')
   local offset, epoch = tonumber(state[1]) or 0, state[2]
   if not epoch then
-    epoch = new_epoch()
-    offset = 0
-    redis.call('DEL', stream)
-    redis.call('HSET', meta, 'o', 0, 'e', epoch)
-    redis.call('EXPIRE', meta, rule[2])
+    -- no history (never published, expired, lost): say so and create nothing, so that
+    -- LISTENs of ever new topics cannot fill Redis with empty histories
+    return {0, '', 1, {}}
   end
   local first = offset + 1
   local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
@@ -218,7 +215,7 @@ local function history(keys, args)
 end
 
 redis.register_function('@PUBLISH@', publish)
-redis.register_function('@HISTORY@', history)
+redis.register_function{function_name='@HISTORY@', callback=history, flags={'no-writes'}}
 """
 
 

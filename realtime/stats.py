@@ -158,9 +158,10 @@ class RecoveryStats:
     Counted by :class:`realtime.recovery.Recovery`; read by ``/metrics``.
     """
 
-    __slots__ = ("_duplicates", "_history_gaps", "_reads", "_recovered")
+    __slots__ = ("_duplicates", "_history_gaps", "_reads", "_recovered", "_unlearned")
 
     def __init__(self) -> None:
+        self._unlearned = 0
         self._reads = 0
         self._recovered = 0
         self._history_gaps = 0
@@ -169,6 +170,15 @@ class RecoveryStats:
     def count_read(self) -> None:
         """One read of a topic's history sent to the broker."""
         self._reads += 1
+
+    def count_unlearned(self) -> None:
+        """A new topic's position not read (over the learning budget)."""
+        self._unlearned += 1
+
+    @property
+    def unlearned(self) -> int:
+        """New topics whose position was not read, over the learning budget."""
+        return self._unlearned
 
     def count_recovered(self, frames: int) -> None:
         """``frames`` MESSAGE frames queued from history (one per publication per connection)."""

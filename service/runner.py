@@ -6,6 +6,7 @@ import asyncio
 import errno
 import gc
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -44,6 +45,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False, migrate: bool =
     """
     settings = settings.with_overrides(database_url=await prepare_database(settings.database.url, migrate=migrate))
     server = settings.server
+    fd_limit = raise_fd_limit()  # before the app: its descriptor budget is read from the limit
     app = create_app(settings)
     runner = RealtimeRunner(app, access_log=None, shutdown_timeout=server.shutdown_grace + 5)
     await runner.setup()
@@ -61,7 +63,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False, migrate: bool =
             raise AddressInUse(server.host, server.port) from None
         raise
     loop_kind = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
-    log.info("listening", host=server.host, port=server.port, pid=os.getpid(), loop=loop_kind)
+    log.info("listening", host=server.host, port=server.port, pid=os.getpid(), loop=loop_kind, fd_limit=fd_limit)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -83,6 +85,29 @@ class AddressInUse(SettingsError):
             f"stop it, or choose another port with PORT=<port> or --port <port>"
         )
         self.host, self.port = host, port
+
+
+MAX_FD_LIMIT = 1 << 20
+"""Where :func:`raise_fd_limit` stops when the hard limit is unlimited."""
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard one (at most :data:`MAX_FD_LIMIT`): every
+    connection is a descriptor, and distributions default the soft limit to 1,024 while the
+    hard one allows far more (an operator's ``ulimit -Hn`` or ``LimitNOFILE`` is the bound).
+
+    Returns:
+        The soft limit now (the old one if it could not be raised).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = MAX_FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, MAX_FD_LIMIT)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft
 
 
 def freeze_startup_heap() -> int:

@@ -25,6 +25,7 @@ from realtime.redis_functions import function_names
 from realtime.settings import Settings, parse_api_keys
 from service.app import create_app
 from tests import procs
+from tests.redis_cluster import LocalCluster, cluster_tools, local_cluster
 from tests.skip_summary import pytest_terminal_summary  # noqa: F401 - a hook: why tests skipped, also under -q
 
 USER_KEY = "user-key-0123456789abcdef"
@@ -71,6 +72,20 @@ def redis_url() -> str:
             pytest.fail(message + " (CI is set: Redis tests must not skip)")
         pytest.skip(message)
     return REDIS_URL
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A real Redis Cluster of this test alone (tests/redis_cluster.py): 3 masters with 1
+    replica each on free loopback ports, ``cluster-node-timeout`` 1000 ms; fails (CI) or
+    skips (local) without ``redis-server`` and ``redis-cli``."""
+    if cluster_tools() is None:
+        message = "redis-server and redis-cli are needed for a Redis Cluster"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI is set: Redis Cluster tests must not skip)")
+        pytest.skip(message)
+    with local_cluster(tmp_path / "redis-cluster") as cluster:
+        yield cluster
 
 
 @pytest.fixture

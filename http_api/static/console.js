@@ -1,12 +1,13 @@
-// realtime console: live counts, LISTEN to topics, publish. No build step, no dependencies.
-"use strict";
+// realtime console: live counts, LISTEN to topics, publish. An ES module; its WebSocket client
+// (reconnects, history recovery, token refresh, keepalive) is the JavaScript package of
+// clients/js, which the server serves built into one file.
+import { RealtimeClient } from "/static/realtime-client.js";
 
 const KEY = "realtime.console.apiKey";
-const PING_MS = 240000;
 const MAX_LOG = 200;
 const $ = (id) => document.getElementById(id);
 
-const state = { ws: null, nonce: 0, pending: new Map(), topics: new Set(), statsTimer: null, pingTimer: null };
+const state = { statsTimer: null };
 
 function apiKey() { return sessionStorage.getItem(KEY) || ""; }
 
@@ -88,78 +89,40 @@ function renderStats(s) {
   $("listens").replaceChildren(...rows);
 }
 
-// -- WebSocket ------------------------------------------------------------------------
+// -- listening: the JavaScript client package (clients/js), served as /static/realtime-client.js --
 
-function connect() {
-  if (state.ws && state.ws.readyState <= WebSocket.OPEN) {
-    return state.ws.readyState === WebSocket.OPEN ? Promise.resolve(state.ws) : waitOpen(state.ws);
-  }
-  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-  const ws = new WebSocket(scheme + location.host + "/ws");
-  state.ws = ws;
-  ws.addEventListener("message", (event) => onFrame(JSON.parse(event.data)));
-  ws.addEventListener("close", (event) => {
-    clearInterval(state.pingTimer);
-    for (const [, reject] of state.pending.values()) reject(new Error("connection closed"));
-    state.pending.clear();
-    setStatus("disconnected (" + event.code + ")" + (state.topics.size ? ", reconnecting\u2026" : ""));
-    if (state.topics.size && state.ws === ws) setTimeout(relisten, 1000 + Math.random() * 1000);
-  });
-  state.pingTimer = setInterval(() => ws.readyState === WebSocket.OPEN && ws.send('{"type":"PING"}'), PING_MS);
-  return waitOpen(ws);
-}
+let client = null;
 
-function waitOpen(ws) {
-  return new Promise((resolve, reject) => {
-    ws.addEventListener("open", () => resolve(ws), { once: true });
-    ws.addEventListener("error", () => reject(new Error("WebSocket failed")), { once: true });
+function realtime() {
+  if (client) return client;
+  client = new RealtimeClient({
+    tokenProvider: async () => {
+      const { token, expires_in } = await api("/auth/ws", { method: "POST" });
+      return { token, expiresIn: expires_in };
+    },
   });
-}
-
-function request(ws, type, data) {
-  const nonce = "c" + ++state.nonce;
-  return new Promise((resolve, reject) => {
-    state.pending.set(nonce, [resolve, reject]);
-    ws.send(JSON.stringify({ type, nonce, data }));
+  client.on("message", ({ topic, message }) => addLog("message", topic, message));
+  client.on("gap", ({ topics, reason }) =>
+    addLog("notice", topics.join(" "), "GAP (" + (reason || "unknown") + "): messages may have been missed"));
+  client.on("authRevoked", ({ topics }) => {
+    renderTopics();
+    addLog("notice", topics.join(" "), "AUTH_REVOKED: listen again");
   });
+  client.on("disconnected", ({ code, willRetry }) =>
+    setStatus("disconnected (" + code + ")" + (willRetry ? ", reconnecting\u2026" : "")));
+  client.on("connected", ({ reconnected, topics }) => {
+    if (!reconnected) return;
+    setStatus("listening", true);
+    addLog("notice", topics.join(" "), "reconnected: topics with history were recovered, the others may have missed publications");
+  });
+  client.on("error", ({ error }) => setStatus("stopped: " + error.message));
+  return client;
 }
 
 async function listen(topics) {
-  const { token } = await api("/auth/ws", { method: "POST" });
-  const ws = await connect();
-  const reply = await request(ws, "LISTEN", { topics, auth_token: token });
-  if (reply.error) throw new Error(reply.error + ": " + (reply.error_description || ""));
-  for (const topic of topics) state.topics.add(topic);
+  await realtime().listen(topics);
   renderTopics();
   setStatus("listening", true);
-}
-
-async function relisten() {
-  try {
-    await listen([...state.topics]);
-    addLog("notice", "", "reconnected: publications in between were missed");
-  } catch (err) {
-    setStatus("reconnect failed: " + err.message);
-    setTimeout(relisten, 5000);
-  }
-}
-
-function onFrame(frame) {
-  if (frame.type === "RESPONSE") {
-    const pending = state.pending.get(frame.nonce);
-    state.pending.delete(frame.nonce);
-    if (pending) pending[0](frame);
-  } else if (frame.type === "MESSAGE") {
-    addLog("message", frame.data.topic, frame.data.message);
-  } else if (frame.type === "GAP") {
-    addLog("notice", frame.data.topics.join(" "), "GAP: messages may have been missed");
-  } else if (frame.type === "AUTH_REVOKED") {
-    for (const topic of frame.data.topics) state.topics.delete(topic);
-    renderTopics();
-    addLog("notice", frame.data.topics.join(" "), "AUTH_REVOKED: listen again");
-  } else if (frame.type === "RECONNECT") {
-    addLog("notice", "", "server restarting: reconnecting");
-  }
 }
 
 function setStatus(text, ok = false) {
@@ -168,7 +131,7 @@ function setStatus(text, ok = false) {
 }
 
 function renderTopics() {
-  $("listening").replaceChildren(...[...state.topics].map((topic) => {
+  $("listening").replaceChildren(...(client ? client.topics : []).map((topic) => {
     const li = document.createElement("li");
     li.textContent = topic;
     return li;

@@ -71,6 +71,17 @@ async def test_page_and_assets_are_static_with_a_strict_csp(make_client: AppFact
         assert ADMIN_KEY not in text
 
 
+async def test_the_js_client_is_served_to_any_origin(make_client: AppFactory) -> None:
+    client = await console_app(make_client)
+    resp = await client.get("/static/realtime-client.js", headers={"Origin": "https://app.example"})
+    assert resp.status == 200 and resp.content_type == "text/javascript"
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"  # module scripts are fetched with CORS
+    text = await resp.text()
+    assert "export { RealtimeClient" in text
+    console_js = await (await client.get("/console/console.js")).text()
+    assert 'from "/static/realtime-client.js"' in console_js  # one client, not two
+
+
 def chromium_or_skip() -> str:
     """Chromium's path; fails under CI when it (or Playwright) is missing, skips otherwise."""
     problem = None

@@ -19,6 +19,7 @@ PUBLIC_ROUTES = {
     ("GET", "/console"): "the console's static page: its data comes from /console/stats (admin key)",
     ("GET", "/console/console.js"): "static script of the console page",
     ("GET", "/console/console.css"): "static stylesheet of the console page",
+    ("GET", "/static/realtime-client.js"): "the JavaScript client (clients/js), a static script for any page",
     ("GET", "/api/v1/openapi.json"): "the API description: public, like any published API reference",
     ("GET", "/api/v1/api-docs"): "the page that renders /api/v1/openapi.json",
     ("GET", "/api/v1/api-docs/api-docs.js"): "static script that starts Swagger UI on the docs page",

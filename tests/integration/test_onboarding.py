@@ -73,7 +73,8 @@ def test_readme_try_it_runs_pasted_as_is(redis_url: str, channel: str, tmp_path:
             if os.environ.get("CI"):
                 pytest.fail(message + " (CI is set: this test must not skip)")
             pytest.skip(message)
-    (setup_lang, setup), (client_lang, client), (publish_lang, publish) = readme_blocks("Try it")
+    blocks = [b for b in readme_blocks("Try it") if b[0] != "html"]  # the browser page: test_js_client.py
+    (setup_lang, setup), (client_lang, client), (publish_lang, publish) = blocks
     assert (setup_lang, client_lang, publish_lang) == ("sh", "python", "sh")
     assert "sleep 1" in publish and "PUBLISH realtime " in publish and "realtime:admin" in setup
     port = str(free_port())

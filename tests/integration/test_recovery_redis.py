@@ -113,7 +113,23 @@ class Publisher:
         return False
 
 
+async def until_ready(servers: list[Server], timeout: float = 15.0) -> None:
+    """Wait until every server is subscribed to Redis (``/ready``): a LISTEN accepted before an
+    instance's first subscription is rightly answered with GAP ``broker_reconnected``."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        for server in servers:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(server.url + "/ready") as resp:
+                        if resp.status == 200:
+                            break
+                assert time.monotonic() < deadline, f"{server.url} not ready"
+                await asyncio.sleep(0.05)
+
+
 async def start_listeners(servers: list[Server], per_topic: int = 1) -> list[Listener]:
+    await until_ready(servers)
     listeners = []
     urls = [s.url for s in servers]
     for i in range(TOPIC_COUNT * per_topic):

@@ -18,6 +18,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from realtime.redis_functions import function_names, history_key
 from tests.conftest import API_KEYS_JSON, PUBLISHER_KEY, auth, listen
 from tests.procs import Server
 
@@ -116,5 +117,49 @@ async def test_load_check_two_instances_200_listeners(
         for ws in sockets:
             await ws.close()
     await redis.aclose()
+    for server in (a, b):
+        assert await asyncio.to_thread(server.stop) == 0
+
+
+async def test_offsets_are_gap_free_with_two_instances_and_concurrent_publishers(
+    spawn: type[Server], redis_url: str, channel: str
+) -> None:
+    """Issue 16: /publish on each instance and FCALL from redis-cli, all at once, on one topic
+    with history: offsets 1..N, each once, and every reader sees the same order."""
+    a, b = await start_pair(spawn, redis_url, channel)
+    topic, per_path = "dream:update.race", 60
+    names = function_names(channel)
+    async with aiohttp.ClientSession() as http:
+        readers = [await http.ws_connect(s.url + "/ws") for s in (a, b, a, b)]
+        for ws in readers:
+            assert (await listen(ws, [topic]))["error"] == ""
+
+        async def via_http(server: Server, tag: str) -> None:
+            for i in range(per_path):
+                resp = await http.post(
+                    server.url + "/publish", json={"topic": topic, "message": f"{tag}{i}"}, headers=auth(PUBLISHER_KEY)
+                )
+                assert resp.status == 202
+
+        host, port = redis_url.split("//")[1].split("/")[0].split(":")
+        cli = await asyncio.create_subprocess_exec(
+            "redis-cli", "-h", host, "-p", port, "-r", str(per_path),
+            "FCALL", names.publish, "1", history_key(channel, topic), topic, "cli",
+            stdout=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        await asyncio.gather(via_http(a, "a"), via_http(b, "b"), cli.wait())
+        total = 3 * per_path
+        seen: list[list[tuple[int, str]]] = []
+        for ws in readers:
+            got = []
+            while len(got) < total:
+                msg = await ws.receive(timeout=10)
+                data = orjson.loads(msg.data)["data"]
+                got.append((data["offset"], data["message"]))
+            seen.append(got)
+            await ws.close()
+    assert [o for o, _ in seen[0]] == list(range(1, total + 1))  # gap-free, each once
+    assert all(s == seen[0] for s in seen)  # the same order on both instances
+    assert sum(m == "cli" for _, m in seen[0]) == per_path
     for server in (a, b):
         assert await asyncio.to_thread(server.stop) == 0

@@ -284,9 +284,10 @@ def test_memory_history_keeps_the_last_size_and_expires() -> None:
     epoch = page.epoch
     now[0] = 10.5
     page = store.read("t.a", since=0, limit=10, size=3, ttl=10)
-    assert (page.offset, page.first, page.publications) == (0, 1, [])
-    assert page.epoch != epoch
-    assert store.append("t.a", "x", size=3, ttl=10) == Position(1, page.epoch)  # the epoch a reader saw
+    assert (page.offset, page.epoch, page.first, page.publications) == (0, "", 1, [])  # no history
+    assert len(store) == 0  # a read creates nothing
+    fresh = store.append("t.a", "x", size=3, ttl=10)
+    assert fresh.offset == 1 and fresh.epoch not in ("", epoch)
     now[0] = 30
     store.append("t.b", "x", size=3, ttl=10)
     assert len(store) == 1  # t.a expired, dropped when t.b was published
@@ -298,6 +299,8 @@ def test_history_page_covers() -> None:
     assert not page.covers(Position(4, "e"))
     assert not page.covers(Position(11, "e"))
     assert not page.covers(Position(7, "f"))
+    assert not page.covers(Position(0, "e"))  # offset 0: from the first publication, which is gone
+    assert HistoryPage([], offset=10, epoch="e", first=1).covers(Position(0, "another"))
 
 
 async def test_resumers_after_a_read_are_served_from_the_recent_page(
@@ -352,3 +355,156 @@ def test_recent_pages_are_bounded_in_time_and_count() -> None:
     assert pages.page("a", Position(1, "e")) is None and len(pages) == 3
     now[0] = 16
     assert pages.page("b", Position(1, "e")) is None  # expired
+
+
+async def test_a_broker_gap_during_a_read_that_learns_the_position_is_announced(
+    recovery: Recovery, broker: ScriptedBroker
+) -> None:
+    broker.append()
+    broker.failures = 1  # the read that learns the position fails once: out when the gap comes
+    c = conn()
+    recovery.listen(c, T, RULE, None)
+    await settle()
+    recovery.on_gap()  # this instance may have missed publications for c, and knows no offset
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+        if c.got:
+            break
+    assert c.kinds() == ["GAP broker_reconnected"]
+
+
+async def test_connections_left_for_the_next_read_are_served_when_a_read_gives_up(
+    recovery: Recovery, broker: ScriptedBroker
+) -> None:
+    positions = [broker.append() for _ in range(4)]
+    broker.gate = asyncio.Event()
+    first, second = conn(), conn()
+    recovery.listen(first, T, RULE, positions[2])  # saw 3: the read is after 3
+    recovery.listen(second, T, RULE, positions[0])  # saw 1: not covered, left for the next read
+    await settle()
+    broker.failures = MAX_ATTEMPTS  # the gap makes it read again, and every retry fails
+    recovery.on_gap()
+    broker.gate.set()
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if second.got:
+            break
+    assert first.kinds() == ["GAP history_lost"]
+    assert second.offsets() == [2, 3, 4]  # not left waiting for a read that nobody starts
+    live(recovery, broker.append())
+    assert first.offsets() == [5] and second.offsets() == [2, 3, 4, 5]
+
+
+async def test_a_full_buffer_loses_no_live_publication_for_listeners(
+    recovery: Recovery, broker: ScriptedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("realtime.recovery.MAX_BUFFER", 3)
+    old = broker.append()
+    listener = conn()
+    recovery.listen(listener, T, RULE, None)
+    await settle()
+    broker.gate = asyncio.Event()
+    waiting = conn()
+    recovery.listen(waiting, T, RULE, Position(0, old.epoch))  # a read out while 2..5 arrive live
+    await settle()
+    for _ in range(4):
+        live(recovery, broker.append())  # 5 overflows the buffer: the read gives up
+    live(recovery, broker.append())
+    assert listener.offsets() == [2, 3, 4, 5, 6]
+    assert "GAP history_lost" not in listener.kinds()
+    assert waiting.kinds() == ["GAP history_lost", "MESSAGE", "MESSAGE"]
+    assert waiting.offsets() == [5, 6]  # the live stream after the GAP has no hole
+
+
+async def test_a_read_that_finds_publications_never_delivered_live_catches_listeners_up(
+    recovery: Recovery, broker: ScriptedBroker
+) -> None:
+    listener = conn()
+    recovery.listen(listener, T, RULE, None)
+    await settle()
+    p1 = broker.append()
+    live(recovery, p1)
+    broker.append()  # 2 is in history but never reached this instance live (e.g. an envelope it could not decode)
+    waiting = conn()
+    recovery.listen(waiting, T, RULE, Position(0, p1.epoch))  # a read that sees 2
+    await settle()
+    live(recovery, broker.append())
+    assert waiting.offsets() == [1, 2, 3]
+    assert listener.offsets() == [1, 2, 3]  # 2 is not skipped for those already listening
+
+
+async def test_a_read_that_fails_unexpectedly_leaves_nobody_waiting(
+    recovery: Recovery, broker: ScriptedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    positions = [broker.append() for _ in range(3)]
+    read = broker.history
+
+    async def broken(topic: str, *, since: int, limit: int, rule: TopicRule) -> HistoryPage:
+        monkeypatch.setattr(broker, "history", read)
+        raise ValueError("an answer this version cannot parse")
+
+    monkeypatch.setattr(broker, "history", broken)
+    c = conn()
+    recovery.listen(c, T, RULE, positions[0])
+    await settle()
+    assert c.kinds() == ["GAP history_lost"]  # not left outside the index for ever
+    live(recovery, broker.append())
+    assert c.offsets() == [4]
+
+
+async def test_a_raw_publication_with_an_offset_on_a_topic_without_history_is_delivered() -> None:
+    from realtime.broker import MemoryBroker
+    from realtime.node import Node
+    from realtime.protocol import Listen
+    from topics import load_policy
+
+    node = Node(broker=MemoryBroker(), policy=load_policy(None), verify=lambda token: cast(Any, None))
+    c = conn()
+    plain = Topic("channel:update.1")
+    assert node.listen(c, [Listen(plain, PLAIN, None)], b"")
+    # a service forwarding a MESSAGE's data with a raw PUBLISH: the envelope is valid
+    node.on_publication(plain, "hello", 7, "some-epoch")
+    assert c.got == [{"type": "MESSAGE", "data": {"topic": plain, "message": "hello"}}]
+
+
+async def test_a_topic_without_history_yet_is_learned_as_empty_and_caught_up_from_one(
+    recovery: Recovery, broker: ScriptedBroker
+) -> None:
+    """Reads create nothing: a never-published topic reads as offset 0, epoch "". Its first
+    publication arriving during that read is no reset, and after a broker gap the listeners
+    get everything from offset 1."""
+    broker.gate = asyncio.Event()
+    c = conn()
+    recovery.listen(c, T, RULE, None)
+    await settle()  # the learning read is out and saw no history
+    p1 = broker.append("m1")
+    live(recovery, p1, "m1")
+    broker.gate.set()
+    await settle()
+    assert c.kinds() == ["MESSAGE"]
+    broker.gate = None
+    broker.append("m2"), broker.append("m3")  # missed while unsubscribed
+    recovery.on_gap()
+    await settle()
+    assert c.offsets() == [1, 2, 3] and "GAP history_lost" not in c.kinds()
+    resumer = conn()
+    recovery.listen(resumer, T, RULE, Position(0, ""))  # "from the first publication"
+    await settle()
+    assert resumer.offsets() == [1, 2, 3]
+
+
+async def test_learning_reads_are_budgeted_and_past_it_the_first_publication_teaches(
+    broker: ScriptedBroker,
+) -> None:
+    """A client LISTENing to ever new topics cannot turn its LISTENs into Redis calls past the
+    instance's learning budget; such a topic learns its position from its first publication."""
+    recovery = Recovery(cast(Any, broker), TopicIndex(), retry_delay=0.001, learn_rate=2)
+    conns = [conn() for _ in range(10)]
+    for i, c in enumerate(conns):
+        recovery.listen(c, Topic(f"dream:update.n{i}"), RULE, None)
+    await settle()
+    assert len(broker.reads) == 4  # the burst: twice the rate
+    assert recovery.stats.unlearned == 6
+    assert recovery.on_publication("dream:update.n9", "first", 3, "e") == 1  # no read: taken as is
+    assert recovery.on_publication("dream:update.n9", "next", 4, "e") == 1
+    assert conns[9].offsets() == [3, 4]

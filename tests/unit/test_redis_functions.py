@@ -33,7 +33,7 @@ def test_the_library_bakes_the_history_rules_in() -> None:
     code = library_code("realtime", DEFAULT_POLICY)
     assert code.startswith("#!lua name=realtime\n")
     assert "redis.register_function('realtime_publish', publish)" in code
-    assert "redis.register_function('realtime_history', history)" in code
+    assert "redis.register_function{function_name='realtime_history', callback=history, flags={'no-writes'}}" in code
     assert 'local CHANNEL = "realtime"' in code
     rows = re.findall(r'^  \["([^"]+)"\] = \{(\d+), (\d+)\},$', code, re.MULTILINE)
     assert rows == [

@@ -183,3 +183,19 @@ def test_cli_flags_override_the_environment_through_the_settings(
     monkeypatch.setenv("METRICS_PORT", "9100")
     assert main(["serve"]) == 2
     assert "METRICS_PORT cannot be shared" in capsys.readouterr().err
+
+
+def test_the_soft_fd_limit_is_raised_to_the_hard_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    from service import runner
+
+    limits = {"now": (1024, 4096)}
+    monkeypatch.setattr(resource, "getrlimit", lambda _: limits["now"])
+    monkeypatch.setattr(resource, "setrlimit", lambda _, value: limits.__setitem__("now", value))
+    assert runner.raise_fd_limit() == 4096 and limits["now"] == (4096, 4096)
+    limits["now"] = (1024, resource.RLIM_INFINITY)
+    assert runner.raise_fd_limit() == runner.MAX_FD_LIMIT
+    limits["now"] = (8192, 4096 * 4)
+    monkeypatch.setattr(resource, "setrlimit", lambda *_: (_ for _ in ()).throw(ValueError("not allowed")))
+    assert runner.raise_fd_limit() == 8192  # could not: the old limit stands
