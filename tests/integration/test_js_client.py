@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,9 @@ async def test_page_listens_recovers_across_a_restart_and_refreshes_tokens(
 
     # live again; tokens (4 s) expire meanwhile and are refreshed: nothing is missed
     tokens_before = len(await page.evaluate("window.tokens"))
+    deadline = time.monotonic() + 40  # 3 refreshes of 4 s tokens take ~6-8 s
     while len(await page.evaluate("window.tokens")) < tokens_before + 3:
+        assert time.monotonic() < deadline, await page.evaluate("window.events")  # never loop forever
         await publisher.publish(SCOPED_TOPIC)
         await publisher.publish(HISTORY_TOPIC)
         await asyncio.sleep(0.25)
