@@ -44,7 +44,14 @@ from realtime.envelope import InvalidEnvelope, decode_control, decode_publicatio
 from realtime.errors import BrokerUnavailable
 from realtime.history import HistoryPage, Position
 from realtime.redis_cluster import Address, ClusterReplyError, SlotMap, SlotUncovered
-from realtime.redis_cluster_links import ClassicLinkOpener, ShardLink, load_library, open_shard_link, read_slot_map
+from realtime.redis_cluster_links import (
+    ClassicLinkOpener,
+    ShardLink,
+    load_library,
+    open_shard_link,
+    parse_nodes,
+    read_slot_map,
+)
 from realtime.redis_functions import HistoryFunctions, library_code
 from realtime.redis_publisher import MAX_CONNECTIONS
 from realtime.stats import BrokerStats
@@ -54,25 +61,6 @@ from topics import DEFAULT_POLICY, TopicPolicy, TopicRule
 log = structlog.get_logger("realtime.broker")
 
 _FAILURES = (OSError, TimeoutError, RuntimeError, ConnectionError, RedisError, ClusterReplyError, SlotUncovered)
-
-
-def parse_nodes(nodes: str) -> list[Address]:
-    """``REDIS_CLUSTER_NODES`` (``host:port,host:port``) as addresses.
-
-    Raises:
-        ValueError: an entry is not ``host:port`` with a numeric port.
-    """
-    out = []
-    for item in (part.strip() for part in nodes.split(",")):
-        if not item:
-            continue
-        host, sep, port = item.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"not host:port: {item!r}")
-        out.append(Address(host.strip("[]"), int(port)))
-    if not out:
-        raise ValueError("no seed node")
-    return out
 
 
 class ClusterBroker:

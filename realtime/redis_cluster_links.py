@@ -23,6 +23,25 @@ from realtime.redis_link import OnBatchEnd, SubscriberLink, encode_command, open
 from realtime.topic_subscriptions import TopicSubscriptions
 
 
+def parse_nodes(nodes: str) -> list[Address]:
+    """``REDIS_CLUSTER_NODES`` (``host:port,host:port``) as addresses.
+
+    Raises:
+        ValueError: an entry is not ``host:port`` with a numeric port.
+    """
+    out = []
+    for item in (part.strip() for part in nodes.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"not host:port: {item!r}")
+        out.append(Address(host.strip("[]"), int(port)))
+    if not out:
+        raise ValueError("no seed node")
+    return out
+
+
 def _ignore(_: bytes) -> None:
     """No control channel on a sharded link."""
 
