@@ -18,6 +18,7 @@ recover what a client or the instance itself missed (:mod:`realtime.recovery`).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Protocol
 
 from realtime.errors import BrokerUnavailable
@@ -43,10 +44,11 @@ class BrokerEventHandler(Protocol):
         its fields are not checked yet (:func:`realtime.envelope.parse_control`)."""
         ...
 
-    def on_gap(self) -> None:
+    def on_gap(self, topics: Collection[str] | None = None) -> None:
         """The broker receives again after a time it did not (a reconnect, a renewed
         subscription that had stopped delivering, a first subscription made after the
-        server started serving): publications may have been missed."""
+        server started serving): publications may have been missed, on every topic
+        (``topics`` is ``None``) or on ``topics`` only (a Redis Cluster slot that moved)."""
         ...
 
     def on_listen_ready(self, topics: list[str]) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import structlog
@@ -187,15 +187,17 @@ class Node:
             scheduler.flush()
         return delivered
 
-    def on_gap(self) -> None:
-        """Publications may have been missed: catch topics with history up from history
-        (:meth:`realtime.recovery.Recovery.on_gap`) and tell every client listening to a
-        topic without history (``GAP``, reason ``broker_reconnected``)."""
+    def on_gap(self, topics: Collection[str] | None = None) -> None:
+        """Publications may have been missed (on every topic, or on ``topics`` only): catch
+        topics with history up from history (:meth:`realtime.recovery.Recovery.on_gap`) and
+        tell every client listening to a topic without history (``GAP``, reason
+        ``broker_reconnected``)."""
         self.stats.count_gap()
         recovery = self.recovery
-        recovery.on_gap()
+        recovery.on_gap(topics)
+        scope = None if topics is None else set(topics)
         for conn, peer in list(self.peers.items()):
-            lost = sorted(t for t in peer.session.topics if t not in recovery)
+            lost = sorted(t for t in peer.session.topics if t not in recovery and (scope is None or t in scope))
             if lost:
                 conn.send_payload(gap_payload(lost))
 

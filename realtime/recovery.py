@@ -33,6 +33,7 @@ sent from a task or a ``call_soon`` callback, never from inside ``Session.receiv
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import structlog
@@ -229,10 +230,17 @@ class Recovery:
         self._recent.extend(topic, offset, message)
         return self._deliver_live(topic, message, offset, epoch)
 
-    def on_gap(self) -> None:
-        """The broker receives again after a time it did not: catch every stream up."""
-        self._recent.clear()
-        for topic, stream in self._streams.items():
+    def on_gap(self, topics: Collection[str] | None = None) -> None:
+        """The broker receives again after a time it did not: catch every stream up (or,
+        with ``topics``, only those: e.g. a Redis Cluster slot that moved)."""
+        if topics is None:
+            self._recent.clear()
+            streams = list(self._streams.items())
+        else:
+            for topic in topics:
+                self._recent.drop(topic)
+            streams = [(t, s) for t in topics if (s := self._streams.get(t)) is not None]
+        for topic, stream in streams:
             if stream.epoch is None:  # never learned its position: cannot tell what was missed
                 self._gap(list(self._index.get(topic) or ()), topic, GAP_BROKER_RECONNECTED)
             read = stream.read

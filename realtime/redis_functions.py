@@ -46,6 +46,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
@@ -174,7 +175,7 @@ local function publish(keys, args)
     .. ',"offset":' .. digits .. ',"epoch":' .. cjson.encode(epoch) .. '}'
   -- the topic's own channel (per-topic routing): instances subscribe to it while they have
   -- a listener of the topic; the prefix ends with ':', the channel is the prefix without it
-  redis.call('PUBLISH', string.sub(prefix, 1, -2), envelope)
+  redis.call('@PUBLISH_COMMAND@', string.sub(prefix, 1, -2), envelope)
   return {offset, epoch}
 end
 
@@ -219,12 +220,14 @@ redis.register_function{function_name='@HISTORY@', callback=history, flags={'no-
 """
 
 
-def library_code(channel: str, policy: TopicPolicy) -> str:
+def library_code(channel: str, policy: TopicPolicy, *, sharded: bool = False) -> str:
     """The Lua source of ``channel``'s library (``FUNCTION LOAD`` it), with the sizes and
     ttls of ``policy``'s topic names that keep history baked in (a policy without any gives
-    a library whose functions refuse every topic)."""
+    a library whose functions refuse every topic); ``sharded``: for a Redis Cluster, the
+    publish function ``SPUBLISH``es on the topic's channel instead of ``PUBLISH``."""
     names = function_names(channel)
     replacements = {
+        "@PUBLISH_COMMAND@": "SPUBLISH" if sharded else "PUBLISH",
         "@LIBRARY@": names.library,
         "@PUBLISH@": names.publish,
         "@HISTORY@": names.history,
@@ -254,19 +257,23 @@ class HistoryFunctions:
 
     __slots__ = ("_channel", "_client", "_code", "names")
 
-    def __init__(self, client: aioredis.Redis, *, channel: str, policy: TopicPolicy) -> None:
+    def __init__(
+        self, client: aioredis.Redis | RedisCluster, *, channel: str, policy: TopicPolicy, sharded: bool = False
+    ) -> None:
         """Args:
-        client: the client to call through (its timeouts apply; it must not retry).
+        client: the client to call through (its timeouts apply; it must not retry); a
+            ``RedisCluster`` routes each call by its key.
         channel: the data channel.
         policy: the topic policy baked into the library.
+        sharded: the library ``SPUBLISH``es (Redis Cluster, :func:`library_code`).
         """
         self._client = client
         self._channel = channel
-        self._code = library_code(channel, policy)
+        self._code = library_code(channel, policy, sharded=sharded)
         self.names = function_names(channel)
 
     async def load(self) -> None:
-        """``FUNCTION LOAD REPLACE`` the library.
+        """``FUNCTION LOAD REPLACE`` the library (on a Redis Cluster: on every master).
 
         Loading is idempotent: a failed connection (e.g. a pooled one to a Redis that
         restarted) is retried once, on a new one.
@@ -276,7 +283,12 @@ class HistoryFunctions:
         """
         for attempt in (1, 2):
             try:
-                await self._client.function_load(self._code, replace=True)
+                if isinstance(self._client, RedisCluster):  # every master runs the function of its slots
+                    await self._client.execute_command(
+                        "FUNCTION LOAD", "REPLACE", self._code, target_nodes=RedisCluster.PRIMARIES
+                    )
+                else:
+                    await self._client.function_load(self._code, replace=True)
                 return
             except (RedisConnectionError, OSError) as exc:
                 if attempt == 2:

@@ -46,6 +46,7 @@ import hiredis
 import structlog
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
+from realtime.redis_cluster import key_slot
 from realtime.timer import PreciseTimer
 
 log = structlog.get_logger("realtime.broker")
@@ -79,6 +80,14 @@ once."""
 
 _PING = encode_command("PING")
 _PONG = [b"pong", b""]
+_PONGS = (_PONG, b"PONG")  # b"PONG": the reply to a PING on a link without subscriptions
+_MESSAGE = (b"message", b"smessage")  # classic and sharded (Redis Cluster) pub/sub
+_SUBSCRIBE = (b"subscribe", b"ssubscribe")
+_UNSUBSCRIBE = (b"unsubscribe", b"sunsubscribe")
+
+
+def _ignore_channel(channel: bytes) -> None:
+    """The default ``on_unsubscribed``: nothing to do."""
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:
@@ -98,6 +107,15 @@ def subscribe_commands(verb: str, channels: Iterable[bytes]) -> bytes:
     return b"".join(
         encode_command(verb, *names[i : i + SUBSCRIBE_BATCH]) for i in range(0, len(names), SUBSCRIBE_BATCH)
     )
+
+
+def shard_commands(verb: str, channels: Iterable[bytes]) -> bytes:
+    """``SSUBSCRIBE`` (or ``SUNSUBSCRIBE``) commands for sharded ``channels``: one command
+    per hash slot (at most :data:`SUBSCRIBE_BATCH` channels each)."""
+    by_slot: dict[int, list[bytes]] = {}
+    for name in channels:
+        by_slot.setdefault(key_slot(name), []).append(name)
+    return b"".join(subscribe_commands(verb, names) for names in by_slot.values())
 
 
 class SubscriberLink(asyncio.Protocol):
@@ -124,9 +142,11 @@ class SubscriberLink(asyncio.Protocol):
         *,
         initial: int = 2,
         on_subscribed: Callable[[bytes], None] | None = None,
+        on_unsubscribed: Callable[[bytes], None] | None = None,
     ) -> None:
         self._initial = initial  # channels subscribed when opened: ``subscribed`` waits for them
         self._on_subscribed = on_subscribed
+        self._on_unsubscribed = on_unsubscribed or _ignore_channel
         self._control = control
         self._on_data = on_data
         self._on_control = on_control
@@ -150,6 +170,8 @@ class SubscriberLink(asyncio.Protocol):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for fut in (self.subscribed, self.lost):
             fut.add_done_callback(_retrieve)
+        if initial == 0:  # opened without channels (a sharded link: channels come later)
+            self.subscribed.set_result(None)
         self.last_seen = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -218,7 +240,7 @@ class SubscriberLink(asyncio.Protocol):
     def _handle(self, reply: Any) -> None:
         if isinstance(reply, list) and len(reply) == 3:
             kind = reply[0]
-            if kind == b"message":
+            if kind in _MESSAGE:
                 if reply[1] == self._control:
                     self._on_control(reply[2])
                 else:
@@ -226,16 +248,17 @@ class SubscriberLink(asyncio.Protocol):
                     self.received += 1
                     self._on_data(reply[2])
                 return
-            if kind == b"subscribe":
+            if kind in _SUBSCRIBE:
                 self._confirmations += 1
                 if self._confirmations >= self._initial and not self.subscribed.done():
                     self.subscribed.set_result(None)
                 elif self._confirmations > self._initial and self._on_subscribed is not None:
                     self._on_subscribed(reply[1])
                 return
-            if kind == b"unsubscribe":
+            if kind in _UNSUBSCRIBE:
+                self._on_unsubscribed(reply[1])
                 return
-        if reply == _PONG:
+        if reply in _PONGS:
             self._pong()
         elif isinstance(reply, hiredis.ReplyError):
             self._fail(RuntimeError(f"redis refused: {reply}"))
@@ -257,6 +280,19 @@ class SubscriberLink(asyncio.Protocol):
         """UNSUBSCRIBE from channels (publications already on the way may still arrive)."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(subscribe_commands("UNSUBSCRIBE", channels))
+
+    def ssubscribe(self, channels: Iterable[bytes]) -> None:
+        """SSUBSCRIBE to sharded channels (Redis Cluster): one command per hash slot (Redis
+        refuses channels of several slots in one command), pipelined; each confirmation is
+        handed to ``on_subscribed``."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(shard_commands("SSUBSCRIBE", channels))
+
+    def sunsubscribe(self, channels: Iterable[bytes]) -> None:
+        """SUNSUBSCRIBE from sharded channels, one command per hash slot; each reply is
+        handed to ``on_unsubscribed`` (as is a ``sunsubscribe`` Redis pushes unasked)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(shard_commands("SUNSUBSCRIBE", channels))
 
     def ping(self) -> None:
         """Write a PING (a health check; its PONG refreshes ``last_seen``)."""

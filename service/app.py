@@ -21,6 +21,7 @@ from realtime.broker import Broker, MemoryBroker
 from realtime.limits import ConnectionLimiter
 from realtime.node import Node
 from realtime.redis_broker import RedisBroker
+from realtime.redis_cluster_broker import ClusterBroker
 from realtime.revocations import CLOCK_MARGIN, RevocationTable
 from realtime.server import WsContext, shutdown_peers
 from realtime.settings import BrokerSettings, Settings
@@ -61,13 +62,22 @@ def load_keys(*, ws_signing_keys: str, keys_dir: str) -> KeyStore:
 
 
 def make_broker(broker: BrokerSettings, *, write_interval: float, policy: TopicPolicy = DEFAULT_POLICY) -> Broker:
-    """A :class:`RedisBroker` when ``REDIS_URL`` is set, else a :class:`MemoryBroker`.
+    """A :class:`ClusterBroker` when ``REDIS_CLUSTER_NODES`` is set, else a
+    :class:`RedisBroker` when ``REDIS_URL`` is set, else a :class:`MemoryBroker`.
 
     Args:
         broker: the broker settings.
         write_interval: ``WRITE_INTERVAL`` seconds, which also paces the subscriber's reads.
         policy: the topic policy (the Redis broker's history library is generated from it).
     """
+    if broker.redis_cluster_nodes:
+        return ClusterBroker(
+            broker.redis_cluster_nodes,
+            channel=broker.redis_channel,
+            batch_interval=write_interval,
+            policy=policy,
+            firehose=broker.redis_firehose,
+        )
     if broker.redis_url:
         return RedisBroker(
             broker.redis_url,

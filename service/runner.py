@@ -161,8 +161,8 @@ def run_workers(settings: Settings, *, migrate: bool = False) -> int:
         SettingsError: ``REDIS_URL`` is not set (memory brokers cannot share messages).
     """
     server, auth = settings.server, settings.auth
-    if not settings.broker.redis_url:
-        raise SettingsError("--workers > 1 needs REDIS_URL: each worker is a separate process")
+    if not (settings.broker.redis_url or settings.broker.redis_cluster_nodes):
+        raise SettingsError("--workers > 1 needs REDIS_URL or REDIS_CLUSTER_NODES: each worker is a separate process")
     load_keys(ws_signing_keys=auth.ws_signing_keys, keys_dir=auth.keys_dir)
     argv = [
         sys.executable,

@@ -160,6 +160,7 @@ def read_broker(env: SettingsEnv) -> BrokerSettings:
         redis_probe_interval=env.float("REDIS_PROBE_INTERVAL", d.redis_probe_interval),
         redis_probe_timeout=env.float("REDIS_PROBE_TIMEOUT", d.redis_probe_timeout),
         redis_firehose=env.flag("REDIS_FIREHOSE", d.redis_firehose),
+        redis_cluster_nodes=env.str("REDIS_CLUSTER_NODES", d.redis_cluster_nodes),
     )
 
 

@@ -177,6 +177,8 @@ class BrokerSettings:
         redis_probe_timeout: seconds a probe may take to come back before resubscribing.
         redis_firehose: also subscribe to ``redis_channel`` itself, where raw ``PUBLISH``
             envelopes land (every instance receives all of them).
+        redis_cluster_nodes: Redis Cluster seed nodes, ``host:port`` comma-separated; set,
+            it selects the cluster broker (sharded pub/sub) instead of ``redis_url``.
     """
 
     redis_url: str = ""
@@ -184,6 +186,7 @@ class BrokerSettings:
     redis_probe_interval: float = 15.0
     redis_probe_timeout: float = 5.0
     redis_firehose: bool = True
+    redis_cluster_nodes: str = ""
 
     def validate(self) -> None:
         """Check the URL scheme, the channel and the probe's times.
@@ -195,6 +198,10 @@ class BrokerSettings:
             raise SettingsError("REDIS_CHANNEL must not be empty")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+        for node in filter(None, (n.strip() for n in self.redis_cluster_nodes.split(","))):
+            host, sep, port = node.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise SettingsError(f"REDIS_CLUSTER_NODES must list host:port entries, not {node!r}")
         if self.redis_probe_interval < 0:
             raise SettingsError("REDIS_PROBE_INTERVAL must not be negative (0 turns the delivery probe off)")
         if self.redis_probe_timeout <= 0:

@@ -1,0 +1,514 @@
+"""Redis Cluster broker: per-topic sharded channels, one subscriber link per master.
+
+Selected by ``REDIS_CLUSTER_NODES`` (seed ``host:port`` list). What changes from
+:class:`realtime.redis_broker.RedisBroker` (one Redis):
+
+- a topic's channel ``<channel>:{<topic>}`` is a sharded channel: published with
+  ``SPUBLISH`` (the history library, loaded on every master, ``SPUBLISH``es too), and
+  received over one link per master (``SSUBSCRIBE``, one command per hash slot, pipelined;
+  :meth:`realtime.redis_link.SubscriberLink.ssubscribe`), the link of the master that owns
+  the channel's slot (:class:`realtime.redis_cluster.SlotMap`, read with ``CLUSTER SHARDS``);
+- the control channel ``<channel>:control`` and the firehose (``REDIS_FIREHOSE``) stay
+  classic channels on one more link to any node: a classic ``PUBLISH`` reaches every node
+  of a cluster (and costs every node its traffic);
+- commands go through redis-py's ``RedisCluster`` (routed by key; never retried, so a
+  publication is never sent twice).
+
+Following the topology: when a master link is lost, or Redis pushes a ``sunsubscribe`` we
+did not ask for (the slot moved, or the master was demoted), the topics concerned lose
+their subscription; the supervisor reads ``CLUSTER SHARDS`` again (with capped backoff
+until a master answers for every slot), loads the library again if the map changed, opens
+links to new masters and subscribes each wanted topic on its owner's link. When that
+subscription is confirmed the handler's ``on_gap(topics)`` catches those topics up (from
+history, or a ``GAP``). Between the loss and the new subscription, publications on those
+topics are not delivered to this instance (at-most-once, as on one Redis).
+
+Not done in cluster mode: the delivery probe (``REDIS_PROBE_INTERVAL`` is not used).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import structlog
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from realtime.backoff import backoff_delay
+from realtime.broker import BrokerEventHandler
+from realtime.envelope import InvalidEnvelope, decode_control, decode_publication, encode_control, encode_publication
+from realtime.errors import BrokerUnavailable
+from realtime.history import HistoryPage, Position
+from realtime.redis_cluster import Address, ClusterReplyError, SlotMap, SlotUncovered
+from realtime.redis_cluster_links import (
+    ClassicLinkOpener,
+    ShardLink,
+    load_library,
+    open_shard_link,
+    parse_nodes,
+    read_slot_map,
+)
+from realtime.redis_functions import HistoryFunctions, library_code
+from realtime.redis_publisher import MAX_CONNECTIONS
+from realtime.stats import BrokerStats
+from realtime.topic_subscriptions import TopicSubscriptions
+from topics import DEFAULT_POLICY, TopicPolicy, TopicRule
+
+log = structlog.get_logger("realtime.broker")
+
+_FAILURES = (OSError, TimeoutError, RuntimeError, ConnectionError, RedisError, ClusterReplyError, SlotUncovered)
+
+
+class ClusterBroker:
+    """Broker over a Redis Cluster's sharded pub/sub; see the module docstring."""
+
+    kind = "redis"
+
+    def __init__(
+        self,
+        nodes: str,
+        *,
+        channel: str = "realtime",
+        connect_timeout: float = 2.0,
+        health_interval: float = 5.0,
+        backoff_cap: float = 1.0,
+        batch_interval: float = 0.0,
+        policy: TopicPolicy = DEFAULT_POLICY,
+        firehose: bool = True,
+    ) -> None:
+        """Args:
+        nodes: seed nodes, ``host:port`` comma-separated (any reachable one will do).
+        channel: the prefix of every channel and key; the firehose channel.
+        connect_timeout: per connection attempt and per command, seconds.
+        health_interval: PING period on every subscriber link, seconds.
+        backoff_cap: longest wait between topology refresh attempts, seconds.
+        batch_interval: read pacing of the links (:mod:`realtime.redis_link`), seconds.
+        policy: the topic policy baked into the history library.
+        firehose: also subscribe to ``channel`` itself (classic pub/sub).
+
+        Raises:
+            ValueError: ``nodes`` does not parse.
+        """
+        self._seeds = parse_nodes(nodes)
+        self._channel = channel
+        self._connect_timeout = connect_timeout
+        self._health_interval = health_interval
+        self._backoff_cap = backoff_cap
+        self._batch_interval = batch_interval
+        self._policy = policy
+        self._library = library_code(channel, policy, sharded=True)
+        self._firehose = firehose
+        self._handler: BrokerEventHandler | None = None
+        self._client: RedisCluster | None = None
+        self._functions: HistoryFunctions | None = None
+        self._map: SlotMap | None = None
+        self._stale = True  # the map must be read (again)
+        self._shards: dict[Address, ShardLink] = {}
+        self._names = TopicSubscriptions(channel)  # channel <-> topic names only
+        self._wanted: set[str] = set()
+        self._lost: set[str] = set()  # wanted, and not received for a while: a gap on confirmation
+        self._gaps: set[str] = set()  # confirmed lost topics, announced at the end of this pass
+        self._classic: ClassicLinkOpener | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closers: set[asyncio.Task[None]] = set()
+        self._ready = False
+        self._serving = False
+        self._closing = False
+        self._flush_due = False
+        self._stats = BrokerStats()
+        self.client_name = f"realtime-sub-{os.getpid()}-{id(self):x}"
+
+    @property
+    def ready(self) -> bool:
+        """``True`` while the classic link is up and the slot map is known."""
+        return self._ready
+
+    @property
+    def stats(self) -> BrokerStats:
+        """Reconnects (of the classic link and topology refreshes) and invalid envelopes."""
+        return self._stats
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self, handler: BrokerEventHandler) -> None:
+        """Start the supervisor; waits up to ``connect_timeout`` for the first subscription."""
+        self._handler = handler
+        self._start_client()
+        self._classic = ClassicLinkOpener(
+            channel=self._channel,
+            firehose=self._firehose,
+            client_name=self.client_name,
+            connect_timeout=self._connect_timeout,
+            batch_interval=self._batch_interval,
+            on_data=self._on_envelope,
+            on_control=self._on_control_data,
+            on_batch=handler.on_batch_end,
+        )
+        first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._supervise(first), name="redis-cluster-subscriber")
+        try:
+            await asyncio.wait_for(asyncio.shield(first), self._connect_timeout * 2 + 0.5)
+        except TimeoutError:
+            log.warning("redis_cluster_not_ready_at_start", channel=self._channel)
+        self._serving = True
+
+    def _start_client(self) -> None:
+        timeout = self._connect_timeout
+        self._client = RedisCluster(
+            startup_nodes=[ClusterNode(a.host, a.port) for a in self._seeds],
+            retry=Retry(NoBackoff(), 0),  # never send a publication twice
+            max_connections=MAX_CONNECTIONS,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        self._functions = HistoryFunctions(self._client, channel=self._channel, policy=self._policy, sharded=True)
+
+    def _renew_client(self) -> None:
+        """A new command client for a new topology (its slot cache read afresh); the old one
+        is closed once the commands in flight on it had time to finish."""
+        old = self._client
+        self._start_client()
+        if old is not None:
+            task = asyncio.create_task(self._close_later(old), name="redis-cluster-client-close")
+            self._closers.add(task)
+            task.add_done_callback(self._closers.discard)
+
+    async def _close_later(self, client: RedisCluster) -> None:
+        try:
+            await asyncio.sleep(self._connect_timeout)
+        finally:
+            await client.aclose()
+
+    async def close(self) -> None:
+        """Stop the supervisor and close every link and the client."""
+        self._closing = True
+        task, self._task = self._task, None
+        if task is not None:
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
+            await asyncio.gather(task, return_exceptions=True)
+        for closer in list(self._closers):
+            closer.cancel()
+        await asyncio.gather(*self._closers, return_exceptions=True)
+        for shard in list(self._shards.values()):
+            shard.close()
+        if self._classic is not None:
+            self._classic.close()
+        self._ready = False
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- the supervisor -------------------------------------------------------------
+
+    async def _supervise(self, first: asyncio.Future[None]) -> None:
+        attempt = 0
+        while not self._closing:
+            try:
+                await self._sync()
+            except _FAILURES as exc:
+                self._stale = True  # read the topology again: e.g. a dead master not yet replaced
+                self._done(first)
+                delay = backoff_delay(attempt, cap=self._backoff_cap)
+                log.warning("redis_cluster_sync_failed", error=str(exc) or type(exc).__name__, retry_in=round(delay, 3))
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            self._done(first)
+            await self._idle()
+
+    @staticmethod
+    def _done(first: asyncio.Future[None]) -> None:
+        if not first.done():
+            first.set_result(None)
+
+    async def _sync(self) -> None:
+        """Bring links and subscriptions in line with the cluster (see the module docstring).
+
+        Raises:
+            OSError, TimeoutError, RuntimeError, ConnectionError, RedisError,
+            ClusterReplyError, SlotUncovered: a step failed; the caller retries.
+        """
+        classic = self._classic
+        assert classic is not None
+        if not classic.up:
+            self._ready = False
+            candidates = [*(self._map.masters() if self._map else ()), *self._seeds]
+            again = await classic.open(candidates)
+            if again:
+                self._stats.count_reconnect()
+            if again and self._firehose and self._handler is not None:
+                self._handler.on_gap()  # raw publications on the firehose may have been missed
+        if self._stale or self._map is None:
+            await self._refresh()
+        for master in self._map.masters() if self._map else ():
+            if master not in self._shards:
+                await self._open_shard(master)
+        self._ready = True
+        self._flush()
+
+    async def _refresh(self) -> None:
+        candidates = [*(self._map.masters() if self._map else ()), *self._seeds]
+        new = await read_slot_map(candidates, wait=self._connect_timeout)
+        if not new.covered():
+            raise SlotUncovered("the cluster does not cover every slot yet")
+        old, self._map = self._map, new
+        self._stale = False
+        if old is not None and new != old:
+            log.info("redis_cluster_topology_changed", masters=sorted(map(str, new.masters())))
+            self._stats.count_reconnect()
+        for address in [a for a in self._shards if a not in new.masters()]:
+            self._shards[address].close()  # its done callback moves its topics to _lost
+        self._move_topics(new)
+        if old is None or new != old:
+            await load_library(new.masters(), self._library, wait=self._connect_timeout)
+            if old is not None:
+                self._renew_client()
+
+    def _move_topics(self, new: SlotMap) -> None:
+        """Forget subscriptions on links whose master no longer owns the topic's slot (Redis
+        dropped them, or will: it pushes ``sunsubscribe`` when a slot leaves a node)."""
+        for address, shard in self._shards.items():
+            moved = [t for t in shard.sent if new.master_for_key(self._names.channel_of(t)) != address]
+            for topic in moved:
+                shard.forget(topic)
+                if topic in self._wanted:
+                    self._lost.add(topic)
+
+    async def _open_shard(self, master: Address) -> None:
+        shard = await open_shard_link(
+            master,
+            client_name=self.client_name,
+            connect_timeout=self._connect_timeout,
+            batch_interval=self._batch_interval,
+            on_data=self._on_envelope,
+            on_batch=self._handler.on_batch_end if self._handler is not None else None,
+            on_subscribed=self._on_subscribed,
+            on_unsubscribed=self._on_unsubscribed,
+        )
+        self._shards[master] = shard
+        shard.link.lost.add_done_callback(lambda _: self._shard_lost(shard))
+
+    def _shard_lost(self, shard: ShardLink) -> None:
+        if self._shards.get(shard.address) is shard:
+            del self._shards[shard.address]
+        waiting = [t for t in shard.sent if t not in shard.confirmed]
+        self._lost.update(t for t in shard.sent if t in self._wanted)
+        shard.sent.clear()
+        shard.confirmed.clear()
+        if not self._closing:
+            log.warning("redis_cluster_master_link_lost", master=str(shard.address))
+            self._stale = True
+            self._wake.set()
+        if waiting and self._handler is not None:
+            self._handler.on_listen_ready(waiting)  # answered now; on_gap follows the new subscription
+
+    async def _idle(self) -> None:
+        """Return when something needs the supervisor; PING the links meanwhile."""
+        while not self._closing:
+            assert self._classic is not None
+            if self._stale or not self._classic.up:
+                return
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._health_interval)
+            except TimeoutError:
+                self._health_check()
+            self._wake.clear()
+
+    def _health_check(self) -> None:
+        assert self._classic is not None
+        links = [s.link for s in self._shards.values()]
+        if self._classic.link is not None:
+            links.append(self._classic.link)
+        for link in links:
+            if time.monotonic() - link.last_seen > 3 * self._health_interval:
+                link.drop("redis link silent")
+            else:
+                link.ping()
+
+    # -- subscriptions ----------------------------------------------------------------
+
+    def _owner(self, topic: str) -> ShardLink | None:
+        """The link of the master owning ``topic``'s slot, if it is up."""
+        if self._map is None:
+            return None
+        try:
+            return self._shards.get(self._map.master_for_key(self._names.channel_of(topic)))
+        except SlotUncovered:
+            return None
+
+    def watch(self, topic: str) -> bool:
+        """Receive ``topic``'s sharded channel; ``True`` if received now (or no link for
+        it: ``on_gap([topic])`` follows its subscription), ``False`` while the
+        ``SSUBSCRIBE`` is on its way (``on_listen_ready`` tells when it is done)."""
+        self._wanted.add(topic)
+        shard = self._owner(topic) if self._ready else None
+        if shard is None:
+            self._lost.add(topic)
+            return True
+        if topic in shard.confirmed:
+            return True
+        self._flush_soon()
+        return False
+
+    def unwatch(self, topic: str) -> None:
+        """No local listener needs ``topic`` any more: unsubscribe from its channel."""
+        self._wanted.discard(topic)
+        self._lost.discard(topic)
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write this pass's (un)subscriptions, batched per master and per slot."""
+        self._flush_due = False
+        if not self._ready:
+            return
+        placed = set()
+        for shard in self._shards.values():
+            removed = [t for t in shard.sent if t not in self._wanted]
+            shard.unsubscribe(removed, self._names)
+            placed |= shard.sent
+        added: dict[Address, list[str]] = {}
+        for topic in self._wanted - placed:
+            owner = self._owner(topic)
+            if owner is not None:
+                added.setdefault(owner.address, []).append(topic)
+        for address, topics in added.items():
+            self._shards[address].subscribe(topics, self._names)
+
+    def _on_subscribed(self, channel: bytes) -> None:
+        topic = self._names.topic_of(channel)
+        if topic is None or self._handler is None:
+            return
+        shard = self._owner(topic)
+        if shard is None or topic not in shard.sent:
+            return
+        shard.confirmed.add(topic)
+        if topic in self._lost:
+            self._lost.discard(topic)
+            if not self._gaps:
+                asyncio.get_running_loop().call_soon(self._announce_gaps)
+            self._gaps.add(topic)
+        self._handler.on_listen_ready([topic])
+
+    def _announce_gaps(self) -> None:
+        topics, self._gaps = self._gaps, set()
+        if topics and self._handler is not None:
+            log.info("redis_cluster_topics_resubscribed", topics=len(topics))
+            self._handler.on_gap(sorted(topics))
+
+    def _on_unsubscribed(self, shard: ShardLink, channel: bytes) -> None:
+        """A ``sunsubscribe``: ours (counted), or pushed by Redis (the slot left the node)."""
+        topic = self._names.topic_of(channel)
+        if topic is None or shard.unsubscribe_acknowledged(topic):
+            return
+        if topic in shard.sent:
+            shard.forget(topic)
+            if topic in self._wanted:
+                self._lost.add(topic)
+            log.info("redis_cluster_pushed_sunsubscribe", master=str(shard.address), topic=topic[:128])
+            self._stale = True
+            self._wake.set()
+
+    # -- publishing and history --------------------------------------------------------
+
+    def _usable(self) -> RedisCluster:
+        if self._client is None:
+            raise BrokerUnavailable("broker is not started")
+        if not self._ready:
+            raise BrokerUnavailable("this instance is not subscribed to redis")
+        return self._client
+
+    def _refused(self, exc: BaseException) -> BrokerUnavailable:
+        if "MOVED" in str(exc):
+            self._stale = True
+            self._wake.set()
+        return BrokerUnavailable(f"redis unavailable: {type(exc).__name__}")
+
+    async def publish(self, topic: str, message: str, rule: TopicRule | None = None) -> Position | None:
+        """``SPUBLISH`` the envelope on the topic's channel; with a ``rule`` that keeps
+        history, through the library's ``<p>_publish`` (routed by its key). Never retried.
+
+        Raises:
+            BrokerUnavailable: not sent (not started, not subscribed, Redis refused or failed).
+        """
+        client = self._usable()
+        if rule is not None and rule.has_history:
+            assert self._functions is not None
+            return await self._functions.publish(topic, message, rule)
+        channel = self._names.channel_of(topic)
+        try:
+            await client.spublish(channel, encode_publication(topic, message))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._refused(exc) from None
+        return None
+
+    async def publish_control(self, message: dict[str, object]) -> None:
+        """Classic ``PUBLISH`` on ``<channel>:control`` (reaches every node's subscribers).
+
+        Raises:
+            BrokerUnavailable: not sent.
+        """
+        client = self._usable()
+        try:
+            await client.publish(f"{self._channel}:control", encode_control(message))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._refused(exc) from None
+
+    async def history(self, topic: str, *, since: int, limit: int, rule: TopicRule) -> HistoryPage:
+        """Read ``topic``'s history, then wait for a barrier on the link of the master that
+        owns its slot (every publication up to the page's offset has then been handed on).
+
+        Raises:
+            realtime.NoHistory: ``rule`` keeps no history.
+            BrokerUnavailable: not readable, or no subscription to the topic's master.
+        """
+        self._usable()
+        assert self._functions is not None
+        page = await self._functions.read(topic, since, limit, rule)
+        shard = self._owner(topic)
+        if shard is None:
+            raise BrokerUnavailable("no link to the master of this topic's slot")
+        try:
+            await asyncio.wait_for(asyncio.shield(shard.link.barrier()), self._connect_timeout)
+        except (ConnectionError, RuntimeError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"redis subscription lost: {str(exc) or type(exc).__name__}") from None
+        return page
+
+    # -- what arrives ---------------------------------------------------------------------
+
+    def _on_envelope(self, data: bytes) -> None:
+        try:
+            topic, message, offset, epoch = decode_publication(data)
+        except InvalidEnvelope:
+            self._stats.count_invalid_envelope()
+            return
+        assert self._handler is not None
+        self._stats.count_received()
+        try:
+            self._handler.on_publication(topic, message, offset, epoch)
+        except Exception:
+            log.exception("deliver_failed", topic=topic[:128])
+
+    def _on_control_data(self, data: bytes) -> None:
+        try:
+            message = decode_control(data)
+        except InvalidEnvelope:
+            self._stats.count_invalid_envelope()
+            return
+        assert self._handler is not None
+        try:
+            self._handler.on_control(message)
+        except Exception:
+            log.exception("control_failed")
