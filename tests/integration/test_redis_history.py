@@ -47,7 +47,7 @@ class Recorder:
     def on_control(self, message: dict[str, object]) -> None:
         pass
 
-    def on_gap(self) -> None:
+    def on_gap(self, topics: list[str] | None = None) -> None:
         self.gaps += 1
 
     def on_batch_end(self) -> bool:
