@@ -42,8 +42,9 @@ from redis.asyncio.connection import parse_url
 
 from realtime.backoff import backoff_delay
 from realtime.broker import BrokerEventHandler
+from realtime.broker_inbox import BrokerInbox
 from realtime.delivery_probe import PROBE_TOPIC_PREFIX, probe_delivery
-from realtime.envelope import InvalidEnvelope, decode_control, decode_publication, encode_control, encode_publication
+from realtime.envelope import encode_control, encode_publication
 from realtime.errors import BrokerUnavailable
 from realtime.history import HistoryPage, Position
 from realtime.redis_functions import HistoryFunctions, topic_channel
@@ -118,8 +119,8 @@ class RedisBroker:
         self._link: SubscriberLink | None = None
         self._ready = False
         self._serving = False  # start() returned: listeners may be accepted, subscribed or not
-        self._last_invalid_log = 0.0
         self._stats = BrokerStats()
+        self._inbox = BrokerInbox(self._stats)
         self.client_name = f"realtime-sub-{os.getpid()}-{id(self):x}"
         self._probe_envelope = encode_publication(PROBE_TOPIC_PREFIX + self.client_name, "")
         self._probe_channel = f"{channel}:probe:{self.client_name}"  # this instance's alone
@@ -143,6 +144,7 @@ class RedisBroker:
         ready, if Redis is down; a subscription made after this returns is announced with
         ``handler.on_gap``)."""
         self._handler = handler
+        self._inbox.handler = handler
         self._subscribing = True
         self.start_publisher()
         first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -315,8 +317,8 @@ class RedisBroker:
             on_subscribed=self._on_subscribed,
             client_name=self.client_name,
             connect_timeout=self._connect_timeout,
-            on_data=self._on_envelope,
-            on_control=self._on_control_data,
+            on_data=self._inbox.publication,
+            on_control=self._inbox.control,
             on_batch=handler.on_batch_end if handler is not None else None,
             batch_interval=self._batch_interval,
         )
@@ -400,40 +402,3 @@ class RedisBroker:
                 link.transport.abort()
                 return
             link.ping()
-
-    def _on_envelope(self, data: bytes) -> None:
-        try:
-            topic, message, offset, epoch = decode_publication(data)
-        except InvalidEnvelope as exc:
-            self._invalid(exc)
-            return
-        assert self._handler is not None
-        self._stats.count_received()
-        try:
-            self._handler.on_publication(topic, message, offset, epoch)
-        except Exception:
-            log.exception("deliver_failed", topic=topic[:128])
-
-    def _on_control_data(self, data: bytes) -> None:
-        try:
-            message = decode_control(data)
-        except InvalidEnvelope as exc:
-            self._invalid(exc)
-            return
-        assert self._handler is not None
-        try:
-            self._handler.on_control(message)
-        except Exception:
-            log.exception("control_failed")
-
-    def _invalid(self, exc: InvalidEnvelope) -> None:
-        total = self._stats.count_invalid_envelope()
-        now = time.monotonic()
-        if now - self._last_invalid_log >= 1.0:
-            self._last_invalid_log = now
-            log.warning(
-                "invalid_envelope_dropped",
-                error=str(exc),
-                total_dropped=total,
-                expected='{"topic": "...", "message": ...}',
-            )

@@ -40,7 +40,8 @@ from redis.exceptions import RedisError
 
 from realtime.backoff import backoff_delay
 from realtime.broker import BrokerEventHandler
-from realtime.envelope import InvalidEnvelope, decode_control, decode_publication, encode_control, encode_publication
+from realtime.broker_inbox import BrokerInbox
+from realtime.envelope import encode_control, encode_publication
 from realtime.errors import BrokerUnavailable
 from realtime.history import HistoryPage, Position
 from realtime.redis_cluster import Address, ClusterReplyError, SlotMap, SlotUncovered
@@ -121,6 +122,7 @@ class ClusterBroker:
         self._closing = False
         self._flush_due = False
         self._stats = BrokerStats()
+        self._inbox = BrokerInbox(self._stats)
         self.client_name = f"realtime-sub-{os.getpid()}-{id(self):x}"
 
     @property
@@ -138,6 +140,7 @@ class ClusterBroker:
     async def start(self, handler: BrokerEventHandler) -> None:
         """Start the supervisor; waits up to ``connect_timeout`` for the first subscription."""
         self._handler = handler
+        self._inbox.handler = handler
         self._start_client()
         self._classic = ClassicLinkOpener(
             channel=self._channel,
@@ -145,8 +148,8 @@ class ClusterBroker:
             client_name=self.client_name,
             connect_timeout=self._connect_timeout,
             batch_interval=self._batch_interval,
-            on_data=self._on_envelope,
-            on_control=self._on_control_data,
+            on_data=self._inbox.publication,
+            on_control=self._inbox.control,
             on_batch=handler.on_batch_end,
         )
         first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -288,7 +291,7 @@ class ClusterBroker:
             client_name=self.client_name,
             connect_timeout=self._connect_timeout,
             batch_interval=self._batch_interval,
-            on_data=self._on_envelope,
+            on_data=self._inbox.publication,
             on_batch=self._handler.on_batch_end if self._handler is not None else None,
             on_subscribed=self._on_subscribed,
             on_unsubscribed=self._on_unsubscribed,
@@ -485,30 +488,3 @@ class ClusterBroker:
         except (ConnectionError, RuntimeError, OSError, TimeoutError) as exc:
             raise BrokerUnavailable(f"redis subscription lost: {str(exc) or type(exc).__name__}") from None
         return page
-
-    # -- what arrives ---------------------------------------------------------------------
-
-    def _on_envelope(self, data: bytes) -> None:
-        try:
-            topic, message, offset, epoch = decode_publication(data)
-        except InvalidEnvelope:
-            self._stats.count_invalid_envelope()
-            return
-        assert self._handler is not None
-        self._stats.count_received()
-        try:
-            self._handler.on_publication(topic, message, offset, epoch)
-        except Exception:
-            log.exception("deliver_failed", topic=topic[:128])
-
-    def _on_control_data(self, data: bytes) -> None:
-        try:
-            message = decode_control(data)
-        except InvalidEnvelope:
-            self._stats.count_invalid_envelope()
-            return
-        assert self._handler is not None
-        try:
-            self._handler.on_control(message)
-        except Exception:
-            log.exception("control_failed")
