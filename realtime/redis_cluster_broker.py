@@ -54,6 +54,7 @@ from realtime.redis_cluster_links import (
     read_slot_map,
 )
 from realtime.redis_functions import HistoryFunctions, library_code
+from realtime.redis_presence import RedisPresence
 from realtime.redis_publisher import MAX_CONNECTIONS
 from realtime.stats import BrokerStats
 from realtime.topic_subscriptions import TopicSubscriptions
@@ -124,6 +125,7 @@ class ClusterBroker:
         self._stats = BrokerStats()
         self._inbox = BrokerInbox(self._stats)
         self.client_name = f"realtime-sub-{os.getpid()}-{id(self):x}"
+        self._presence = RedisPresence(lambda: self._functions)
 
     @property
     def ready(self) -> bool:
@@ -134,6 +136,11 @@ class ClusterBroker:
     def stats(self) -> BrokerStats:
         """Reconnects (of the classic link and topology refreshes) and invalid envelopes."""
         return self._stats
+
+    @property
+    def presence(self) -> RedisPresence:
+        """Presence in the cluster (:mod:`realtime.redis_presence`; each call routed by slot)."""
+        return self._presence
 
     # -- lifecycle ----------------------------------------------------------------
 

@@ -59,18 +59,22 @@ _LUA_PLAIN = re.compile(rb"[A-Za-z0-9 _:.\-]")
 
 
 class FunctionNames(NamedTuple):
-    """The names of one channel's library and its two functions."""
+    """The names of one channel's library and its functions."""
 
     library: str
     publish: str
     history: str
+    presence: str
+    presence_get: str
 
 
 def function_names(channel: str) -> FunctionNames:
     """The library and function names for ``channel`` (``[A-Za-z0-9_]`` only: every other
     character becomes ``_``)."""
     prefix = _UNSAFE.sub("_", channel)
-    return FunctionNames(prefix, f"{prefix}_publish", f"{prefix}_history")
+    return FunctionNames(
+        prefix, f"{prefix}_publish", f"{prefix}_history", f"{prefix}_presence", f"{prefix}_presence_get"
+    )
 
 
 def history_key(channel: str, topic: str) -> str:
@@ -89,6 +93,13 @@ def meta_key(channel: str, topic: str) -> str:
     return f"{channel}:{{{topic}}}:meta"
 
 
+def presence_key(channel: str, topic: str) -> str:
+    """The sorted set of ``topic``'s present clients (score: expiry, Unix milliseconds):
+    ``<channel>:{<topic>}:presence``; ``...:presence:info`` (a hash, client -> entry JSON)
+    and ``...:presence:users`` (a hash, user -> entries) go with it."""
+    return f"{channel}:{{{topic}}}:presence"
+
+
 def _lua_string(value: str) -> str:
     """A Lua 5.1 string literal for ``value`` (bytes outside a safe set as ``\\ddd``)."""
     raw = value.encode()
@@ -100,6 +111,15 @@ def _policy_table(rules: Iterable[TopicRule]) -> str:
         f"  [{_lua_string(rule.name)}] = {{{rule.history_size}, {rule.history_ttl}}},"
         for rule in sorted(rules, key=lambda r: r.name)
         if rule.has_history
+    ]
+    return "{\n" + "\n".join(rows) + "\n}" if rows else "{}"
+
+
+def _presence_table(rules: Iterable[TopicRule]) -> str:
+    rows = [
+        f"  [{_lua_string(rule.name)}] = {1 if rule.join_leave else 0},"
+        for rule in sorted(rules, key=lambda r: r.name)
+        if rule.presence
     ]
     return "{\n" + "\n".join(rows) + "\n}" if rows else "{}"
 
@@ -215,8 +235,120 @@ local function history(keys, args)
   return {offset, epoch, first, items}
 end
 
+-- topic name -> 1 if its listeners get JOIN/LEAVE, else 0 (names that keep presence only)
+local PRESENCE = @PRESENCE_RULES@
+local PRUNE = 1000  -- most expired entries pruned per call
+
+-- join_leave, the sorted set, info hash, users hash and channel of a call, or nil and an error
+local function presence_resolve(keys, topic)
+  if #keys ~= 1 then
+    return nil, 'ERR expected 1 key: the topic\'s presence set'
+  end
+  local dot = string.find(topic, '.', 1, true)
+  local name = dot and string.sub(topic, 1, dot - 1) or topic
+  local join_leave = PRESENCE[name]
+  if not join_leave then
+    return nil, 'ERR topic name ' .. name .. ' keeps no presence on channel ' .. CHANNEL
+  end
+  local channel = CHANNEL .. ':{' .. topic .. '}'
+  local set = channel .. ':presence'
+  if keys[1] ~= set then
+    return nil, 'ERR wrong key for topic ' .. topic .. ': expected ' .. set
+  end
+  return {join_leave = join_leave, set = set, info = set .. ':info', users = set .. ':users',
+          channel = channel, topic = topic}
+end
+
+local function now_ms()
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
+
+local function presence_event(p, kind, entry)
+  if p.join_leave == 1 then
+    redis.call('@PUBLISH_COMMAND@', p.channel,
+      '{"topic":' .. cjson.encode(p.topic) .. ',"presence":"' .. kind .. '","entry":' .. entry .. '}')
+  end
+end
+
+local function presence_remove(p, client)
+  if redis.call('ZREM', p.set, client) == 0 then
+    return
+  end
+  local entry = redis.call('HGET', p.info, client)
+  redis.call('HDEL', p.info, client)
+  if entry then
+    local ok, decoded = pcall(cjson.decode, entry)
+    local user = ok and type(decoded) == 'table' and decoded['user'] or nil
+    if type(user) == 'string' and redis.call('HINCRBY', p.users, user, -1) <= 0 then
+      redis.call('HDEL', p.users, user)
+    end
+    presence_event(p, 'leave', entry)
+  end
+end
+
+-- remove expired entries (at most PRUNE); returns the time now, Unix ms
+local function presence_prune(p)
+  local now = now_ms()
+  for _, client in ipairs(redis.call('ZRANGEBYSCORE', p.set, '-inf', now, 'LIMIT', 0, PRUNE)) do
+    presence_remove(p, client)
+  end
+  return now
+end
+
+-- FCALL <p>_presence 1 <set> <topic> <ttl s> <n> [<client> <user or ''> <entry>]*n [<client to remove>]*
+local function presence(keys, args)
+  local ttl, n = count(args[2]), count(args[3])
+  if not ttl or ttl < 1 or not n or #args < 3 + 3 * n then
+    return redis.error_reply('ERR usage: FCALL @PRESENCE@ 1 <key> <topic> <ttl> <n> [client user entry]*n [client]*')
+  end
+  local p, err = presence_resolve(keys, args[1])
+  if not p then
+    return redis.error_reply(err)
+  end
+  local expiry = presence_prune(p) + ttl * 1000
+  for i = 4, 3 + 3 * n, 3 do
+    local client, user, entry = args[i], args[i + 1], args[i + 2]
+    if redis.call('ZADD', p.set, expiry, client) == 1 then
+      redis.call('HSET', p.info, client, entry)
+      if user ~= '' then
+        redis.call('HINCRBY', p.users, user, 1)
+      end
+      presence_event(p, 'join', entry)
+    end
+  end
+  for i = 4 + 3 * n, #args do
+    presence_remove(p, args[i])
+  end
+  for _, key in ipairs({p.set, p.info, p.users}) do
+    redis.call('EXPIRE', key, ttl)
+  end
+  return redis.call('ZCARD', p.set)
+end
+
+-- FCALL <p>_presence_get 1 <set> <topic> <limit> -> [connections, users, [entry, ...] or {}]
+local function presence_get(keys, args)
+  local limit = count(args[2])
+  if #args ~= 2 or not limit then
+    return redis.error_reply('ERR usage: FCALL @PRESENCE_GET@ 1 <key> <topic> <limit>')
+  end
+  local p, err = presence_resolve(keys, args[1])
+  if not p then
+    return redis.error_reply(err)
+  end
+  presence_prune(p)
+  local connections = redis.call('ZCARD', p.set)
+  local entries = {}
+  if limit > 0 and connections <= limit then
+    entries = redis.call('HVALS', p.info)
+  end
+  return {connections, redis.call('HLEN', p.users), entries}
+end
+
 redis.register_function('@PUBLISH@', publish)
 redis.register_function{function_name='@HISTORY@', callback=history, flags={'no-writes'}}
+redis.register_function('@PRESENCE@', presence)
+redis.register_function('@PRESENCE_GET@', presence_get)
 """
 
 
@@ -231,6 +363,9 @@ def library_code(channel: str, policy: TopicPolicy, *, sharded: bool = False) ->
         "@LIBRARY@": names.library,
         "@PUBLISH@": names.publish,
         "@HISTORY@": names.history,
+        "@PRESENCE_GET@": names.presence_get,
+        "@PRESENCE_RULES@": _presence_table(policy.rules.values()),
+        "@PRESENCE@": names.presence,
         "@CHANNEL@": _lua_string(channel),
         "@CHANNEL_COMMENT@": repr(channel).replace("\n", " "),
         "@POLICY@": _policy_table(policy.rules.values()),
@@ -296,8 +431,8 @@ class HistoryFunctions:
             except (RedisError, TimeoutError) as exc:
                 raise _unavailable(exc) from None
 
-    async def _call(self, function: str, topic: str, *args: str | int) -> Any:
-        key = history_key(self._channel, topic)
+    async def _call(self, function: str, topic: str, *args: str | int, key: str | None = None) -> Any:
+        key = history_key(self._channel, topic) if key is None else key
         for attempt in (1, 2):
             try:
                 return await self._client.fcall(function, 1, key, topic, *args)
@@ -347,3 +482,39 @@ class HistoryFunctions:
         offset, epoch, first, flat = await self._call(self.names.history, topic, since, limit)
         publications = [Publication(int(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
         return HistoryPage(publications, int(offset), _text(epoch), int(first))
+
+    async def presence_apply(self, calls: list[tuple[str, list[str | bytes]]]) -> None:
+        """Run ``<p>_presence`` once per ``(topic, arguments after the topic)``, pipelined
+        (one round trip to one Redis; on a Redis Cluster, one per master). A library Redis
+        lost is loaded and the whole pipeline run again (the function is idempotent).
+
+        Raises:
+            BrokerUnavailable: Redis failed or refused a call.
+        """
+        for attempt in (1, 2):
+            pipe = self._client.pipeline(transaction=False)
+            for topic, args in calls:
+                pipe.fcall(self.names.presence, 1, presence_key(self._channel, topic), topic, *args)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except (RedisError, OSError, TimeoutError) as exc:
+                raise _unavailable(exc) from None
+            errors = [r for r in results if isinstance(r, Exception)]
+            if not errors:
+                return
+            if attempt == 1 and any("function not found" in str(e).lower() for e in errors):
+                await self.load()
+                continue
+            raise _unavailable(errors[0])
+
+    async def presence_get(self, topic: str, limit: int) -> tuple[int, int, list[bytes]]:
+        """``<p>_presence_get``: ``(connections, users, entries)`` of ``topic`` after pruning
+        its expired entries; ``entries`` only when there are at most ``limit`` (0: none).
+
+        Raises:
+            BrokerUnavailable: Redis failed or refused the call.
+        """
+        connections, users, entries = await self._call(
+            self.names.presence_get, topic, limit, key=presence_key(self._channel, topic)
+        )
+        return int(connections), int(users), list(entries)

@@ -33,7 +33,7 @@ class SetOwner:
 
     def listen(self, key: object, topics: list[Listen], reply: bytes) -> bool:
         assert key == "conn-1"
-        for topic, rule, since in topics:
+        for topic, rule, since, *_ in topics:
             assert rule.name == topic.partition(".")[0]
             self.since[topic] = since
             self.listens.append(topic)
