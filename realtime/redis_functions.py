@@ -242,7 +242,7 @@ local PRUNE = 1000  -- most expired entries pruned per call
 -- join_leave, the sorted set, info hash, users hash and channel of a call, or nil and an error
 local function presence_resolve(keys, topic)
   if #keys ~= 1 then
-    return nil, 'ERR expected 1 key: the topic\'s presence set'
+    return nil, 'ERR expected 1 key: the presence set of the topic'
   end
   local dot = string.find(topic, '.', 1, true)
   local name = dot and string.sub(topic, 1, dot - 1) or topic
