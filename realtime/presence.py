@@ -103,8 +103,10 @@ def check_client_info(value: object) -> dict[str, Any]:
 
 
 def encode_entry(user: str | None, client: str, info: dict[str, Any] | None) -> bytes:
-    """One presence entry as stored and sent: ``{"user", "client", "info"}`` JSON bytes."""
-    return orjson.dumps({"user": user, "client": client, "info": {} if info is None else info})
+    """One presence entry as stored and sent: ``{"user", "client", "info"}`` JSON bytes
+    (a copy of its length: orjson's own result sits in a ~4 KB buffer, and an instance keeps
+    one entry per present connection)."""
+    return bytes(memoryview(orjson.dumps({"user": user, "client": client, "info": {} if info is None else info})))
 
 
 @dataclass(frozen=True, slots=True)
