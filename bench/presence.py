@@ -89,7 +89,9 @@ def listeners_run(redis_proc: PrivateRedis, topics_file: Path, mode: str, args: 
         scale_run._warm_up(gens, base, addrs)  # the scale benchmark's own steps
         time.sleep(0.5)
         rss0, fcalls0, redis0 = rss_bytes(server.pids()), _fcalls(redis_proc.url), redis_proc.cpu()
+        server0 = cpu(server.pids())
         setup = scale_run._ramp(server, gens, base, addrs, args)
+        ramp_cpu = (cpu(server.pids()) - server0).total
         redis_cpu = (redis_proc.cpu() - redis0).total
         fcalls = _fcalls(redis_proc.url) - fcalls0
         deadline = time.monotonic() + 10
@@ -109,6 +111,7 @@ def listeners_run(redis_proc: PrivateRedis, topics_file: Path, mode: str, args: 
             "setup": setup,
             "fcalls_during_ramp": fcalls - (1 if mode == "on" else 0),  # the warm-up's write may land late
             "redis_cpu_during_ramp_s": round(redis_cpu, 3),
+            "server_us_per_setup": round(1e6 * ramp_cpu / max(1, setup["opened"]), 1),
             "present": present,
             "kb_per_conn": round((rss1 - rss0) / 1024 / max(1, setup["opened"]), 2),
             "publications": pubs,
@@ -142,6 +145,7 @@ def _listeners_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "setup_p50_ms": spread([r["setup"]["setup_ms"]["p50"] for r in mine]),
             "setup_p99_ms": spread([r["setup"]["setup_ms"]["p99"] for r in mine]),
             "server_cpu_pct_ramp": spread([r["setup"]["server_cpu_pct"] for r in mine]),
+            "server_us_per_setup": spread([r["server_us_per_setup"] for r in mine]),
             "redis_cpu_ramp_s": spread([r["redis_cpu_during_ramp_s"] for r in mine]),
             "fcalls_ramp": spread([r["fcalls_during_ramp"] for r in mine]),
             "us_per_delivery": spread([r["us_per_delivery"] or 0.0 for r in mine]),
@@ -152,6 +156,9 @@ def _listeners_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     pairs = [(on, off) for on in runs for off in runs if on["rep"] == off["rep"] and on["mode"] == "on" != off["mode"]]
     summary["setup_ratio_on_off"] = spread(
         [on["setup"]["conn_per_s"] / off["setup"]["conn_per_s"] for on, off in pairs]
+    )
+    summary["setup_cpu_ratio_on_off"] = spread(
+        [on["server_us_per_setup"] / off["server_us_per_setup"] for on, off in pairs]
     )
     summary["delivery_ratio_on_off"] = spread(
         [(on["us_per_delivery"] or 0.0) / (off["us_per_delivery"] or 1.0) for on, off in pairs]
@@ -187,6 +194,7 @@ def print_report(result: dict[str, Any]) -> None:
             ("setup p50, ms", "setup_p50_ms", ""),
             ("setup p99, ms", "setup_p99_ms", ""),
             ("server CPU over the ramp, %", "server_cpu_pct_ramp", ""),
+            ("server CPU per connection, us", "server_us_per_setup", ""),
             ("Redis CPU over the ramp, s", "redis_cpu_ramp_s", ""),
             ("FCALLs during the ramp", "fcalls_ramp", ""),
             ("server CPU per delivery, us", "us_per_delivery", ""),
@@ -199,6 +207,7 @@ def print_report(result: dict[str, Any]) -> None:
             f"  {'lost / failed':30} {summ['on']['lost']:>21} / {summ['on']['failed']:<2} {summ['off']['lost']:>21} / {summ['off']['failed']:<2}"
         )
         print(f"  ratio on/off: setup rate {_fmt(summ['setup_ratio_on_off'])} (goal >= 0.8), "
+              f"server CPU per setup {_fmt(summ['setup_cpu_ratio_on_off'])}, "
               f"delivery cost {_fmt(summ['delivery_ratio_on_off'])} (goal ~1)")  # fmt: skip
     if "stats" in result:
         _print_stats(result["stats"])
