@@ -270,6 +270,7 @@ class Presence:
         self._refresher: asyncio.TimerHandle | None = None
         self._reads: dict[tuple[str, int], asyncio.Future[PresenceSnapshot]] = {}
         self._closed = False
+        self._failing = False  # the last write failed (logged once)
 
     def client_id(self, conn_id: str) -> str:
         """The client id of a connection of this instance: ``<instance>.<conn_id>``."""
@@ -363,24 +364,29 @@ class Presence:
 
     async def _write(self) -> None:
         """Drain the pending changes: one store call per batch; what piles up meanwhile is
-        the next batch."""
+        the next batch. A failure is logged once, until a write succeeds again."""
         while self._pending:
             changes = self._take()
             if not changes:
                 continue
             try:
                 await self._store.apply(changes, self.ttl)
-            except BrokerUnavailable as exc:
+            except Exception as exc:
                 if self._closed:
                     log.warning("presence_not_removed", error=str(exc), topics=len(changes))
                     return
-                log.warning("presence_write_failed", error=str(exc), topics=len(changes))
+                if not self._failing:
+                    self._failing = True
+                    if isinstance(exc, BrokerUnavailable):
+                        log.warning("presence_write_failed", error=str(exc), retry_every=RETRY_DELAY)
+                    else:
+                        log.exception("presence_write_failed", retry_every=RETRY_DELAY)
                 self._put_back(changes)
                 await asyncio.sleep(RETRY_DELAY)
-            except Exception:
-                log.exception("presence_write_failed")
-                self._put_back(changes)
-                await asyncio.sleep(RETRY_DELAY)
+            else:
+                if self._failing:
+                    self._failing = False
+                    log.info("presence_written_again")
 
     async def read(self, topic: str, rule: TopicRule, *, counts_only: bool = False) -> PresenceSnapshot:
         """Read ``topic``'s presence from the store (concurrent reads of one topic share one
