@@ -240,6 +240,7 @@ class Node:
         frame = encode_text_frame(presence_event_payload(topic, kind, entry))
         for conn in listeners:
             conn.send(frame)
+        self.presence.events += len(listeners)
 
     def on_control(self, message: dict[str, object]) -> None:
         """Apply a control message from any instance (currently: ``revoke``): remember it

@@ -249,6 +249,9 @@ class Presence:
 
     Attributes:
         instance: this process's random id, the first part of every client id.
+        writes: batches the store took.
+        write_failures: batches the store refused (each retried).
+        events: JOIN/LEAVE frames queued to this instance's listeners (counted by the node).
     """
 
     def __init__(self, store: PresenceStore, *, ttl: float = DEFAULT_TTL, max_clients: int = 100) -> None:
@@ -271,6 +274,9 @@ class Presence:
         self._reads: dict[tuple[str, int], asyncio.Future[PresenceSnapshot]] = {}
         self._closed = False
         self._failing = False  # the last write failed (logged once)
+        self.writes = 0
+        self.write_failures = 0
+        self.events = 0
 
     def client_id(self, conn_id: str) -> str:
         """The client id of a connection of this instance: ``<instance>.<conn_id>``."""
@@ -283,6 +289,11 @@ class Presence:
     def local(self, topic: str) -> int:
         """How many of this instance's connections are present on ``topic``."""
         return len(self._local.get(topic, ()))
+
+    @property
+    def entries(self) -> int:
+        """This instance's entries on every topic (O(topics))."""
+        return sum(map(len, self._local.values()))
 
     def join(self, topic: str, rule: TopicRule, client: str, user: str | None, info: dict[str, Any] | None) -> None:
         """``client`` listens to ``topic`` now (a ``presence`` topic): write its entry with
@@ -372,6 +383,7 @@ class Presence:
             try:
                 await self._store.apply(changes, self.ttl)
             except Exception as exc:
+                self.write_failures += 1
                 if self._closed:
                     log.warning("presence_not_removed", error=str(exc), topics=len(changes))
                     return
@@ -384,6 +396,7 @@ class Presence:
                 self._put_back(changes)
                 await asyncio.sleep(RETRY_DELAY)
             else:
+                self.writes += 1
                 if self._failing:
                     self._failing = False
                     log.info("presence_written_again")
