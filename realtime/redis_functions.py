@@ -106,22 +106,18 @@ def _lua_string(value: str) -> str:
     return '"' + "".join(chr(b) if _LUA_PLAIN.fullmatch(bytes([b])) else f"\\{b:03d}" for b in raw) + '"'
 
 
+def _lua_table(rows: dict[str, str]) -> str:
+    """A Lua table literal of topic name -> Lua value (text), sorted by name."""
+    lines = [f"  [{_lua_string(name)}] = {value}," for name, value in sorted(rows.items())]
+    return "{\n" + "\n".join(lines) + "\n}" if lines else "{}"
+
+
 def _policy_table(rules: Iterable[TopicRule]) -> str:
-    rows = [
-        f"  [{_lua_string(rule.name)}] = {{{rule.history_size}, {rule.history_ttl}}},"
-        for rule in sorted(rules, key=lambda r: r.name)
-        if rule.has_history
-    ]
-    return "{\n" + "\n".join(rows) + "\n}" if rows else "{}"
+    return _lua_table({r.name: f"{{{r.history_size}, {r.history_ttl}}}" for r in rules if r.has_history})
 
 
 def _presence_table(rules: Iterable[TopicRule]) -> str:
-    rows = [
-        f"  [{_lua_string(rule.name)}] = {1 if rule.join_leave else 0},"
-        for rule in sorted(rules, key=lambda r: r.name)
-        if rule.presence
-    ]
-    return "{\n" + "\n".join(rows) + "\n}" if rows else "{}"
+    return _lua_table({r.name: "1" if r.join_leave else "0" for r in rules if r.presence})
 
 
 _LIBRARY = """#!lua name=@LIBRARY@
