@@ -1,4 +1,4 @@
-"""History on Redis: a Redis Function library (Redis 7.0+) and its asyncio wrapper.
+"""History (and presence) on Redis: a Redis Function library (Redis 7.0+) and its asyncio wrapper.
 
 The library is generated from the data channel and the topic policy (every topic name
 whose rule keeps history, with its size and ttl, is baked into it), so any service can
@@ -33,6 +33,10 @@ topic without history answers offset 0 and the empty epoch ``""`` and creates no
 An epoch is the Redis server's clock in microseconds (``TIME``) and 16 pseudo-random bits,
 in hex. (``math.random`` in Redis functions restarts the same sequence at every server
 start: the clock is what makes an epoch new across restarts.)
+
+The same library holds presence's two functions, ``<p>_presence`` and ``<p>_presence_get``
+(keys and calls: :mod:`realtime.redis_presence`), with the policy's presence rules baked in
+the same way.
 
 Every instance on a channel must run the same topic policy: loading the library
 (``FUNCTION LOAD REPLACE``, at start and after every reconnect) replaces the one another
