@@ -46,6 +46,7 @@ _COMPONENTS = {
     "History": HistorySchema,
     "Presence": PresenceSchema,
     "PresenceStats": PresenceStatsSchema,
+    "RemoteControlDevices": s.RemoteControlDevicesSchema,
 }
 
 
@@ -155,6 +156,9 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/presence/{topic}/stats"): _presence_op(
         "How many listen to a topic, on every instance: counts only (realtime:presence, or who may LISTEN)",
         "PresenceStats",
+    ),
+    ("GET", "/api/v1/remote-control/devices"): _op(
+        "How many of the caller's devices listen on its remote-control topic", ok="RemoteControlDevices"
     ),
     ("POST", "/api/v1/remote-control"): _op(
         "Send a remote-control event to every device of the caller",
