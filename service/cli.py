@@ -1,5 +1,5 @@
-"""The ``realtime`` command line: ``serve``, ``keys``, ``publish``, ``history``, ``listen``, ``migrate``,
-``users``, ``apikeys``."""
+"""The ``realtime`` command line: ``serve``, ``keys``, ``publish``, ``history``, ``presence``, ``listen``,
+``migrate``, ``users``, ``apikeys``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         "--api-key", default=os.environ.get("REALTIME_API_KEY", ""), help="API key for --url (env REALTIME_API_KEY)"
     )
     _add_history_parser(sub)
+    _add_presence_parser(sub)
     lis = sub.add_parser("listen", help="print messages on topics as they arrive (a debugging tool)")
     lis.add_argument("topics", nargs="+", metavar="TOPIC")
     lis.add_argument(
@@ -103,6 +104,25 @@ def _add_history_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
 
 
+def _add_presence_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pres = sub.add_parser(
+        "presence",
+        help="print who listens to a topic, on every instance",
+        description="Print one JSON line {topic, connections, users, clients} on stdout "
+        "(clients left out with --stats, or beyond PRESENCE_MAX_CLIENTS).",
+    )
+    pres.add_argument("topic")
+    pres.add_argument("--stats", action="store_true", help="the counts only")
+    pres.add_argument(
+        "--url",
+        default=os.environ.get("REALTIME_URL", ""),
+        help="read through this server's GET /presence instead of Redis (env REALTIME_URL)",
+    )
+    pres.add_argument(
+        "--api-key", default=os.environ.get("REALTIME_API_KEY", ""), help="API key for --url (env REALTIME_API_KEY)"
+    )
+
+
 def _count(value: str) -> int:
     if not (value.isascii() and value.isdigit()):
         raise argparse.ArgumentTypeError(f"not a non-negative integer: {value!r}")
@@ -135,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             from service.history_cli import history_command
 
             return asyncio.run(history_command(args))
+        if args.command == "presence":
+            from service.presence_cli import presence_command
+
+            return asyncio.run(presence_command(args))
         return asyncio.run(_publish(args))
     except (RealtimeError, DatabaseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
