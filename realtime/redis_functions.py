@@ -309,7 +309,14 @@ local function presence(keys, args)
   local expiry = presence_prune(p) + ttl * 1000
   for i = 4, 3 + 3 * n, 3 do
     local client, user, entry = args[i], args[i + 1], args[i + 2]
-    if redis.call('ZADD', p.set, expiry, client) == 1 then
+    local added = redis.call('ZADD', p.set, expiry, client) == 1
+    if not added and redis.call('HGET', p.info, client) ~= entry then
+      -- the client listens again with another user or info (an UNLISTEN and a LISTEN in
+      -- one batch): a LEAVE of the old entry, a JOIN of the new one
+      presence_remove(p, client)
+      added = redis.call('ZADD', p.set, expiry, client) == 1
+    end
+    if added then
       redis.call('HSET', p.info, client, entry)
       if user ~= '' then
         redis.call('HINCRBY', p.users, user, 1)

@@ -15,7 +15,8 @@ The Function library (:mod:`realtime.redis_functions`) changes them atomically:
 prunes up to 1,000 expired entries, upserts ``n`` entries and removes the rest, and, on a
 topic whose rule has ``join_leave``, publishes ``{"topic", "presence": "join"|"leave",
 "entry"}`` on the topic's channel (``SPUBLISH`` on a Cluster) for each entry that was new
-or was removed (:func:`realtime.envelope.decode_presence_event`).
+or was removed (an upsert of a present client with another entry is both)
+(:func:`realtime.envelope.decode_presence_event`).
 ``FCALL <p>_presence_get 1 <set> <topic> <limit>`` prunes, then answers the counts and,
 up to ``limit`` entries, the list.
 """

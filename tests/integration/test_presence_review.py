@@ -1,0 +1,58 @@
+"""Presence under attack (review of issue 18): ghosts, stale entries, wrong counts and stuck
+replies found by an adversarial review, each against the real app and the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from http_api.appkeys import NODE
+from tests.conftest import OTHER_KEY, USER_KEY, AppFactory, send, wait_for, ws_token
+from tests.integration.test_presence import ROOM, chat_policy, listen_with, presence, recv_type
+
+__all__ = ["chat_policy"]  # the fixture, imported for these tests
+
+
+def broker_settings(kind: str, redis_url: str, channel: str, policy: str) -> dict[str, Any]:
+    if kind == "memory":
+        return {"topics_file": policy}
+    return {"redis_url": redis_url, "redis_channel": channel, "redis_probe_interval": 0, "topics_file": policy}
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_unlisten_then_listen_again_in_one_pass_replaces_the_entry(
+    make_client: AppFactory, redis_url: str, channel: str, chat_policy: str, kind: str
+) -> None:
+    """UNLISTEN and a new LISTEN (another token, another client_info) read in one pass are
+    one upsert of the same client: the store must show the new user and info, count the
+    new user only, and count nobody once the connection is gone."""
+    client = await make_client(**broker_settings(kind, redis_url, channel, chat_policy))
+    seven, eight = await ws_token(client, USER_KEY), await ws_token(client, OTHER_KEY)
+    node = client.app[NODE]
+    async with client.ws_connect("/ws") as ws, client.ws_connect("/ws") as watcher:
+        assert (await listen_with(ws, [ROOM], token=seven, info={"nick": "seven"}))["error"] == ""
+        await wait_for(lambda: node.presence.writes >= 1 and not node.presence._pending)
+        # both frames reach the server in one read: one event-loop pass, one batch
+        await send(ws, type="UNLISTEN", nonce="u", data={"topics": [ROOM]})
+        await send(
+            ws,
+            type="LISTEN",
+            nonce="l2",
+            data={"topics": [ROOM], "auth_token": eight, "client_info": {"nick": "eight"}},
+        )
+        assert (await recv_type(ws, "RESPONSE"))["error"] == ""
+        assert (await recv_type(ws, "RESPONSE"))["error"] == ""
+        await wait_for(
+            lambda: not node.presence._pending and not (node.presence._writer and not node.presence._writer.done())
+        )
+        data = (await presence(watcher, ROOM))["data"]
+        assert (data["connections"], data["users"]) == (1, 1)
+        assert [(c["user"], c["info"]) for c in data["clients"]] == [("8", {"nick": "eight"})]
+    await wait_for(lambda: node.presence.local(ROOM) == 0)
+    async with client.ws_connect("/ws") as watcher:
+        await asyncio.sleep(0.1)
+        data = (await presence(watcher, ROOM, nonce="p2"))["data"]
+        assert (data["connections"], data["users"]) == (0, 0)
+    assert node.presence.write_failures == 0
