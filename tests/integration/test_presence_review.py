@@ -7,8 +7,10 @@ import asyncio
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from http_api.appkeys import NODE
+from realtime.redis_functions import presence_key
 from tests.conftest import OTHER_KEY, USER_KEY, AppFactory, send, wait_for, ws_token
 from tests.integration.test_presence import ROOM, chat_policy, listen_with, presence, recv_type
 
@@ -56,3 +58,19 @@ async def test_unlisten_then_listen_again_in_one_pass_replaces_the_entry(
         data = (await presence(watcher, ROOM, nonce="p2"))["data"]
         assert (data["connections"], data["users"]) == (0, 0)
     assert node.presence.write_failures == 0
+
+
+async def test_a_presence_read_that_fails_otherwise_still_answers(
+    make_client: AppFactory, redis_url: str, channel: str, chat_policy: str, redis_client: aioredis.Redis
+) -> None:
+    """An entry that is not JSON (written by something else on the Redis side) makes the
+    read fail in decoding: the client gets ``ERR_SERVER``, not a RESPONSE that never comes."""
+    client = await make_client(**broker_settings("redis", redis_url, channel, chat_policy))
+    key = presence_key(channel, ROOM)
+    await redis_client.zadd(key, {"x.1": 2**50})
+    await redis_client.hset(f"{key}:info", "x.1", "not json")
+    async with client.ws_connect("/ws") as ws:
+        reply = await presence(ws, ROOM)
+        assert reply["error"] == "ERR_SERVER"
+        # and the connection still works
+        assert (await listen_with(ws, ["channel:update.1"]))["error"] == ""
