@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from http_api.appkeys import NODE
-from realtime.redis_functions import presence_key
+from realtime.redis_functions import function_names, presence_key
 from tests.conftest import OTHER_KEY, USER_KEY, AppFactory, send, wait_for, ws_token
 from tests.integration.test_presence import ROOM, chat_policy, listen_with, presence, recv_type
 
@@ -74,3 +75,18 @@ async def test_a_presence_read_that_fails_otherwise_still_answers(
         assert reply["error"] == "ERR_SERVER"
         # and the connection still works
         assert (await listen_with(ws, ["channel:update.1"]))["error"] == ""
+
+
+@pytest.mark.parametrize("ttl", ["9007199254740991", "86401"])
+async def test_the_presence_function_refuses_a_ttl_it_cannot_expire(
+    make_client: AppFactory, redis_url: str, channel: str, chat_policy: str, redis_client: aioredis.Redis, ttl: str
+) -> None:
+    """A caller on the Redis side with a ttl EXPIRE refuses (or beyond PRESENCE_TTL's
+    bound) must get an error before anything is written: the script is not rolled back,
+    so an entry written first would stay for ever (no key expiry, a score in the future)."""
+    await make_client(**broker_settings("redis", redis_url, channel, chat_policy))
+    key = presence_key(channel, ROOM)
+    entry = '{"user":null,"client":"x.1","info":{}}'
+    with pytest.raises(ResponseError):
+        await redis_client.fcall(function_names(channel).presence, 1, key, ROOM, ttl, "1", "x.1", "", entry)
+    assert await redis_client.exists(key, f"{key}:info") == 0
