@@ -124,3 +124,56 @@ async def test_a_revoked_user_does_not_stay_present_on_a_public_topic(
         await asyncio.sleep(0.05)
         data = (await presence(watcher, ROOM))["data"]
         assert data["users"] == 0 or [c["user"] for c in data.get("clients", [])] != ["7"]
+
+
+ODD_PRESENCE_DATA: list[Any] = [
+    None,
+    [],
+    {"topic": None},
+    {"topic": ["x"]},
+    {"topic": {"a": 1}},
+    {"topic": ROOM, "auth_token": 5},
+    {"topic": ROOM, "auth_token": {"a": 1}},
+    {"topic": ROOM, "auth_token": "x" * 10000},
+    {"topic": ROOM + "\u0000"},
+    {"topic": "chat:room:message." + "x" * 5000},
+    {"topic": "chat:room:message"},
+    {"topic": ROOM, "extra": [1, 2, 3]},
+]
+ODD_CLIENT_INFO: list[Any] = [
+    {"a": 1e308},
+    {"a": -0.0},
+    {"\u0000": "\ud7ff"},
+    {"a": [[[]]]},
+    {"a": [{}]},
+    {"": None},
+    {"a": "x" * 490},
+    {},
+]
+
+
+async def test_odd_presence_requests_and_client_info_get_a_client_error(
+    make_client: AppFactory, redis_url: str, channel: str, chat_policy: str
+) -> None:
+    """Whatever shape a PRESENCE or a LISTEN's client_info has, the reply is a RESPONSE
+    with no ERR_SERVER, and the connection keeps working."""
+    client = await make_client(**broker_settings("redis", redis_url, channel, chat_policy), listen_rate=0)
+    seven = await ws_token(client, USER_KEY)
+    node = client.app[NODE]
+    async with client.ws_connect("/ws") as ws:
+        for i, data in enumerate(ODD_PRESENCE_DATA):
+            await send(ws, type="PRESENCE", nonce=f"p{i}", data=data)
+            reply = await recv_type(ws, "RESPONSE")
+            assert reply["nonce"] == f"p{i}" and reply["error"] != "ERR_SERVER", (data, reply)
+        for i, info in enumerate(ODD_CLIENT_INFO):
+            reply = await listen_with(ws, [f"{ROOM}{i}"], token=seven, info=info, nonce=f"l{i}")
+            assert reply["error"] in ("", "ERR_BADMESSAGE"), (info, reply)
+            if reply["error"] == "":
+                data = (await presence(ws, f"{ROOM}{i}", nonce=f"q{i}"))["data"]
+                assert data["connections"] == 1 and data["clients"][0]["info"] == info, (info, data)
+    await wait_for(lambda: node.presence.entries == 0 and not node.presence._pending)
+    await asyncio.sleep(0.1)
+    async with client.ws_connect("/ws") as ws:
+        for i in range(len(ODD_CLIENT_INFO)):  # the user is counted out again, whatever the info
+            data = (await presence(ws, f"{ROOM}{i}", nonce=f"r{i}"))["data"]
+            assert (data["connections"], data["users"]) == (0, 0), (ODD_CLIENT_INFO[i], data)
