@@ -496,7 +496,8 @@ class Node:
 
     def presence_request(self, key: SendQueue, nonce: str, topic: Topic, rule: TopicRule) -> None:
         """Answer a PRESENCE (checked by the session): read ``topic``'s presence and send
-        the RESPONSE with its ``data`` (``ERR_SERVER`` if the broker cannot be read)."""
+        the RESPONSE with its ``data`` (``ERR_SERVER`` if the broker cannot be read, or
+        the read fails otherwise)."""
         task = asyncio.get_running_loop().create_task(self._answer_presence(key, nonce, topic, rule))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -504,8 +505,11 @@ class Node:
     async def _answer_presence(self, key: SendQueue, nonce: str, topic: Topic, rule: TopicRule) -> None:
         try:
             snapshot = await self.presence.read(topic, rule)
-        except BrokerUnavailable as exc:
-            log.warning("presence_read_failed", topic=topic[:128], error=str(exc))
+        except Exception as exc:  # every PRESENCE gets its RESPONSE
+            if isinstance(exc, BrokerUnavailable):
+                log.warning("presence_read_failed", topic=topic[:128], error=str(exc))
+            else:  # e.g. an entry in Redis that is not ours (not JSON)
+                log.exception("presence_read_failed", topic=topic[:128])
             self.stats.count_refusal(ERR_SERVER)
             key.send_payload(response(nonce, ERR_SERVER, "presence could not be read; try again"))
             return

@@ -114,8 +114,9 @@ class TopicChanges:
     Attributes:
         topic: the topic.
         join_leave: its rule's ``join_leave`` (the store publishes JOIN/LEAVE then).
-        upserts: client -> ``(user, entry)``: written, or refreshed if present (a new one
-            is a JOIN).
+        upserts: client -> ``(user, entry)``: written, or refreshed if present with the
+            same entry (a new one is a JOIN; one present with another entry, a LEAVE of
+            the old and a JOIN of the new).
         removes: clients to remove (one that was present is a LEAVE).
     """
 
@@ -223,9 +224,13 @@ class MemoryPresence:
             entries = self._topics.setdefault(topic, {})
             users = self._users.setdefault(topic, {})
             for client, (user, entry) in change.upserts.items():
-                new = client not in entries
+                old = entries.get(client)
+                if old is not None and old[2] != entry:
+                    # listens again with another user or info: LEAVE the old, JOIN the new
+                    self._remove(topic, client, join_leave)
+                    old = None
                 entries[client] = (now + ttl, user, entry)
-                if new:
+                if old is None:
                     if user is not None:
                         users[user] = users.get(user, 0) + 1
                     self._event(topic, JOIN, entry, join_leave)

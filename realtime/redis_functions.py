@@ -238,6 +238,7 @@ end
 -- topic name -> 1 if its listeners get JOIN/LEAVE, else 0 (names that keep presence only)
 local PRESENCE = @PRESENCE_RULES@
 local PRUNE = 1000  -- most expired entries pruned per call
+local MAX_TTL = 86400  -- seconds, PRESENCE_TTL's bound: a longer ttl would keep ghosts for that long
 
 -- join_leave, the sorted set, info hash, users hash and channel of a call, or nil and an error
 local function presence_resolve(keys, topic)
@@ -299,7 +300,7 @@ end
 -- FCALL <p>_presence 1 <set> <topic> <ttl s> <n> [<client> <user or ''> <entry>]*n [<client to remove>]*
 local function presence(keys, args)
   local ttl, n = count(args[2]), count(args[3])
-  if not ttl or ttl < 1 or not n or #args < 3 + 3 * n then
+  if not ttl or ttl < 1 or ttl > MAX_TTL or not n or #args < 3 + 3 * n then
     return redis.error_reply('ERR usage: FCALL @PRESENCE@ 1 <key> <topic> <ttl> <n> [client user entry]*n [client]*')
   end
   local p, err = presence_resolve(keys, args[1])
@@ -309,7 +310,14 @@ local function presence(keys, args)
   local expiry = presence_prune(p) + ttl * 1000
   for i = 4, 3 + 3 * n, 3 do
     local client, user, entry = args[i], args[i + 1], args[i + 2]
-    if redis.call('ZADD', p.set, expiry, client) == 1 then
+    local added = redis.call('ZADD', p.set, expiry, client) == 1
+    if not added and redis.call('HGET', p.info, client) ~= entry then
+      -- the client listens again with another user or info (an UNLISTEN and a LISTEN in
+      -- one batch): a LEAVE of the old entry, a JOIN of the new one
+      presence_remove(p, client)
+      added = redis.call('ZADD', p.set, expiry, client) == 1
+    end
+    if added then
       redis.call('HSET', p.info, client, entry)
       if user ~= '' then
         redis.call('HINCRBY', p.users, user, 1)
