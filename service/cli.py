@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import os
 import sys
+from typing import Any
 
 import orjson
 
@@ -15,6 +16,7 @@ from db import cli as db_cli
 from keys import cli as keys_cli
 from realtime.client_positions import Position, parse_since_option
 from realtime.errors import RealtimeError, SettingsError
+from realtime.presence import BadClientInfo, check_client_info
 from realtime.settings import BrokerSettings, Settings
 
 
@@ -73,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
         help="resume TOPIC after this position (a MESSAGE line's offset and epoch): first print what "
         "history still holds after it (repeatable; topics with history only)",
     )
+    lis.add_argument(
+        "--client-info",
+        type=_client_info,
+        metavar="JSON",
+        help='what others see of this listener in presence, a small JSON object: \'{"device":"laptop"}\'',
+    )
     return parser
 
 
@@ -123,6 +131,16 @@ def _add_presence_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
 
 
+def _client_info(text: str) -> dict[str, Any]:
+    """``--client-info`` as a checked JSON object; argparse reports a bad one with its reason."""
+    try:
+        return check_client_info(orjson.loads(text))
+    except orjson.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"not JSON: {text!r}") from None
+    except BadClientInfo as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("data.")) from None
+
+
 def _count(value: str) -> int:
     if not (value.isascii() and value.isdigit()):
         raise argparse.ArgumentTypeError(f"not a non-negative integer: {value!r}")
@@ -149,7 +167,14 @@ def main(argv: list[str] | None = None) -> int:
             from realtime.client_cli import listen_command
 
             return asyncio.run(
-                listen_command(args.url, args.topics, api_key=args.api_key, scope=args.scope, since=dict(args.since))
+                listen_command(
+                    args.url,
+                    args.topics,
+                    api_key=args.api_key,
+                    scope=args.scope,
+                    since=dict(args.since),
+                    client_info=args.client_info,
+                )
             )
         if args.command == "history":
             from service.history_cli import history_command
