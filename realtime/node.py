@@ -466,6 +466,15 @@ class Node:
             if item.rule.presence:
                 self._join(held.conn, item)
 
+    def renew(self, key: SendQueue, topics: list[Listen]) -> None:
+        """``key`` LISTENed again to topics with presence it holds: rewrite its entries
+        (unchanged: a refresh; another user or ``client_info``: a LEAVE and a JOIN)."""
+        presence = self.presence
+        client = presence.client_id(key.id)
+        for item in topics:
+            if presence.holds(item.topic, client):  # not a LISTEN still waiting for its RESPONSE
+                self._join(key, item)
+
     def _join(self, key: SendQueue, item: Listen) -> None:
         """Enter ``key`` into ``item.topic``'s presence (with its address in ``info`` only
         when the operator turned that on)."""

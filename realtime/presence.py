@@ -198,7 +198,7 @@ class MemoryPresence:
         if found is None:
             return
         _, user, entry = found
-        if user is not None:
+        if user:  # None or "": anonymous, as in Redis
             users = self._users[topic]
             users[user] -= 1
             if users[user] <= 0:
@@ -231,7 +231,7 @@ class MemoryPresence:
                     old = None
                 entries[client] = (now + ttl, user, entry)
                 if old is None:
-                    if user is not None:
+                    if user:
                         users[user] = users.get(user, 0) + 1
                     self._event(topic, JOIN, entry, join_leave)
             for client in change.removes:
@@ -290,6 +290,10 @@ class Presence:
     def __contains__(self, topic: object) -> bool:
         """``True`` while ``topic`` has local entries."""
         return topic in self._local
+
+    def holds(self, topic: str, client: str) -> bool:
+        """``True`` if ``client`` has an entry on ``topic`` (from this instance)."""
+        return client in self._local.get(topic, ())
 
     def local(self, topic: str) -> int:
         """How many of this instance's connections are present on ``topic``."""

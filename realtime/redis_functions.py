@@ -59,6 +59,8 @@ from realtime.history import HistoryPage, Position, Publication
 from topics import TopicPolicy, TopicRule
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+MAX_PRUNE_ROUNDS = 1000
+"""Most ``<p>_presence_get`` calls one read makes while expired entries are left (1,000 each)."""
 _LUA_PLAIN = re.compile(rb"[A-Za-z0-9 _:.\-]")
 
 
@@ -334,7 +336,9 @@ local function presence(keys, args)
   return redis.call('ZCARD', p.set)
 end
 
--- FCALL <p>_presence_get 1 <set> <topic> <limit> -> [connections, users, [entry, ...] or {}]
+-- FCALL <p>_presence_get 1 <set> <topic> <limit>
+--   -> [connections, users, [entry, ...] or {}, expired entries left to prune]
+-- the counts are exact when nothing is left (else call again: each call prunes up to PRUNE)
 local function presence_get(keys, args)
   local limit = count(args[2])
   if #args ~= 2 or not limit then
@@ -344,13 +348,14 @@ local function presence_get(keys, args)
   if not p then
     return redis.error_reply(err)
   end
-  presence_prune(p)
+  local now = presence_prune(p)
+  local left = redis.call('ZCOUNT', p.set, '-inf', now)
   local connections = redis.call('ZCARD', p.set)
   local entries = {}
-  if limit > 0 and connections <= limit then
+  if left == 0 and limit > 0 and connections <= limit then
     entries = redis.call('HVALS', p.info)
   end
-  return {connections, redis.call('HLEN', p.users), entries}
+  return {connections, redis.call('HLEN', p.users), entries, left}
 end
 
 redis.register_function('@PUBLISH@', publish)
@@ -518,11 +523,16 @@ class HistoryFunctions:
     async def presence_get(self, topic: str, limit: int) -> tuple[int, int, list[bytes]]:
         """``<p>_presence_get``: ``(connections, users, entries)`` of ``topic`` after pruning
         its expired entries; ``entries`` only when there are at most ``limit`` (0: none).
+        A call prunes at most 1,000 expired entries (their LEAVEs go out with it): while
+        some are left (an instance with many listeners died), it is called again, so the
+        counts are exact.
 
         Raises:
             BrokerUnavailable: Redis failed or refused the call.
         """
-        connections, users, entries = await self._call(
-            self.names.presence_get, topic, limit, key=presence_key(self._channel, topic)
-        )
+        key = presence_key(self._channel, topic)
+        for _ in range(MAX_PRUNE_ROUNDS):
+            connections, users, entries, left = await self._call(self.names.presence_get, topic, limit, key=key)
+            if not left:
+                break
         return int(connections), int(users), list(entries)

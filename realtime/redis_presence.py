@@ -77,7 +77,7 @@ class RedisPresence:
         """
         connections, users, entries = await self._library().presence_get(topic, limit)
         clients = None
-        if limit and connections <= limit:
+        if limit and connections <= limit and len(entries) == connections:
             decoded = [orjson.loads(entry) for entry in entries]
             clients = sorted(decoded, key=lambda item: str(item.get("client")))
         return PresenceSnapshot(connections, users, clients)

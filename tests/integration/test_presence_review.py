@@ -92,7 +92,6 @@ async def test_the_presence_function_refuses_a_ttl_it_cannot_expire(
     assert await redis_client.exists(key, f"{key}:info") == 0
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: a LISTEN of a held topic does not reach the owner (see report)")
 async def test_a_listen_of_a_held_topic_with_another_token_updates_the_entry(
     make_client: AppFactory, chat_policy: str
 ) -> None:
@@ -108,7 +107,6 @@ async def test_a_listen_of_a_held_topic_with_another_token_updates_the_entry(
         assert [(c["user"], c["info"]) for c in data["clients"]] == [("8", {"nick": "eight"})]
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: a public topic is held without its grant (see report)")
 async def test_a_revoked_user_does_not_stay_present_on_a_public_topic(
     make_client: AppFactory, chat_policy: str
 ) -> None:
@@ -179,7 +177,6 @@ async def test_odd_presence_requests_and_client_info_get_a_client_error(
             assert (data["connections"], data["users"]) == (0, 0), (ODD_CLIENT_INFO[i], data)
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: a read prunes 1,000 expired entries, then counts (see report)")
 async def test_a_dead_instance_with_many_entries_leaves_no_ghost_after_ttl(
     make_client: AppFactory, redis_url: str, channel: str, chat_policy: str, redis_client: aioredis.Redis
 ) -> None:
