@@ -23,6 +23,12 @@ subscription is confirmed the handler's ``on_gap(topics)`` catches those topics 
 history, or a ``GAP``). Between the loss and the new subscription, publications on those
 topics are not delivered to this instance (at-most-once, as on one Redis).
 
+``ready`` says the classic link is up and the slot map known; it does not follow each
+master's link (one lost master leaves the topics of the others served). A history read of a
+topic whose master link is down, or that fails while the topology changes (a failover takes
+``cluster-node-timeout`` plus an election), waits for the supervisor's next pass and tries
+again, for up to ``follow_timeout`` seconds, before it raises ``BrokerUnavailable``.
+
 Not done in cluster mode: the delivery probe (``REDIS_PROBE_INTERVAL`` is not used).
 """
 
@@ -33,9 +39,7 @@ import os
 import time
 
 import structlog
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from realtime.backoff import backoff_delay
@@ -45,16 +49,17 @@ from realtime.envelope import encode_control, encode_publication
 from realtime.errors import BrokerUnavailable
 from realtime.history import HistoryPage, Position
 from realtime.redis_cluster import Address, ClusterReplyError, SlotMap, SlotUncovered
+from realtime.redis_cluster_client import ClusterCommands
 from realtime.redis_cluster_links import (
     ClassicLinkOpener,
     ShardLink,
+    SupervisorPasses,
     load_library,
     open_shard_link,
     parse_nodes,
     read_slot_map,
 )
-from realtime.redis_functions import HistoryFunctions, library_code
-from realtime.redis_publisher import MAX_CONNECTIONS
+from realtime.redis_functions import library_code
 from realtime.stats import BrokerStats
 from realtime.topic_subscriptions import TopicSubscriptions
 from topics import DEFAULT_POLICY, TopicPolicy, TopicRule
@@ -80,6 +85,7 @@ class ClusterBroker:
         batch_interval: float = 0.0,
         policy: TopicPolicy = DEFAULT_POLICY,
         firehose: bool = True,
+        follow_timeout: float = 5.0,
     ) -> None:
         """Args:
         nodes: seed nodes, ``host:port`` comma-separated (any reachable one will do).
@@ -90,6 +96,8 @@ class ClusterBroker:
         batch_interval: read pacing of the links (:mod:`realtime.redis_link`), seconds.
         policy: the topic policy baked into the history library.
         firehose: also subscribe to ``channel`` itself (classic pub/sub).
+        follow_timeout: longest a history read waits for the topology to be followed
+            (see the module docstring), seconds.
 
         Raises:
             ValueError: ``nodes`` does not parse.
@@ -103,9 +111,10 @@ class ClusterBroker:
         self._policy = policy
         self._library = library_code(channel, policy, sharded=True)
         self._firehose = firehose
+        self._follow_timeout = follow_timeout
+        self._passes = SupervisorPasses()
         self._handler: BrokerEventHandler | None = None
-        self._client: RedisCluster | None = None
-        self._functions: HistoryFunctions | None = None
+        self._commands = ClusterCommands(self._seeds, channel=channel, policy=policy, timeout=connect_timeout)
         self._map: SlotMap | None = None
         self._stale = True  # the map must be read (again)
         self._shards: dict[Address, ShardLink] = {}
@@ -116,7 +125,6 @@ class ClusterBroker:
         self._classic: ClassicLinkOpener | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._closers: set[asyncio.Task[None]] = set()
         self._ready = False
         self._serving = False
         self._closing = False
@@ -141,7 +149,7 @@ class ClusterBroker:
         """Start the supervisor; waits up to ``connect_timeout`` for the first subscription."""
         self._handler = handler
         self._inbox.handler = handler
-        self._start_client()
+        self._commands.start()
         self._classic = ClassicLinkOpener(
             channel=self._channel,
             firehose=self._firehose,
@@ -160,33 +168,6 @@ class ClusterBroker:
             log.warning("redis_cluster_not_ready_at_start", channel=self._channel)
         self._serving = True
 
-    def _start_client(self) -> None:
-        timeout = self._connect_timeout
-        self._client = RedisCluster(
-            startup_nodes=[ClusterNode(a.host, a.port) for a in self._seeds],
-            retry=Retry(NoBackoff(), 0),  # never send a publication twice
-            max_connections=MAX_CONNECTIONS,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
-        self._functions = HistoryFunctions(self._client, channel=self._channel, policy=self._policy, sharded=True)
-
-    def _renew_client(self) -> None:
-        """A new command client for a new topology (its slot cache read afresh); the old one
-        is closed once the commands in flight on it had time to finish."""
-        old = self._client
-        self._start_client()
-        if old is not None:
-            task = asyncio.create_task(self._close_later(old), name="redis-cluster-client-close")
-            self._closers.add(task)
-            task.add_done_callback(self._closers.discard)
-
-    async def _close_later(self, client: RedisCluster) -> None:
-        try:
-            await asyncio.sleep(self._connect_timeout)
-        finally:
-            await client.aclose()
-
     async def close(self) -> None:
         """Stop the supervisor and close every link and the client."""
         self._closing = True
@@ -196,17 +177,12 @@ class ClusterBroker:
                 task.cancel()
                 await asyncio.wait({task}, timeout=0.1)
             await asyncio.gather(task, return_exceptions=True)
-        for closer in list(self._closers):
-            closer.cancel()
-        await asyncio.gather(*self._closers, return_exceptions=True)
         for shard in list(self._shards.values()):
             shard.close()
         if self._classic is not None:
             self._classic.close()
         self._ready = False
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._commands.close()
 
     # -- the supervisor -------------------------------------------------------------
 
@@ -218,6 +194,7 @@ class ClusterBroker:
             except _FAILURES as exc:
                 self._stale = True  # read the topology again: e.g. a dead master not yet replaced
                 self._done(first)
+                self._passes.ended()
                 delay = backoff_delay(attempt, cap=self._backoff_cap)
                 log.warning("redis_cluster_sync_failed", error=str(exc) or type(exc).__name__, retry_in=round(delay, 3))
                 attempt += 1
@@ -225,6 +202,7 @@ class ClusterBroker:
                 continue
             attempt = 0
             self._done(first)
+            self._passes.ended()
             await self._idle()
 
     @staticmethod
@@ -273,7 +251,7 @@ class ClusterBroker:
         if old is None or new != old:
             await load_library(new.masters(), self._library, wait=self._connect_timeout)
             if old is not None:
-                self._renew_client()
+                self._commands.renew()
 
     def _move_topics(self, new: SlotMap) -> None:
         """Forget subscriptions on links whose master no longer owns the topic's slot (Redis
@@ -427,11 +405,12 @@ class ClusterBroker:
     # -- publishing and history --------------------------------------------------------
 
     def _usable(self) -> RedisCluster:
-        if self._client is None:
+        client = self._commands.client
+        if client is None:
             raise BrokerUnavailable("broker is not started")
         if not self._ready:
             raise BrokerUnavailable("this instance is not subscribed to redis")
-        return self._client
+        return client
 
     def _refused(self, exc: BaseException) -> BrokerUnavailable:
         if "MOVED" in str(exc):
@@ -448,8 +427,8 @@ class ClusterBroker:
         """
         client = self._usable()
         if rule is not None and rule.has_history:
-            assert self._functions is not None
-            return await self._functions.publish(topic, message, rule)
+            assert self._commands.functions is not None
+            return await self._commands.functions.publish(topic, message, rule)
         channel = self._names.channel_of(topic)
         try:
             await client.spublish(channel, encode_publication(topic, message))
@@ -472,17 +451,42 @@ class ClusterBroker:
     async def history(self, topic: str, *, since: int, limit: int, rule: TopicRule) -> HistoryPage:
         """Read ``topic``'s history, then wait for a barrier on the link of the master that
         owns its slot (every publication up to the page's offset has then been handed on).
+        While that link is down, or when the read fails, wait for the supervisor's next pass
+        (which reads the topology again) and try again, for up to ``follow_timeout`` seconds.
 
         Raises:
             realtime.NoHistory: ``rule`` keeps no history.
-            BrokerUnavailable: not readable, or no subscription to the topic's master.
+            BrokerUnavailable: not readable within ``follow_timeout``, or not started.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._follow_timeout
+        attempt = 0
+        while True:
+            try:
+                return await self._history_once(topic, since, limit, rule)
+            except BrokerUnavailable:
+                remaining = deadline - loop.time()
+                if self._commands.client is None or self._closing or remaining <= 0:
+                    raise
+            self._stale = True  # a failover or a slot move under way: read the topology again
+            self._wake.set()
+            await self._passes.next(remaining)
+            await asyncio.sleep(min(max(deadline - loop.time(), 0), backoff_delay(attempt, initial=0.05, cap=0.5)))
+            attempt += 1
+
+    async def _history_once(self, topic: str, since: int, limit: int, rule: TopicRule) -> HistoryPage:
+        """One read of ``history``, in step with the owner's link.
+
+        Raises:
+            BrokerUnavailable: not ready, no link to the owner, the read or the barrier failed.
         """
         self._usable()
-        assert self._functions is not None
-        page = await self._functions.read(topic, since, limit, rule)
-        shard = self._owner(topic)
+        functions = self._commands.functions
+        assert functions is not None
+        shard = self._owner(topic) if not self._stale else None
         if shard is None:
             raise BrokerUnavailable("no link to the master of this topic's slot")
+        page = await functions.read(topic, since, limit, rule)
         try:
             await asyncio.wait_for(asyncio.shield(shard.link.barrier()), self._connect_timeout)
         except (ConnectionError, RuntimeError, OSError, TimeoutError) as exc:

@@ -11,6 +11,7 @@ reply to our own, and only the unasked ones mean the subscription was lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable
 
 import redis.asyncio as aioredis
@@ -40,6 +41,29 @@ def parse_nodes(nodes: str) -> list[Address]:
     if not out:
         raise ValueError("no seed node")
     return out
+
+
+class SupervisorPasses:
+    """Lets callers wait for the end of the broker supervisor's next pass (a topology
+    refresh attempt, successful or not)."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self) -> None:
+        self._next: asyncio.Future[None] | None = None
+
+    def ended(self) -> None:
+        """A pass ended: wake every waiter."""
+        fut, self._next = self._next, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def next(self, within: float) -> None:
+        """Return when the next pass ends, or after ``within`` seconds."""
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._next), max(within, 0))
 
 
 def _ignore(_: bytes) -> None:
