@@ -16,7 +16,10 @@ Selected by ``REDIS_CLUSTER_NODES`` (seed ``host:port`` list). What changes from
 
 Following the topology: when a master link is lost, or Redis pushes a ``sunsubscribe`` we
 did not ask for (the slot moved, or the master was demoted), the topics concerned lose
-their subscription; the supervisor reads ``CLUSTER SHARDS`` again (with capped backoff
+their subscription. A ``MOVED`` in reply to one slot's ``SSUBSCRIBE`` (our map is behind)
+costs only that slot's topics on that link, not the link. Then the supervisor reads
+``CLUSTER SHARDS`` again (first from the node a ``MOVED`` named; a redirect the map read
+does not show yet is applied on top of it) (with capped backoff
 until a master answers for every slot), loads the library again if the map changed, opens
 links to new masters and subscribes each wanted topic on its owner's link. When that
 subscription is confirmed the handler's ``on_gap(topics)`` catches those topics up (from
@@ -48,7 +51,7 @@ from realtime.broker_inbox import BrokerInbox
 from realtime.envelope import encode_control, encode_publication
 from realtime.errors import BrokerUnavailable
 from realtime.history import HistoryPage, Position
-from realtime.redis_cluster import Address, ClusterReplyError, SlotMap, SlotUncovered
+from realtime.redis_cluster import Address, ClusterReplyError, Redirect, SlotMap, SlotUncovered, parse_moved
 from realtime.redis_cluster_client import ClusterCommands
 from realtime.redis_cluster_links import (
     ClassicLinkOpener,
@@ -117,6 +120,7 @@ class ClusterBroker:
         self._commands = ClusterCommands(self._seeds, channel=channel, policy=policy, timeout=connect_timeout)
         self._map: SlotMap | None = None
         self._stale = True  # the map must be read (again)
+        self._redirects: dict[int, Address] = {}  # slot -> owner, from MOVED since the last refresh
         self._shards: dict[Address, ShardLink] = {}
         self._names = TopicSubscriptions(channel)  # channel <-> topic names only
         self._wanted: set[str] = set()
@@ -236,8 +240,16 @@ class ClusterBroker:
         self._flush()
 
     async def _refresh(self) -> None:
-        candidates = [*(self._map.masters() if self._map else ()), *self._seeds]
-        new = await read_slot_map(candidates, wait=self._connect_timeout)
+        redirects, self._redirects = self._redirects, {}
+        candidates = [*redirects.values(), *(self._map.masters() if self._map else ()), *self._seeds]
+        try:
+            new = await read_slot_map(candidates, wait=self._connect_timeout)
+        except BaseException:
+            self._redirects = redirects | self._redirects
+            raise
+        for slot, owner in redirects.items():  # the map read may lag behind a MOVED
+            if new.master_for(slot) != owner:
+                new = new.with_redirect(Redirect(slot, owner.host, owner.port))
         if not new.covered():
             raise SlotUncovered("the cluster does not cover every slot yet")
         old, self._map = self._map, new
@@ -273,6 +285,7 @@ class ClusterBroker:
             on_batch=self._handler.on_batch_end if self._handler is not None else None,
             on_subscribed=self._on_subscribed,
             on_unsubscribed=self._on_unsubscribed,
+            on_refused=self._on_refused,
         )
         self._shards[master] = shard
         shard.link.lost.add_done_callback(lambda _: self._shard_lost(shard))
@@ -401,6 +414,24 @@ class ClusterBroker:
             log.info("redis_cluster_pushed_sunsubscribe", master=str(shard.address), topic=topic[:128])
             self._stale = True
             self._wake.set()
+
+    def _on_refused(self, shard: ShardLink, text: str) -> bool:
+        """An error reply on a master link: a ``MOVED`` (one slot's ``SSUBSCRIBE`` or
+        ``SUNSUBSCRIBE`` reached a master that no longer owns it) moves that slot's topics
+        only; anything else costs the link (``False``)."""
+        if not text.startswith("MOVED "):
+            return False
+        try:
+            redirect = parse_moved(text)
+        except ClusterReplyError:
+            return False
+        sent, confirmed = shard.forget_slot(redirect.slot, self._names)
+        self._lost.update(t for t in confirmed if t in self._wanted)  # never-confirmed ones still wait
+        self._redirects[redirect.slot] = Address(redirect.host or shard.address.host, redirect.port)
+        log.info("redis_cluster_moved", master=str(shard.address), slot=redirect.slot, topics=len(sent))
+        self._stale = True
+        self._wake.set()
+        return True
 
     # -- publishing and history --------------------------------------------------------
 

@@ -19,7 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from realtime.redis_cluster import Address, ClusterReplyError, SlotMap
+from realtime.redis_cluster import Address, ClusterReplyError, SlotMap, key_slot
 from realtime.redis_link import OnBatchEnd, SubscriberLink, encode_command, open_link
 from realtime.topic_subscriptions import TopicSubscriptions
 
@@ -121,6 +121,21 @@ class ShardLink:
         self.sent.discard(topic)
         self.confirmed.discard(topic)
 
+    def forget_slot(self, slot: int, names: TopicSubscriptions) -> tuple[list[str], list[str]]:
+        """This master refused ``slot`` (``MOVED``): forget its topics here, and the
+        ``SUNSUBSCRIBE`` replies owed for them (a refused one never comes).
+
+        Returns:
+            The slot's topics that were sent, and those of them that had been confirmed.
+        """
+        sent = [t for t in self.sent if key_slot(names.channel_of(t)) == slot]
+        confirmed = [t for t in sent if t in self.confirmed]
+        for topic in sent:
+            self.forget(topic)
+        for topic in [t for t in self._owed if key_slot(names.channel_of(t)) == slot]:
+            del self._owed[topic]
+        return sent, confirmed
+
     def close(self) -> None:
         """Close the connection (``link.lost`` fails once it is closed)."""
         if self.link.transport is not None:
@@ -137,8 +152,11 @@ async def open_shard_link(
     on_batch: OnBatchEnd | None,
     on_subscribed: Callable[[bytes], None],
     on_unsubscribed: Callable[[ShardLink, bytes], None],
+    on_refused: Callable[[ShardLink, str], bool],
 ) -> ShardLink:
     """Connect to a master, name the connection and wait for its first PONG.
+
+    ``on_refused`` gets every error reply; ``False`` (not handled) fails the link.
 
     Raises:
         OSError, TimeoutError, ConnectionError: the master cannot be reached in time.
@@ -156,6 +174,7 @@ async def open_shard_link(
             initial=0,
             on_subscribed=on_subscribed,
             on_unsubscribed=lambda channel: on_unsubscribed(cell[0], channel),
+            on_refused=lambda text: on_refused(cell[0], text),
         )
 
     loop = asyncio.get_running_loop()

@@ -241,3 +241,37 @@ async def test_a_moved_slot_is_followed(make_client: AppFactory, redis_cluster: 
     finally:
         for ws in sockets:
             await ws.close()
+
+
+async def test_a_moved_reply_to_one_ssubscribe_moves_that_slot_only(
+    make_client: AppFactory, redis_cluster: LocalCluster
+) -> None:
+    """A slot none of the instance's topics uses moves (no ``sunsubscribe`` is pushed: the
+    instance's map is stale); a LISTEN on it sends ``SSUBSCRIBE`` to the old owner, which
+    answers ``MOVED``. Only that slot's topic moves: the master's link stays up and its other
+    listeners hear nothing of it."""
+    (app,) = await instances(make_client, redis_cluster, 1)
+    broker = broker_of(app)
+    stay = "channel:update.stay"
+    old = redis_cluster.slot_map().master_for_key(topic_channel("realtime", stay))
+    moving = next(
+        t
+        for i in range(1000)
+        if (t := f"channel:update.moving{i}")
+        and redis_cluster.slot_map().master_for_key(topic_channel("realtime", t)) == old
+        and key_slot(topic_channel("realtime", t)) != key_slot(topic_channel("realtime", stay))
+    )
+    target = next(m for m in redis_cluster.masters() if m != old.port)
+    async with app.ws_connect("/ws") as first, app.ws_connect("/ws") as second:
+        assert (await listen(first, [stay]))["error"] == ""
+        link = broker._shards[old]
+        await asyncio.to_thread(redis_cluster.move_slot_of, topic_channel("realtime", moving), target)
+        assert (await listen(second, [moving]))["error"] == ""  # answered once subscribed on the new owner
+        await wait_for(lambda: shardnumsub(redis_cluster, moving) == 1)
+        await publish(app, moving, "m")
+        await publish(app, stay, "s")
+        assert await messages(second, 1) == [(moving, "m")]
+        assert await messages(first, 1) == [(stay, "s")]  # no GAP before it: its link was kept
+        assert broker._shards[old] is link and not link.link.lost.done()
+        await assert_silent(first)
+        await assert_silent(second)

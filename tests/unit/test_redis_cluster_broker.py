@@ -82,3 +82,17 @@ def test_only_an_unasked_sunsubscribe_means_a_lost_subscription() -> None:
     assert shard.unsubscribe_acknowledged("a")  # the reply to ours
     assert not shard.unsubscribe_acknowledged("a")  # pushed by Redis
     assert not shard.unsubscribe_acknowledged("b")
+
+
+def test_a_moved_slot_is_forgotten_alone() -> None:
+    names = TopicSubscriptions("realtime")
+    shard = ShardLink(Address("h", 1), FakeLink())  # type: ignore[arg-type]
+    slot = key_slot(names.channel_of("a"))
+    other = next(t for t in (f"x{i}" for i in range(100)) if key_slot(names.channel_of(t)) != slot)
+    shard.subscribe(["a", other], names)
+    shard.confirmed.update({"a", other})
+    shard.unsubscribe(["a"], names)  # its reply is owed; the MOVED refused it
+    shard.subscribe(["a"], names)
+    assert shard.forget_slot(slot, names) == (["a"], [])
+    assert shard.sent == {other} and shard.confirmed == {other}
+    assert not shard.unsubscribe_acknowledged("a")  # nothing owed any more: a push means a loss
