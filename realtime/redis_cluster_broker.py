@@ -130,6 +130,7 @@ class ClusterBroker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._ready = False
+        self._publisher_only = False  # start_publisher: commands only, no subscription
         self._serving = False
         self._closing = False
         self._flush_due = False
@@ -171,6 +172,13 @@ class ClusterBroker:
         except TimeoutError:
             log.warning("redis_cluster_not_ready_at_start", channel=self._channel)
         self._serving = True
+
+    def start_publisher(self) -> None:
+        """Create the command client only, no subscriber link (the CLI: ``realtime publish``,
+        ``realtime history``, revocations); ``history`` then reads without a barrier, and the
+        library is loaded on its first call if a master lacks it."""
+        self._publisher_only = True
+        self._commands.start()
 
     async def close(self) -> None:
         """Stop the supervisor and close every link and the client."""
@@ -439,7 +447,7 @@ class ClusterBroker:
         client = self._commands.client
         if client is None:
             raise BrokerUnavailable("broker is not started")
-        if not self._ready:
+        if not self._ready and not self._publisher_only:
             raise BrokerUnavailable("this instance is not subscribed to redis")
         return client
 
@@ -489,6 +497,9 @@ class ClusterBroker:
             realtime.NoHistory: ``rule`` keeps no history.
             BrokerUnavailable: not readable within ``follow_timeout``, or not started.
         """
+        functions = self._commands.functions
+        if self._publisher_only and functions is not None:
+            return await functions.read(topic, since, limit, rule)  # nothing received: no barrier
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._follow_timeout
         attempt = 0
