@@ -51,7 +51,7 @@ from realtime.broker_inbox import BrokerInbox
 from realtime.envelope import encode_control, encode_publication
 from realtime.errors import BrokerUnavailable
 from realtime.history import HistoryPage, Position
-from realtime.redis_cluster import Address, ClusterReplyError, Redirect, SlotMap, SlotUncovered, parse_moved
+from realtime.redis_cluster import Address, ClusterReplyError, SlotMap, SlotUncovered, parse_moved
 from realtime.redis_cluster_client import ClusterCommands
 from realtime.redis_cluster_links import (
     ClassicLinkOpener,
@@ -251,15 +251,12 @@ class ClusterBroker:
         redirects, self._redirects = self._redirects, {}
         candidates = [*redirects.values(), *(self._map.masters() if self._map else ()), *self._seeds]
         try:
-            new = await read_slot_map(candidates, wait=self._connect_timeout)
+            new = await read_slot_map(candidates, wait=self._connect_timeout, redirects=redirects)
+            if not new.covered():
+                raise SlotUncovered("the cluster does not cover every slot yet")
         except BaseException:
-            self._redirects = redirects | self._redirects
+            self._redirects = redirects | self._redirects  # kept for the next attempt
             raise
-        for slot, owner in redirects.items():  # the map read may lag behind a MOVED
-            if new.master_for(slot) != owner:
-                new = new.with_redirect(Redirect(slot, owner.host, owner.port))
-        if not new.covered():
-            raise SlotUncovered("the cluster does not cover every slot yet")
         old, self._map = self._map, new
         self._stale = False
         if old is not None and new != old:

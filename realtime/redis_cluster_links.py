@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from realtime.redis_cluster import Address, ClusterReplyError, SlotMap, key_slot
+from realtime.redis_cluster import Address, ClusterReplyError, Redirect, SlotMap, SlotUncovered, key_slot
 from realtime.redis_link import OnBatchEnd, SubscriberLink, encode_command, open_link
 from realtime.topic_subscriptions import TopicSubscriptions
 
@@ -288,9 +288,12 @@ async def load_library(masters: Iterable[Address], code: str, *, wait: float) ->
             await node.aclose()
 
 
-async def read_slot_map(candidates: Iterable[Address], *, wait: float) -> SlotMap:
+async def read_slot_map(
+    candidates: Iterable[Address], *, wait: float, redirects: Mapping[int, Address] | None = None
+) -> SlotMap:
     """``CLUSTER SHARDS`` from the first candidate that answers (``wait``: connect and
-    read timeout per candidate, seconds).
+    read timeout per candidate, seconds), with ``redirects`` (slot -> owner, from ``MOVED``
+    replies) applied where the reply does not show them yet (a node's view may lag).
 
     Raises:
         OSError, TimeoutError, ConnectionError, RedisError, ClusterReplyError: none answered.
@@ -299,7 +302,13 @@ async def read_slot_map(candidates: Iterable[Address], *, wait: float) -> SlotMa
     for address in dict.fromkeys(candidates):
         node = _node(address, wait)
         try:
-            return SlotMap.from_shards(await node.execute_command("CLUSTER", "SHARDS"))  # type: ignore[no-untyped-call]
+            read = SlotMap.from_shards(await node.execute_command("CLUSTER", "SHARDS"))  # type: ignore[no-untyped-call]
+            for slot, owner in (redirects or {}).items():
+                with contextlib.suppress(SlotUncovered):
+                    if read.master_for(slot) == owner:
+                        continue
+                read = read.with_redirect(Redirect(slot, owner.host, owner.port))
+            return read
         except (OSError, TimeoutError, RedisError, ClusterReplyError) as exc:
             error = exc
         finally:
