@@ -13,16 +13,18 @@ miss unannounced. What travels between instances is encoded by :mod:`realtime.en
 
 Topics whose policy rule keeps history (:mod:`realtime.history`) are published with an
 offset and epoch and can be read back (:meth:`Broker.history`); the node uses that to
-recover what a client or the instance itself missed (:mod:`realtime.recovery`).
+recover what a client or the instance itself missed (:mod:`realtime.recovery`). Each broker
+also keeps presence (:attr:`Broker.presence`, :mod:`realtime.presence`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Protocol
+from typing import Any, Protocol
 
 from realtime.errors import BrokerUnavailable
 from realtime.history import HistoryPage, MemoryHistory, Position
+from realtime.presence import MemoryPresence, PresenceStore
 from realtime.stats import BrokerStats
 from topics import TopicRule
 
@@ -37,6 +39,11 @@ class BrokerEventHandler(Protocol):
         """Fan one publication out locally (``message``: the text sent to clients;
         ``offset`` and ``epoch``: its place in the topic's history, or 0 and ``""`` when it
         has none)."""
+        ...
+
+    def on_presence_event(self, topic: str, kind: str, entry: dict[str, Any]) -> None:
+        """Send a JOIN or LEAVE (``kind``) of a topic with ``join_leave`` to its local
+        listeners (``entry``: ``{"user", "client", "info"}``)."""
         ...
 
     def on_control(self, message: dict[str, object]) -> None:
@@ -80,6 +87,11 @@ class Broker(Protocol):
     @property
     def stats(self) -> BrokerStats:
         """The broker's counters."""
+        ...
+
+    @property
+    def presence(self) -> PresenceStore:
+        """Where this broker keeps presence (:mod:`realtime.presence`)."""
         ...
 
     async def start(self, handler: BrokerEventHandler) -> None:
@@ -148,6 +160,16 @@ class MemoryBroker:
         self._handler: BrokerEventHandler | None = None
         self._stats = BrokerStats()
         self.history_store = MemoryHistory()
+        self._presence = MemoryPresence(self._presence_event)
+
+    @property
+    def presence(self) -> MemoryPresence:
+        """Presence in process: JOIN/LEAVE go to the handler at once."""
+        return self._presence
+
+    def _presence_event(self, topic: str, kind: str, entry: dict[str, Any]) -> None:
+        if self._handler is not None:
+            self._handler.on_presence_event(topic, kind, entry)
 
     @property
     def ready(self) -> bool:

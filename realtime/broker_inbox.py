@@ -2,8 +2,8 @@
 
 Both Redis brokers (:mod:`realtime.redis_broker`, :mod:`realtime.redis_cluster_broker`) give
 their links the inbox's two callbacks: a data-channel payload becomes
-:meth:`realtime.broker.BrokerEventHandler.on_publication`, a control-channel payload
-``on_control``. Invalid envelopes are counted in the broker's stats, logged at most once a
+:meth:`realtime.broker.BrokerEventHandler.on_publication` (or ``on_presence_event`` for a
+JOIN/LEAVE), a control-channel payload ``on_control``. Invalid envelopes are counted in the broker's stats, logged at most once a
 second and dropped; an exception from the handler is logged and never costs the link.
 """
 
@@ -14,7 +14,7 @@ import time
 import structlog
 
 from realtime.broker import BrokerEventHandler
-from realtime.envelope import InvalidEnvelope, decode_control, decode_publication
+from realtime.envelope import InvalidEnvelope, decode_control, decode_presence_event, decode_publication
 from realtime.stats import BrokerStats
 
 log = structlog.get_logger("realtime.broker")
@@ -39,11 +39,12 @@ class BrokerInbox:
         self.handler: BrokerEventHandler | None = None
 
     def publication(self, data: bytes) -> None:
-        """A data-channel payload (:func:`realtime.envelope.decode_publication`)."""
+        """A data-channel payload (:func:`realtime.envelope.decode_publication`), or a JOIN
+        or LEAVE on a topic's channel (:func:`realtime.envelope.decode_presence_event`)."""
         try:
             topic, message, offset, epoch = decode_publication(data)
         except InvalidEnvelope as exc:
-            self._invalid(exc)
+            self._presence_event(data, exc)
             return
         if self.handler is None:
             return
@@ -52,6 +53,21 @@ class BrokerInbox:
             self.handler.on_publication(topic, message, offset, epoch)
         except Exception:
             log.exception("deliver_failed", topic=topic[:128])
+
+    def _presence_event(self, data: bytes, error: InvalidEnvelope) -> None:
+        """Hand on a JOIN/LEAVE (tried only for what is not a publication: publications
+        pay nothing for it); anything else is invalid with the publication's ``error``."""
+        try:
+            topic, kind, entry = decode_presence_event(data)
+        except InvalidEnvelope:
+            self._invalid(error)
+            return
+        if self.handler is None:
+            return
+        try:
+            self.handler.on_presence_event(topic, kind, entry)
+        except Exception:
+            log.exception("presence_event_failed", topic=topic[:128])
 
     def control(self, data: bytes) -> None:
         """A control-channel payload (:func:`realtime.envelope.decode_control`)."""

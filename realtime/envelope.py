@@ -13,6 +13,12 @@ revoke-user``) and by the Redis subscriber. JSON (UTF-8) on the wire:
   on topics that keep history (:mod:`realtime.history`), made by the Redis Function
   library (:mod:`realtime.redis_functions`); a raw ``PUBLISH`` without them is delivered
   without them (and is not in history).
+
+  On a topic's own channel (``<channel>:{<topic>}``) also JOIN and LEAVE of topics with
+  ``join_leave``, published by the Function library (:mod:`realtime.redis_presence`)::
+
+      {"topic": "chat:room:message.7", "presence": "join" | "leave",
+       "entry": {"user": "42" | null, "client": "<id>", "info": {...}}}
 - control channel (``<channel>:control``): an object with a ``type``; the one type today
   is a token revocation (:func:`revocation_message`)::
 
@@ -144,6 +150,32 @@ def decode_publication(data: bytes) -> tuple[str, str, int, str]:
     ):
         raise InvalidEnvelope("offset must be a positive integer, with a string epoch")
     return topic, message, offset, epoch
+
+
+_PRESENCE_KINDS = {"join": "JOIN", "leave": "LEAVE"}
+
+
+def decode_presence_event(data: bytes) -> tuple[str, str, dict[str, Any]]:
+    """A JOIN/LEAVE envelope -> ``(topic, "JOIN" | "LEAVE", entry)``, ``entry`` being
+    ``{"user": str | None, "client": str, "info": dict}``.
+
+    Raises:
+        InvalidEnvelope: not JSON, or not that shape.
+    """
+    try:
+        envelope: Any = orjson.loads(data)
+        topic, kind, entry = envelope["topic"], _PRESENCE_KINDS[envelope["presence"]], envelope["entry"]
+    except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+        raise InvalidEnvelope(f"{type(exc).__name__}: {exc}") from None
+    if (
+        not isinstance(topic, str)
+        or not isinstance(entry, dict)
+        or not isinstance(entry.get("client"), str)
+        or not isinstance(entry.get("user"), str | None)
+        or not isinstance(entry.get("info"), dict)
+    ):
+        raise InvalidEnvelope("presence event needs a string topic and an entry {user, client, info}")
+    return topic, kind, {"user": entry["user"], "client": entry["client"], "info": entry["info"]}
 
 
 def revocation_message(*, jti: str | None = None, sub: str | None = None) -> dict[str, object]:

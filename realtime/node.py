@@ -19,7 +19,8 @@ It is made of named parts, each in its own module:
   of token checks;
 - :mod:`realtime.envelope`: how publications and control messages are encoded;
 - :class:`realtime.recovery.Recovery`: offsets, resuming with ``since``, catching up;
-- :class:`realtime.held_listens.HeldListens`: RESPONSEs waiting for a topic's SUBSCRIBE.
+- :class:`realtime.held_listens.HeldListens`: RESPONSEs waiting for a topic's SUBSCRIBE;
+- :class:`realtime.presence.Presence`: this instance's presence entries, JOIN/LEAVE.
 
 The node is the broker's :class:`realtime.broker.BrokerEventHandler` and the sessions'
 :class:`realtime.protocol.Owner`.
@@ -30,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Collection
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -38,12 +39,23 @@ from keys import Grant, InvalidToken
 from realtime.broker import Broker
 from realtime.disconnect import CloseCode
 from realtime.envelope import InvalidEnvelope, UnknownControl, message_text, parse_control, revocation_message
-from realtime.errors import NoHistory
+from realtime.errors import BrokerUnavailable, NoHistory
 from realtime.grant_expiry import GrantExpiry
 from realtime.held_listens import HeldListen, HeldListens
 from realtime.history import HistoryPage
 from realtime.limits import TokenBucket
-from realtime.protocol import Listen, Session, auth_revoked_payload, gap_payload, message_payload
+from realtime.presence import DEFAULT_TTL, Presence
+from realtime.protocol import (
+    ERR_SERVER,
+    Listen,
+    Session,
+    auth_revoked_payload,
+    data_response,
+    gap_payload,
+    message_payload,
+    presence_event_payload,
+    response,
+)
 from realtime.recovery import Recovery
 from realtime.revocations import CLOCK_MARGIN, RevocationTable
 from realtime.send_queue import FlushScheduler, SendQueue, encode_text_frame
@@ -89,6 +101,7 @@ class Node:
         slots: the per-user connection slots.
         recovery: the streams of topics with history (:mod:`realtime.recovery`).
         held: LISTENs whose RESPONSE waits for the broker to receive their topics.
+        presence: this instance's presence entries (topics whose rule keeps presence).
     """
 
     def __init__(
@@ -102,6 +115,9 @@ class Node:
         write_interval: float = 0.0,
         checks: TokenChecks | None = None,
         revocations: RevocationTable | None = None,
+        presence_ttl: float = DEFAULT_TTL,
+        presence_max_clients: int = 100,
+        presence_show_address: bool = False,
     ) -> None:
         """Args:
         broker: the broker (memory or Redis).
@@ -115,6 +131,10 @@ class Node:
         checks: budgets of token checks (default: unlimited, never closes).
         revocations: the revocation table (default: :class:`realtime.revocations.RevocationTable`
             with its default bounds).
+        presence_ttl: seconds a presence entry lives without a refresh (``PRESENCE_TTL``).
+        presence_max_clients: most clients a presence read lists (``PRESENCE_MAX_CLIENTS``).
+        presence_show_address: put each connection's address in its presence ``info``
+            (``PRESENCE_SHOW_ADDRESS``; off: presence never shows an address).
         """
         self.broker = broker
         self.policy = policy
@@ -134,6 +154,9 @@ class Node:
         self.recovery = Recovery(broker, self.index)
         self._interest: dict[str, int] = {}  # topic -> connections holding it (index, recovery or held)
         self.held: HeldListens[SendQueue] = HeldListens()
+        self.presence = Presence(broker.presence, ttl=presence_ttl, max_clients=presence_max_clients)
+        self._show_address = presence_show_address
+        self._tasks: set[asyncio.Task[None]] = set()  # presence reads in flight
 
     @property
     def scheduler(self) -> FlushScheduler:
@@ -147,9 +170,16 @@ class Node:
         await self.broker.start(self)
 
     async def close(self) -> None:
-        """Stop the broker, the expiry timer and the flush scheduler's pacing timer."""
+        """Remove this instance's presence entries, then stop the broker, the expiry timer
+        and the flush scheduler's pacing timer."""
         self.expiries.close()
         self.recovery.close()
+        for task in list(self._tasks):
+            task.cancel()
+        try:
+            await self.presence.close()
+        except Exception:  # never keep the broker open for it
+            log.exception("presence_close_failed")
         try:
             await self.broker.close()
         finally:
@@ -193,6 +223,7 @@ class Node:
         tell every client listening to a topic without history (``GAP``, reason
         ``broker_reconnected``)."""
         self.stats.count_gap()
+        self.presence.refresh()  # Redis may have lost them (a restart without its data)
         recovery = self.recovery
         recovery.on_gap(topics)
         scope = None if topics is None else set(topics)
@@ -200,6 +231,16 @@ class Node:
             lost = sorted(t for t in peer.session.topics if t not in recovery and (scope is None or t in scope))
             if lost:
                 conn.send_payload(gap_payload(lost))
+
+    def on_presence_event(self, topic: str, kind: str, entry: dict[str, Any]) -> None:
+        """Send a JOIN or LEAVE to ``topic``'s local listeners (encoded once)."""
+        listeners = self.index.get(topic)
+        if not listeners:
+            return
+        frame = encode_text_frame(presence_event_payload(topic, kind, entry))
+        for conn in listeners:
+            conn.send(frame)
+        self.presence.events += len(listeners)
 
     def on_control(self, message: dict[str, object]) -> None:
         """Apply a control message from any instance (currently: ``revoke``): remember it
@@ -405,6 +446,8 @@ class Node:
         if not waiting:
             for item in topics:
                 self.recovery.listen(key, item.topic, item.rule, item.since)
+                if item.rule.presence:
+                    self._join(key, item)
             return True
         self.held.hold(key, reply, topics, waiting)
         return False
@@ -420,6 +463,27 @@ class Node:
         held.conn.send_payload(held.reply)
         for item in held.topics.values():
             self.recovery.listen(held.conn, item.topic, item.rule, item.since)
+            if item.rule.presence:
+                self._join(held.conn, item)
+
+    def renew(self, key: SendQueue, topics: list[Listen]) -> None:
+        """``key`` LISTENed again to topics with presence it holds: rewrite its entries
+        (unchanged: a refresh; another user or ``client_info``: a LEAVE and a JOIN)."""
+        presence = self.presence
+        client = presence.client_id(key.id)
+        for item in topics:
+            if presence.holds(item.topic, client):  # not a LISTEN still waiting for its RESPONSE
+                self._join(key, item)
+
+    def _join(self, key: SendQueue, item: Listen) -> None:
+        """Enter ``key`` into ``item.topic``'s presence (with its address in ``info`` only
+        when the operator turned that on)."""
+        info = item.info
+        if self._show_address:
+            peer = self.peers.get(key)
+            info = {**(info or {}), "address": peer.address if peer is not None else ""}
+        presence = self.presence
+        presence.join(item.topic, item.rule, presence.client_id(key.id), item.user, info)
 
     def unlisten(self, key: SendQueue, topic: Topic) -> None:
         """Drop ``key`` from ``topic`` (its session dropped the topic)."""
@@ -435,6 +499,30 @@ class Node:
             self._answer(complete)
         if not was_held:
             self.recovery.unlisten(key, topic)
+        presence = self.presence
+        if topic in presence:
+            presence.leave(topic, presence.client_id(key.id))
+
+    def presence_request(self, key: SendQueue, nonce: str, topic: Topic, rule: TopicRule) -> None:
+        """Answer a PRESENCE (checked by the session): read ``topic``'s presence and send
+        the RESPONSE with its ``data`` (``ERR_SERVER`` if the broker cannot be read, or
+        the read fails otherwise)."""
+        task = asyncio.get_running_loop().create_task(self._answer_presence(key, nonce, topic, rule))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer_presence(self, key: SendQueue, nonce: str, topic: Topic, rule: TopicRule) -> None:
+        try:
+            snapshot = await self.presence.read(topic, rule)
+        except Exception as exc:  # every PRESENCE gets its RESPONSE
+            if isinstance(exc, BrokerUnavailable):
+                log.warning("presence_read_failed", topic=topic[:128], error=str(exc))
+            else:  # e.g. an entry in Redis that is not ours (not JSON)
+                log.exception("presence_read_failed", topic=topic[:128])
+            self.stats.count_refusal(ERR_SERVER)
+            key.send_payload(response(nonce, ERR_SERVER, "presence could not be read; try again"))
+            return
+        key.send_payload(data_response(nonce, snapshot.as_data()))
 
     def granted(self, key: SendQueue, grant: Grant) -> None:
         """Arm the expiry of ``grant``'s topics on ``key``."""

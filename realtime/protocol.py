@@ -9,19 +9,23 @@ Client -> server (text frames of JSON)::
 
     {"type": "PING"}
     {"type": "LISTEN",   "nonce": "n1", "data": {"topics": ["..."], "auth_token": "...",
-                                                  "since": {"<topic>": {"offset": 41, "epoch": "..."}}}}
+                                                  "since": {"<topic>": {"offset": 41, "epoch": "..."}},
+                                                  "client_info": {"device": "living room"}}}
     {"type": "UNLISTEN", "nonce": "n2", "data": {"topics": ["..."]}}
+    {"type": "PRESENCE", "nonce": "n3", "data": {"topic": "...", "auth_token": "..."}}
 
 Server -> client::
 
     {"type": "PONG"}
     {"type": "RESPONSE", "nonce": "n1", "error": ""}            success
     {"type": "RESPONSE", "nonce": "n1", "error": "ERR_BADAUTH", "error_description": "..."}
+    {"type": "RESPONSE", "nonce": "n3", "error": "", "data": {"connections": 2, "users": 1, "clients": [...]}}
     {"type": "MESSAGE", "data": {"topic": "...", "message": "<string>"}}
     {"type": "MESSAGE", "data": {"topic": "...", "message": "<string>", "offset": 42, "epoch": "..."}}
     {"type": "GAP", "data": {"topics": ["..."], "reason": "broker_reconnected" | "history_lost"}}
     {"type": "RECONNECT"}
     {"type": "AUTH_REVOKED", "data": {"topics": ["..."]}}
+    {"type": "JOIN" | "LEAVE", "data": {"topic": "...", "user": "..." | null, "client": "...", "info": {...}}}
 
 Error codes: ``ERR_BADMESSAGE`` (not JSON, wrong shape, unknown type), ``ERR_BADAUTH``
 (token missing where needed, invalid, expired, revoked, lacking scope or target),
@@ -32,7 +36,9 @@ fault). A LISTEN is all-or-nothing.
 
 ``offset`` and ``epoch`` come on topics that keep history; ``since`` asks to resume after a
 position (what is sent then is :mod:`realtime.recovery`'s business: the session only checks
-its shape and hands each new topic's position to its owner).
+its shape and hands each new topic's position to its owner). ``client_info`` and PRESENCE
+belong to topics whose rule keeps presence (:mod:`realtime.presence`): the session checks
+them and who may ask; the owner reads and answers.
 """
 
 from __future__ import annotations
@@ -45,8 +51,9 @@ import orjson
 from keys import Grant, InvalidToken
 from realtime.history import MAX_EPOCH_LENGTH, MAX_OFFSET, Position
 from realtime.limits import TokenBucket
+from realtime.presence import PRESENCE_SCOPE, BadClientInfo, check_client_info
 from realtime.verification import TooManyChecks
-from topics import BadTopic, Topic, TopicPolicy, TopicRule
+from topics import BadTopic, ParsedTopic, Topic, TopicPolicy, TopicRule
 
 ERR_BADMESSAGE = "ERR_BADMESSAGE"
 ERR_BADAUTH = "ERR_BADAUTH"
@@ -74,6 +81,16 @@ def response(nonce: str, error: str = "", description: str = "") -> bytes:
     if description:
         body["error_description"] = description
     return orjson.dumps(body)
+
+
+def data_response(nonce: str, data: Any) -> bytes:
+    """Encode a successful RESPONSE that carries ``data`` (PRESENCE)."""
+    return orjson.dumps({"type": "RESPONSE", "nonce": nonce, "error": "", "data": data})
+
+
+def presence_event_payload(topic: str, kind: str, entry: dict[str, Any]) -> bytes:
+    """Encode a JOIN or LEAVE frame payload (``entry``: ``{"user", "client", "info"}``)."""
+    return orjson.dumps({"type": kind, "data": {"topic": topic, **entry}})
 
 
 def message_payload(topic: str, message: str, offset: int = 0, epoch: str = "") -> bytes:
@@ -133,11 +150,14 @@ def _since_of(data: dict[str, Any], topics: dict[Topic, TopicRule]) -> dict[str,
 
 
 class Listen(NamedTuple):
-    """One topic a LISTEN added: its policy rule, and the position to resume from (``since``)."""
+    """One topic a LISTEN added: its policy rule, the position to resume from (``since``),
+    and, for presence, the LISTEN's token ``sub`` and ``client_info``."""
 
     topic: Topic
     rule: TopicRule
     since: Position | None
+    user: str | None = None
+    info: dict[str, Any] | None = None
 
 
 class Owner(Protocol):
@@ -161,6 +181,17 @@ class Owner(Protocol):
 
     def unlisten(self, key: Any, topic: Topic) -> None:
         """Called once for each topic ``key``'s session drops."""
+        ...
+
+    def renew(self, key: Any, topics: list[Listen]) -> None:
+        """Called when a LISTEN names topics with presence that ``key``'s session listens to
+        already (e.g. a token refresh): their presence entries take its user and
+        ``client_info``."""
+        ...
+
+    def presence_request(self, key: Any, nonce: str, topic: Topic, rule: TopicRule) -> None:
+        """A PRESENCE ``key`` may ask (checked): read ``topic``'s presence and send the
+        RESPONSE (:func:`data_response`, or an error RESPONSE) to ``key`` later."""
         ...
 
     def admit_sub(self, key: Any, sub: str) -> bool:
@@ -226,7 +257,7 @@ class Session:
     def receive(self, text: str | bytes) -> bytes:
         """Handle one inbound text frame and return the reply payload (JSON bytes), or
         ``b""`` when the owner will send it later (a LISTEN waiting for the broker to
-        receive its topics: :meth:`Owner.listen`).
+        receive its topics: :meth:`Owner.listen`; a PRESENCE: :meth:`Owner.presence_request`).
 
         Never raises for anything a client sends: a bad frame yields an
         ``ERR_BADMESSAGE`` RESPONSE; an unexpected failure yields ``ERR_SERVER``.
@@ -243,22 +274,32 @@ class Session:
         nonce = request.get("nonce", "")
         if not isinstance(nonce, str) or len(nonce) > MAX_NONCE_LENGTH:
             return self._refuse("", ERR_BADMESSAGE, f"nonce must be a string of at most {MAX_NONCE_LENGTH} characters")
-        if kind in ("LISTEN", "UNLISTEN") and self._rate is not None and not self._rate.take():
-            return self._refuse(nonce, ERR_RATELIMIT, "too many LISTEN/UNLISTEN requests; slow down")
+        if kind in ("LISTEN", "UNLISTEN", "PRESENCE") and self._rate is not None and not self._rate.take():
+            return self._refuse(nonce, ERR_RATELIMIT, f"too many {kind} requests; slow down")
         try:
-            if kind == "LISTEN":
-                added = self._do_listen(request)
-                reply = response(nonce)
-                return reply if not added or self._owner.listen(self._key, added, reply) else b""
-            if kind == "UNLISTEN":
-                self._do_unlisten(request)
-            else:
-                raise Refused(ERR_BADMESSAGE, "type must be PING, LISTEN or UNLISTEN")
+            return self._handle(kind, request, nonce)
         except Refused as exc:
             return self._refuse(nonce, exc.code, exc.description)
         except Exception:  # noqa: BLE001 - the adapter logs; the client gets ERR_SERVER
             return self._refuse(nonce, ERR_SERVER, "internal error")
-        return response(nonce)
+
+    def _handle(self, kind: object, request: dict[str, Any], nonce: str) -> bytes:
+        """LISTEN, UNLISTEN or PRESENCE -> the reply (``b""``: the owner sends it later).
+
+        Raises:
+            Refused: the error RESPONSE to send.
+        """
+        if kind == "LISTEN":
+            added = self._do_listen(request)
+            reply = response(nonce)
+            return reply if not added or self._owner.listen(self._key, added, reply) else b""
+        if kind == "UNLISTEN":
+            self._do_unlisten(request)
+            return response(nonce)
+        if kind == "PRESENCE":
+            self._do_presence(request, nonce)
+            return b""
+        raise Refused(ERR_BADMESSAGE, "type must be PING, LISTEN, UNLISTEN or PRESENCE")
 
     def receive_binary(self) -> bytes:
         """Answer a binary frame: the protocol is JSON text frames only."""
@@ -327,27 +368,19 @@ class Session:
                 raise Refused(ERR_BADTOPIC, str(exc)) from None
         rules = {parsed.topic: rule for parsed, rule in checked}
         since = _since_of(data, rules)
-        token = data.get("auth_token")
-        if token is not None and not isinstance(token, str):
-            raise Refused(ERR_BADMESSAGE, "data.auth_token must be a string")
-        grant = None
-        if token is not None and token != "":
+        info = data.get("client_info")
+        if info is not None:
             try:
-                grant = self._owner.verify(self._key, token)
-            except TooManyChecks as exc:
-                raise Refused(ERR_RATELIMIT, str(exc)) from None
-            except InvalidToken as exc:
-                raise Refused(ERR_BADAUTH, str(exc)) from None
+                info = check_client_info(info)
+            except BadClientInfo as exc:
+                raise Refused(ERR_BADMESSAGE, str(exc)) from None
+        grant = self._grant_of(data)
         granted: dict[Topic, Grant | None] = {}
         for parsed, rule in checked:
-            needs_token = rule.scope is not None or rule.target == "self"
-            if needs_token and grant is None:
-                raise Refused(ERR_BADAUTH, f"topic {parsed.topic} needs an auth_token")
-            if rule.scope is not None and grant is not None and rule.scope not in grant.scopes:
-                raise Refused(ERR_BADAUTH, f"topic {parsed.topic} needs scope {rule.scope}")
-            if rule.target == "self" and grant is not None and parsed.target != grant.sub:
-                raise Refused(ERR_BADAUTH, f"topic {parsed.topic} is not yours")
-            granted[parsed.topic] = grant if needs_token else None
+            needs_token = self._check_access(parsed, rule, grant)
+            # a public topic with presence LISTENed with a token shows its user: the topic
+            # then lives as long as the token, or a revoked user would stay present
+            granted[parsed.topic] = grant if needs_token or rule.presence else None
         new = [t for t in granted if t not in self.topics]
         if len(self.topics) + len(new) > self._max_topics:
             raise Refused(ERR_BADTOPIC, f"at most {self._max_topics} topics per connection")
@@ -369,7 +402,69 @@ class Session:
         if grant is not None and holds_grant:
             owner.granted(key, grant)
         self.listening = True
-        return [Listen(topic, rules[topic], since.get(topic)) for topic in new]
+        user = None if grant is None else grant.sub
+        renewed = [Listen(t, rules[t], None, user, info) for t in granted if t not in new and rules[t].presence]
+        if renewed:  # listened to already: its presence entry takes this LISTEN's user and info
+            owner.renew(key, renewed)
+        return [Listen(topic, rules[topic], since.get(topic), user, info) for topic in new]
+
+    def _grant_of(self, data: dict[str, Any]) -> Grant | None:
+        """The grant of ``data.auth_token`` (``None`` without one).
+
+        Raises:
+            Refused: not a string (``ERR_BADMESSAGE``), too many checks (``ERR_RATELIMIT``),
+                invalid (``ERR_BADAUTH``).
+        """
+        token = data.get("auth_token")
+        if token is not None and not isinstance(token, str):
+            raise Refused(ERR_BADMESSAGE, "data.auth_token must be a string")
+        if token is None or token == "":
+            return None
+        try:
+            return self._owner.verify(self._key, token)
+        except TooManyChecks as exc:
+            raise Refused(ERR_RATELIMIT, str(exc)) from None
+        except InvalidToken as exc:
+            raise Refused(ERR_BADAUTH, str(exc)) from None
+
+    @staticmethod
+    def _check_access(parsed: ParsedTopic, rule: TopicRule, grant: Grant | None) -> bool:
+        """Whether ``grant`` may LISTEN to ``parsed`` (its scope, and ``self`` targets);
+        returns ``True`` when the topic needs a token at all.
+
+        Raises:
+            Refused: ``ERR_BADAUTH``, naming what is missing.
+        """
+        needs_token = rule.scope is not None or rule.target == "self"
+        if needs_token and grant is None:
+            raise Refused(ERR_BADAUTH, f"topic {parsed.topic} needs an auth_token")
+        if rule.scope is not None and grant is not None and rule.scope not in grant.scopes:
+            raise Refused(ERR_BADAUTH, f"topic {parsed.topic} needs scope {rule.scope}")
+        if rule.target == "self" and grant is not None and parsed.target != grant.sub:
+            raise Refused(ERR_BADAUTH, f"topic {parsed.topic} is not yours")
+        return needs_token
+
+    def _do_presence(self, request: dict[str, Any], nonce: str) -> None:
+        """Check a PRESENCE (shape, topic, access) and hand it to the owner.
+
+        Raises:
+            Refused: ``ERR_BADMESSAGE``, ``ERR_BADTOPIC`` (unknown topic, or one that keeps
+                no presence), ``ERR_BADAUTH`` (neither ``realtime:presence`` nor allowed to
+                LISTEN), ``ERR_RATELIMIT``.
+        """
+        data = request.get("data")
+        if not isinstance(data, dict):
+            raise Refused(ERR_BADMESSAGE, "data must be an object")
+        try:
+            parsed, rule = self._policy.check(data.get("topic"))
+        except BadTopic as exc:
+            raise Refused(ERR_BADTOPIC, f"data.topic: {exc}") from None
+        if not rule.presence:
+            raise Refused(ERR_BADTOPIC, f"topic {parsed.topic} keeps no presence (its rule's presence is off)")
+        grant = self._grant_of(data)
+        if grant is None or PRESENCE_SCOPE not in grant.scopes:
+            self._check_access(parsed, rule, grant)
+        self._owner.presence_request(self._key, nonce, parsed.topic, rule)
 
     def _do_unlisten(self, request: dict[str, Any]) -> None:
         _, raw_topics = self._topics_of(request)

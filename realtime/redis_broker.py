@@ -49,6 +49,7 @@ from realtime.errors import BrokerUnavailable
 from realtime.history import HistoryPage, Position
 from realtime.redis_functions import HistoryFunctions, topic_channel
 from realtime.redis_link import SubscriberLink, open_link, redis_address
+from realtime.redis_presence import RedisPresence
 from realtime.redis_publisher import RedisPublisher
 from realtime.stats import BrokerStats
 from realtime.topic_subscriptions import TopicSubscriptions
@@ -127,6 +128,12 @@ class RedisBroker:
         self._firehose = firehose
         self._topics = TopicSubscriptions(channel)
         self._flush_due = False
+        self._presence = RedisPresence(lambda: self._functions if self._publisher.started else None)
+
+    @property
+    def presence(self) -> RedisPresence:
+        """Presence in Redis (:mod:`realtime.redis_presence`)."""
+        return self._presence
 
     @property
     def ready(self) -> bool:

@@ -63,6 +63,7 @@ from realtime.redis_cluster_links import (
     read_slot_map,
 )
 from realtime.redis_functions import library_code
+from realtime.redis_presence import RedisPresence
 from realtime.stats import BrokerStats
 from realtime.topic_subscriptions import TopicSubscriptions
 from topics import DEFAULT_POLICY, TopicPolicy, TopicRule
@@ -137,6 +138,7 @@ class ClusterBroker:
         self._stats = BrokerStats()
         self._inbox = BrokerInbox(self._stats)
         self.client_name = f"realtime-sub-{os.getpid()}-{id(self):x}"
+        self._presence = RedisPresence(lambda: self._commands.functions)
 
     @property
     def ready(self) -> bool:
@@ -147,6 +149,11 @@ class ClusterBroker:
     def stats(self) -> BrokerStats:
         """Reconnects (of the classic link and topology refreshes) and invalid envelopes."""
         return self._stats
+
+    @property
+    def presence(self) -> RedisPresence:
+        """Presence in the cluster (:mod:`realtime.redis_presence`; each call routed by slot)."""
+        return self._presence
 
     # -- lifecycle ----------------------------------------------------------------
 

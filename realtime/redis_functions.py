@@ -1,4 +1,4 @@
-"""History on Redis: a Redis Function library (Redis 7.0+) and its asyncio wrapper.
+"""History (and presence) on Redis: a Redis Function library (Redis 7.0+) and its asyncio wrapper.
 
 The library is generated from the data channel and the topic policy (every topic name
 whose rule keeps history, with its size and ttl, is baked into it), so any service can
@@ -34,6 +34,10 @@ An epoch is the Redis server's clock in microseconds (``TIME``) and 16 pseudo-ra
 in hex. (``math.random`` in Redis functions restarts the same sequence at every server
 start: the clock is what makes an epoch new across restarts.)
 
+The same library holds presence's two functions, ``<p>_presence`` and ``<p>_presence_get``
+(keys and calls: :mod:`realtime.redis_presence`), with the policy's presence rules baked in
+the same way.
+
 Every instance on a channel must run the same topic policy: loading the library
 (``FUNCTION LOAD REPLACE``, at start and after every reconnect) replaces the one another
 instance loaded.
@@ -55,22 +59,28 @@ from realtime.history import HistoryPage, Position, Publication
 from topics import TopicPolicy, TopicRule
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+MAX_PRUNE_ROUNDS = 1000
+"""Most ``<p>_presence_get`` calls one read makes while expired entries are left (1,000 each)."""
 _LUA_PLAIN = re.compile(rb"[A-Za-z0-9 _:.\-]")
 
 
 class FunctionNames(NamedTuple):
-    """The names of one channel's library and its two functions."""
+    """The names of one channel's library and its functions."""
 
     library: str
     publish: str
     history: str
+    presence: str
+    presence_get: str
 
 
 def function_names(channel: str) -> FunctionNames:
     """The library and function names for ``channel`` (``[A-Za-z0-9_]`` only: every other
     character becomes ``_``)."""
     prefix = _UNSAFE.sub("_", channel)
-    return FunctionNames(prefix, f"{prefix}_publish", f"{prefix}_history")
+    return FunctionNames(
+        prefix, f"{prefix}_publish", f"{prefix}_history", f"{prefix}_presence", f"{prefix}_presence_get"
+    )
 
 
 def history_key(channel: str, topic: str) -> str:
@@ -89,19 +99,31 @@ def meta_key(channel: str, topic: str) -> str:
     return f"{channel}:{{{topic}}}:meta"
 
 
+def presence_key(channel: str, topic: str) -> str:
+    """The sorted set of ``topic``'s present clients (score: expiry, Unix milliseconds):
+    ``<channel>:{<topic>}:presence``; ``...:presence:info`` (a hash, client -> entry JSON)
+    and ``...:presence:users`` (a hash, user -> entries) go with it."""
+    return f"{channel}:{{{topic}}}:presence"
+
+
 def _lua_string(value: str) -> str:
     """A Lua 5.1 string literal for ``value`` (bytes outside a safe set as ``\\ddd``)."""
     raw = value.encode()
     return '"' + "".join(chr(b) if _LUA_PLAIN.fullmatch(bytes([b])) else f"\\{b:03d}" for b in raw) + '"'
 
 
+def _lua_table(rows: dict[str, str]) -> str:
+    """A Lua table literal of topic name -> Lua value (text), sorted by name."""
+    lines = [f"  [{_lua_string(name)}] = {value}," for name, value in sorted(rows.items())]
+    return "{\n" + "\n".join(lines) + "\n}" if lines else "{}"
+
+
 def _policy_table(rules: Iterable[TopicRule]) -> str:
-    rows = [
-        f"  [{_lua_string(rule.name)}] = {{{rule.history_size}, {rule.history_ttl}}},"
-        for rule in sorted(rules, key=lambda r: r.name)
-        if rule.has_history
-    ]
-    return "{\n" + "\n".join(rows) + "\n}" if rows else "{}"
+    return _lua_table({r.name: f"{{{r.history_size}, {r.history_ttl}}}" for r in rules if r.has_history})
+
+
+def _presence_table(rules: Iterable[TopicRule]) -> str:
+    return _lua_table({r.name: "1" if r.join_leave else "0" for r in rules if r.presence})
 
 
 _LIBRARY = """#!lua name=@LIBRARY@
@@ -215,8 +237,131 @@ local function history(keys, args)
   return {offset, epoch, first, items}
 end
 
+-- topic name -> 1 if its listeners get JOIN/LEAVE, else 0 (names that keep presence only)
+local PRESENCE = @PRESENCE_RULES@
+local PRUNE = 1000  -- most expired entries pruned per call
+local MAX_TTL = 86400  -- seconds, PRESENCE_TTL's bound: a longer ttl would keep ghosts for that long
+
+-- join_leave, the sorted set, info hash, users hash and channel of a call, or nil and an error
+local function presence_resolve(keys, topic)
+  if #keys ~= 1 then
+    return nil, 'ERR expected 1 key: the presence set of the topic'
+  end
+  local dot = string.find(topic, '.', 1, true)
+  local name = dot and string.sub(topic, 1, dot - 1) or topic
+  local join_leave = PRESENCE[name]
+  if not join_leave then
+    return nil, 'ERR topic name ' .. name .. ' keeps no presence on channel ' .. CHANNEL
+  end
+  local channel = CHANNEL .. ':{' .. topic .. '}'
+  local set = channel .. ':presence'
+  if keys[1] ~= set then
+    return nil, 'ERR wrong key for topic ' .. topic .. ': expected ' .. set
+  end
+  return {join_leave = join_leave, set = set, info = set .. ':info', users = set .. ':users',
+          channel = channel, topic = topic}
+end
+
+local function now_ms()
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
+
+local function presence_event(p, kind, entry)
+  if p.join_leave == 1 then
+    redis.call('@PUBLISH_COMMAND@', p.channel,
+      '{"topic":' .. cjson.encode(p.topic) .. ',"presence":"' .. kind .. '","entry":' .. entry .. '}')
+  end
+end
+
+local function presence_remove(p, client)
+  if redis.call('ZREM', p.set, client) == 0 then
+    return
+  end
+  local entry = redis.call('HGET', p.info, client)
+  redis.call('HDEL', p.info, client)
+  if entry then
+    local ok, decoded = pcall(cjson.decode, entry)
+    local user = ok and type(decoded) == 'table' and decoded['user'] or nil
+    if type(user) == 'string' and redis.call('HINCRBY', p.users, user, -1) <= 0 then
+      redis.call('HDEL', p.users, user)
+    end
+    presence_event(p, 'leave', entry)
+  end
+end
+
+-- remove expired entries (at most PRUNE); returns the time now, Unix ms
+local function presence_prune(p)
+  local now = now_ms()
+  for _, client in ipairs(redis.call('ZRANGEBYSCORE', p.set, '-inf', now, 'LIMIT', 0, PRUNE)) do
+    presence_remove(p, client)
+  end
+  return now
+end
+
+-- FCALL <p>_presence 1 <set> <topic> <ttl s> <n> [<client> <user or ''> <entry>]*n [<client to remove>]*
+local function presence(keys, args)
+  local ttl, n = count(args[2]), count(args[3])
+  if not ttl or ttl < 1 or ttl > MAX_TTL or not n or #args < 3 + 3 * n then
+    return redis.error_reply('ERR usage: FCALL @PRESENCE@ 1 <key> <topic> <ttl> <n> [client user entry]*n [client]*')
+  end
+  local p, err = presence_resolve(keys, args[1])
+  if not p then
+    return redis.error_reply(err)
+  end
+  local expiry = presence_prune(p) + ttl * 1000
+  for i = 4, 3 + 3 * n, 3 do
+    local client, user, entry = args[i], args[i + 1], args[i + 2]
+    local added = redis.call('ZADD', p.set, expiry, client) == 1
+    if not added and redis.call('HGET', p.info, client) ~= entry then
+      -- the client listens again with another user or info (an UNLISTEN and a LISTEN in
+      -- one batch): a LEAVE of the old entry, a JOIN of the new one
+      presence_remove(p, client)
+      added = redis.call('ZADD', p.set, expiry, client) == 1
+    end
+    if added then
+      redis.call('HSET', p.info, client, entry)
+      if user ~= '' then
+        redis.call('HINCRBY', p.users, user, 1)
+      end
+      presence_event(p, 'join', entry)
+    end
+  end
+  for i = 4 + 3 * n, #args do
+    presence_remove(p, args[i])
+  end
+  for _, key in ipairs({p.set, p.info, p.users}) do
+    redis.call('EXPIRE', key, ttl)
+  end
+  return redis.call('ZCARD', p.set)
+end
+
+-- FCALL <p>_presence_get 1 <set> <topic> <limit>
+--   -> [connections, users, [entry, ...] or {}, expired entries left to prune]
+-- the counts are exact when nothing is left (else call again: each call prunes up to PRUNE)
+local function presence_get(keys, args)
+  local limit = count(args[2])
+  if #args ~= 2 or not limit then
+    return redis.error_reply('ERR usage: FCALL @PRESENCE_GET@ 1 <key> <topic> <limit>')
+  end
+  local p, err = presence_resolve(keys, args[1])
+  if not p then
+    return redis.error_reply(err)
+  end
+  local now = presence_prune(p)
+  local left = redis.call('ZCOUNT', p.set, '-inf', now)
+  local connections = redis.call('ZCARD', p.set)
+  local entries = {}
+  if left == 0 and limit > 0 and connections <= limit then
+    entries = redis.call('HVALS', p.info)
+  end
+  return {connections, redis.call('HLEN', p.users), entries, left}
+end
+
 redis.register_function('@PUBLISH@', publish)
 redis.register_function{function_name='@HISTORY@', callback=history, flags={'no-writes'}}
+redis.register_function('@PRESENCE@', presence)
+redis.register_function('@PRESENCE_GET@', presence_get)
 """
 
 
@@ -231,6 +376,9 @@ def library_code(channel: str, policy: TopicPolicy, *, sharded: bool = False) ->
         "@LIBRARY@": names.library,
         "@PUBLISH@": names.publish,
         "@HISTORY@": names.history,
+        "@PRESENCE_GET@": names.presence_get,
+        "@PRESENCE_RULES@": _presence_table(policy.rules.values()),
+        "@PRESENCE@": names.presence,
         "@CHANNEL@": _lua_string(channel),
         "@CHANNEL_COMMENT@": repr(channel).replace("\n", " "),
         "@POLICY@": _policy_table(policy.rules.values()),
@@ -296,8 +444,8 @@ class HistoryFunctions:
             except (RedisError, TimeoutError) as exc:
                 raise _unavailable(exc) from None
 
-    async def _call(self, function: str, topic: str, *args: str | int) -> Any:
-        key = history_key(self._channel, topic)
+    async def _call(self, function: str, topic: str, *args: str | int, key: str | None = None) -> Any:
+        key = history_key(self._channel, topic) if key is None else key
         for attempt in (1, 2):
             try:
                 return await self._client.fcall(function, 1, key, topic, *args)
@@ -347,3 +495,44 @@ class HistoryFunctions:
         offset, epoch, first, flat = await self._call(self.names.history, topic, since, limit)
         publications = [Publication(int(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
         return HistoryPage(publications, int(offset), _text(epoch), int(first))
+
+    async def presence_apply(self, calls: list[tuple[str, list[str | bytes]]]) -> None:
+        """Run ``<p>_presence`` once per ``(topic, arguments after the topic)``, pipelined
+        (one round trip to one Redis; on a Redis Cluster, one per master). A library Redis
+        lost is loaded and the whole pipeline run again (the function is idempotent).
+
+        Raises:
+            BrokerUnavailable: Redis failed or refused a call.
+        """
+        for attempt in (1, 2):
+            pipe = self._client.pipeline(transaction=False)
+            for topic, args in calls:
+                pipe.fcall(self.names.presence, 1, presence_key(self._channel, topic), topic, *args)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except (RedisError, OSError, TimeoutError) as exc:
+                raise _unavailable(exc) from None
+            errors = [r for r in results if isinstance(r, Exception)]
+            if not errors:
+                return
+            if attempt == 1 and any("function not found" in str(e).lower() for e in errors):
+                await self.load()
+                continue
+            raise _unavailable(errors[0])
+
+    async def presence_get(self, topic: str, limit: int) -> tuple[int, int, list[bytes]]:
+        """``<p>_presence_get``: ``(connections, users, entries)`` of ``topic`` after pruning
+        its expired entries; ``entries`` only when there are at most ``limit`` (0: none).
+        A call prunes at most 1,000 expired entries (their LEAVEs go out with it): while
+        some are left (an instance with many listeners died), it is called again, so the
+        counts are exact.
+
+        Raises:
+            BrokerUnavailable: Redis failed or refused the call.
+        """
+        key = presence_key(self._channel, topic)
+        for _ in range(MAX_PRUNE_ROUNDS):
+            connections, users, entries, left = await self._call(self.names.presence_get, topic, limit, key=key)
+            if not left:
+                break
+        return int(connections), int(users), list(entries)

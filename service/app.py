@@ -150,6 +150,9 @@ def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.
             burst_per_connection=limits.token_check_burst_per_connection,
             max_failures=limits.max_bad_tokens_per_connection,
         ),
+        presence_ttl=settings.broker.presence_ttl,
+        presence_max_clients=settings.broker.presence_max_clients,
+        presence_show_address=settings.broker.presence_show_address,
     )
     app = web.Application(client_max_size=limits.max_body_bytes)
     app[SETTINGS] = settings

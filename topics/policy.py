@@ -9,7 +9,11 @@ A policy maps each topic *name* (the part before ``.``) to a :class:`TopicRule`:
   target);
 * ``history_size``: publications kept per topic for recovery (0: no history, the default);
 * ``history_ttl``: seconds a topic's history lives after its last publication (required,
-  positive, when ``history_size`` is set).
+  positive, when ``history_size`` is set);
+* ``presence``: who listens to a topic of this name can be asked (PRESENCE,
+  ``GET /presence/{topic}``); off by default;
+* ``join_leave``: listeners of a topic of this name receive JOIN and LEAVE as connections
+  start and stop listening to it (needs ``presence``); off by default.
 
 Operators replace the default with a TOML file (setting ``TOPICS_FILE``)::
 
@@ -21,6 +25,11 @@ Operators replace the default with a TOML file (setting ``TOPICS_FILE``)::
     target = "any"
     history_size = 32
     history_ttl = 3600
+
+    [topics."chat:room:message"]
+    target = "any"
+    presence = true
+    join_leave = true
 """
 
 from __future__ import annotations
@@ -55,6 +64,8 @@ class TopicRule:
         history_size: publications kept per topic of this name (0: no history).
         history_ttl: seconds a topic's history lives after its last publication (0 when
             there is no history).
+        presence: topics of this name keep presence (:mod:`realtime.presence`).
+        join_leave: their listeners receive JOIN and LEAVE (implies ``presence``).
     """
 
     name: str
@@ -62,6 +73,8 @@ class TopicRule:
     target: TargetRule
     history_size: int = 0
     history_ttl: int = 0
+    presence: bool = False
+    join_leave: bool = False
 
     @property
     def has_history(self) -> bool:
@@ -113,8 +126,10 @@ class TopicPolicy:
         return parsed, rule
 
 
-def _rule(name: str, scope: str | None, target: TargetRule, size: int = 0, ttl: int = 0) -> tuple[str, TopicRule]:
-    return name, TopicRule(name, None if scope is None else Scope(scope), target, size, ttl)
+def _rule(
+    name: str, scope: str | None, target: TargetRule, size: int = 0, ttl: int = 0, *, presence: bool = False
+) -> tuple[str, TopicRule]:
+    return name, TopicRule(name, None if scope is None else Scope(scope), target, size, ttl, presence)
 
 
 DEFAULT_POLICY = TopicPolicy(
@@ -125,7 +140,8 @@ DEFAULT_POLICY = TopicPolicy(
             _rule("channel:prediction:lock", "channel:read:predictions", "self"),
             # a player that reconnects (a deploy, a network change) gets the commands it
             # missed; commands older than 5 minutes are stale (refetch state instead)
-            _rule("remote-control:command", "user:read:remote-control", "self", 32, 300),
+            # presence: the web app shows "2 of your players are online" before it sends a command
+            _rule("remote-control:command", "user:read:remote-control", "self", 32, 300, presence=True),
             # a dream's status changes a handful of times in its life: keep them an hour
             _rule("dream:update", None, "any", 16, 3600),
             # progress at up to ~10/s: 300 cover a 30 s outage or deploy; a finished job stays 10 min
@@ -152,7 +168,7 @@ def policy_from_mapping(data: Mapping[str, object]) -> TopicPolicy:
             raise PolicyError(f"topic name {name!r}: expected resource[:subresource]:action")
         if not isinstance(spec, dict):
             raise PolicyError(f"topic {name!r}: expected a table")
-        unknown = set(spec) - {"scope", "target", "history_size", "history_ttl"}
+        unknown = set(spec) - {"scope", "target", "history_size", "history_ttl", "presence", "join_leave"}
         if unknown:
             raise PolicyError(f"topic {name!r}: unknown keys {sorted(unknown)}")
         target = spec.get("target", "any")
@@ -164,8 +180,23 @@ def policy_from_mapping(data: Mapping[str, object]) -> TopicPolicy:
         except BadScope as exc:
             raise PolicyError(f"topic {name!r}: {exc}") from None
         size, ttl = _history(name, spec)
-        rules[name] = TopicRule(name, scope, cast(TargetRule, target), size, ttl)
+        presence, join_leave = _flag(name, spec, "presence"), _flag(name, spec, "join_leave")
+        if join_leave and not presence:
+            raise PolicyError(f"topic {name!r}: join_leave needs presence = true")
+        rules[name] = TopicRule(name, scope, cast(TargetRule, target), size, ttl, presence, join_leave)
     return TopicPolicy(rules)
+
+
+def _flag(name: str, spec: Mapping[str, object], key: str) -> bool:
+    """A boolean key of one topic table (``False`` when absent).
+
+    Raises:
+        PolicyError: the value is not ``true`` or ``false``.
+    """
+    value = spec.get(key, False)
+    if not isinstance(value, bool):
+        raise PolicyError(f"topic {name!r}: {key} must be true or false")
+    return value
 
 
 def _history(name: str, spec: Mapping[str, object]) -> tuple[int, int]:

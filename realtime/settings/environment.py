@@ -161,6 +161,9 @@ def read_broker(env: SettingsEnv) -> BrokerSettings:
         redis_probe_timeout=env.float("REDIS_PROBE_TIMEOUT", d.redis_probe_timeout),
         redis_firehose=env.flag("REDIS_FIREHOSE", d.redis_firehose),
         redis_cluster_nodes=env.str("REDIS_CLUSTER_NODES", d.redis_cluster_nodes),
+        presence_ttl=env.float("PRESENCE_TTL", d.presence_ttl),
+        presence_max_clients=env.int("PRESENCE_MAX_CLIENTS", d.presence_max_clients),
+        presence_show_address=env.flag("PRESENCE_SHOW_ADDRESS", d.presence_show_address),
     )
 
 

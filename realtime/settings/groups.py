@@ -179,6 +179,11 @@ class BrokerSettings:
             envelopes land (every instance receives all of them).
         redis_cluster_nodes: Redis Cluster seed nodes, ``host:port`` comma-separated; set,
             it selects the cluster broker (sharded pub/sub) instead of ``redis_url``.
+        presence_ttl: seconds a presence entry lives without a refresh (each instance
+            refreshes its own every third of it): how long a dead instance's connections
+            stay present.
+        presence_max_clients: most clients a presence read lists (the counts stay exact).
+        presence_show_address: put each connection's address in its presence ``info``.
     """
 
     redis_url: str = ""
@@ -187,6 +192,9 @@ class BrokerSettings:
     redis_probe_timeout: float = 5.0
     redis_firehose: bool = True
     redis_cluster_nodes: str = ""
+    presence_ttl: float = 60.0
+    presence_max_clients: int = 100
+    presence_show_address: bool = False
 
     def validate(self) -> None:
         """Check the URL scheme, the channel and the probe's times.
@@ -206,6 +214,10 @@ class BrokerSettings:
             raise SettingsError("REDIS_PROBE_INTERVAL must not be negative (0 turns the delivery probe off)")
         if self.redis_probe_timeout <= 0:
             raise SettingsError("REDIS_PROBE_TIMEOUT must be positive")
+        if not 3 <= self.presence_ttl <= 86400:
+            raise SettingsError("PRESENCE_TTL must be from 3 to 86400 seconds")
+        if not 0 <= self.presence_max_clients <= 10_000:
+            raise SettingsError("PRESENCE_MAX_CLIENTS must be from 0 to 10000")
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ class SetOwner:
 
     def listen(self, key: object, topics: list[Listen], reply: bytes) -> bool:
         assert key == "conn-1"
-        for topic, rule, since in topics:
+        for topic, rule, since, *_ in topics:
             assert rule.name == topic.partition(".")[0]
             self.since[topic] = since
             self.listens.append(topic)
@@ -47,6 +47,12 @@ class SetOwner:
     def unlisten(self, key: object, topic: Topic) -> None:
         assert key == "conn-1"
         self.index.discard(topic)
+
+    def renew(self, key: object, topics: list[Listen]) -> None:
+        self.events.extend(f"renew {item.topic} {item.user}" for item in topics)
+
+    def presence_request(self, key: object, nonce: str, topic: Topic, rule: object) -> None:
+        self.events.append(f"presence {nonce} {topic}")
 
     def admit_sub(self, key: object, sub: str) -> bool:
         return self.admit

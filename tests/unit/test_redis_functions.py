@@ -17,7 +17,13 @@ PONG = b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"
 
 
 def test_names_are_sanitized_from_the_channel() -> None:
-    assert function_names("realtime") == ("realtime", "realtime_publish", "realtime_history")
+    assert function_names("realtime") == (
+        "realtime",
+        "realtime_publish",
+        "realtime_history",
+        "realtime_presence",
+        "realtime_presence_get",
+    )
     names = function_names("realtime-test-ab.c:d{e} é")
     assert names.library == "realtime_test_ab_c_d_e___"
     assert (names.publish, names.history) == (names.library + "_publish", names.library + "_history")

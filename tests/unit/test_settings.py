@@ -22,7 +22,7 @@ DEFAULTS = Settings()
 #: A valid value, other than the default, for every variable.
 SAMPLE = {
     "HOST": "127.0.0.1", "WORKERS": "3", "PORT": "5000", "REDIS_URL": "rediss://r:6380/1", "REDIS_CHANNEL": "rt",
-    "REDIS_PROBE_INTERVAL": "0", "REDIS_PROBE_TIMEOUT": "2.5", "REDIS_FIREHOSE": "false", "REDIS_CLUSTER_NODES": "127.0.0.1:7000", "KEYS_DIR": "/k", "WS_SIGNING_KEYS": "pem",
+    "REDIS_PROBE_INTERVAL": "0", "REDIS_PROBE_TIMEOUT": "2.5", "REDIS_FIREHOSE": "false", "REDIS_CLUSTER_NODES": "127.0.0.1:7000", "PRESENCE_TTL": "30", "PRESENCE_MAX_CLIENTS": "5", "PRESENCE_SHOW_ADDRESS": "true", "KEYS_DIR": "/k", "WS_SIGNING_KEYS": "pem",
     "WS_TOKEN_TTL": "60", "WS_TOKEN_ISSUER": "iss", "WS_TOKEN_AUDIENCE": "aud",
     "API_KEYS": '[{"userId": 1, "apiKey": "0123456789abcdef", "scopes": []}]', "TOPICS_FILE": "t.toml",
     "LISTEN_TIMEOUT": "1.5", "IDLE_TIMEOUT": "2.5", "MAX_TOPICS_PER_CONNECTION": "3", "LISTEN_RATE": "0",
