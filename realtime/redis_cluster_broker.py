@@ -146,6 +146,16 @@ class ClusterBroker:
         return self._ready
 
     @property
+    def classic_node(self) -> Address | None:
+        """The node the classic link (control channel, firehose) is connected to, if up."""
+        assert self._classic is not None
+        link = self._classic.link
+        if link is None or link.transport is None or link.lost.done():
+            return None
+        host, port = link.transport.get_extra_info("peername")[:2]
+        return Address(host, port)
+
+    @property
     def stats(self) -> BrokerStats:
         """Reconnects (of the classic link and topology refreshes) and invalid envelopes."""
         return self._stats
