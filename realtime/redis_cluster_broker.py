@@ -18,12 +18,12 @@ Following the topology: when a master link is lost, or Redis pushes a ``sunsubsc
 did not ask for (the slot moved, or the master was demoted), the topics concerned lose
 their subscription. A ``MOVED`` in reply to one slot's ``SSUBSCRIBE`` (our map is behind)
 costs only that slot's topics on that link, not the link. Then the supervisor reads
-``CLUSTER SHARDS`` again (first from the node a ``MOVED`` named; a redirect the map read
-does not show yet is applied on top of it) (with capped backoff
-until a master answers for every slot), loads the library again if the map changed, opens
-links to new masters and subscribes each wanted topic on its owner's link. When that
-subscription is confirmed the handler's ``on_gap(topics)`` catches those topics up (from
-history, or a ``GAP``). Between the loss and the new subscription, publications on those
+``CLUSTER SHARDS`` again, with capped backoff until a master answers for every slot (first
+from the node a ``MOVED`` named; a redirect the map read does not show yet is applied on top
+of it), loads the library again if the map changed, opens links to new masters and
+subscribes each wanted topic on its owner's link. When that subscription is confirmed the
+handler's ``on_gap(topics)`` catches those topics up (from history, or a ``GAP``). The
+bookkeeping of which topic is subscribed where is :class:`realtime.redis_cluster_topics.ShardTopics`. Between the loss and the new subscription, publications on those
 topics are not delivered to this instance (at-most-once, as on one Redis).
 
 ``ready`` says the classic link is up and the slot map known; it does not follow each
@@ -51,7 +51,7 @@ from realtime.broker_inbox import BrokerInbox
 from realtime.envelope import encode_control, encode_publication
 from realtime.errors import BrokerUnavailable
 from realtime.history import HistoryPage, Position
-from realtime.redis_cluster import Address, ClusterReplyError, SlotMap, SlotUncovered, parse_moved
+from realtime.redis_cluster import Address, ClusterReplyError, SlotUncovered
 from realtime.redis_cluster_client import ClusterCommands
 from realtime.redis_cluster_links import (
     ClassicLinkOpener,
@@ -62,10 +62,10 @@ from realtime.redis_cluster_links import (
     parse_nodes,
     read_slot_map,
 )
+from realtime.redis_cluster_topics import ShardTopics
 from realtime.redis_functions import library_code
 from realtime.redis_presence import RedisPresence
 from realtime.stats import BrokerStats
-from realtime.topic_subscriptions import TopicSubscriptions
 from topics import DEFAULT_POLICY, TopicPolicy, TopicRule
 
 log = structlog.get_logger("realtime.broker")
@@ -119,22 +119,16 @@ class ClusterBroker:
         self._passes = SupervisorPasses()
         self._handler: BrokerEventHandler | None = None
         self._commands = ClusterCommands(self._seeds, channel=channel, policy=policy, timeout=connect_timeout)
-        self._map: SlotMap | None = None
         self._stale = True  # the map must be read (again)
         self._redirects: dict[int, Address] = {}  # slot -> owner, from MOVED since the last refresh
-        self._shards: dict[Address, ShardLink] = {}
-        self._names = TopicSubscriptions(channel)  # channel <-> topic names only
-        self._wanted: set[str] = set()
-        self._lost: set[str] = set()  # wanted, and not received for a while: a gap on confirmation
-        self._gaps: set[str] = set()  # confirmed lost topics, announced at the end of this pass
+        self._topics = ShardTopics(channel, on_stale=self._refresh_soon, on_moved=self._moved)
         self._classic: ClassicLinkOpener | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._ready = False
+        self._topics.active = False
         self._publisher_only = False  # start_publisher: commands only, no subscription
         self._serving = False
         self._closing = False
-        self._flush_due = False
         self._stats = BrokerStats()
         self._inbox = BrokerInbox(self._stats)
         self.client_name = f"realtime-sub-{os.getpid()}-{id(self):x}"
@@ -143,7 +137,7 @@ class ClusterBroker:
     @property
     def ready(self) -> bool:
         """``True`` while the classic link is up and the slot map is known."""
-        return self._ready
+        return self._topics.active
 
     @property
     def classic_node(self) -> Address | None:
@@ -171,6 +165,7 @@ class ClusterBroker:
         """Start the supervisor; waits up to ``connect_timeout`` for the first subscription."""
         self._handler = handler
         self._inbox.handler = handler
+        self._topics.handler = handler
         self._commands.start()
         self._classic = ClassicLinkOpener(
             channel=self._channel,
@@ -206,11 +201,11 @@ class ClusterBroker:
                 task.cancel()
                 await asyncio.wait({task}, timeout=0.1)
             await asyncio.gather(task, return_exceptions=True)
-        for shard in list(self._shards.values()):
+        for shard in list(self._topics.shards.values()):
             shard.close()
         if self._classic is not None:
             self._classic.close()
-        self._ready = False
+        self._topics.active = False
         await self._commands.close()
 
     # -- the supervisor -------------------------------------------------------------
@@ -249,24 +244,25 @@ class ClusterBroker:
         classic = self._classic
         assert classic is not None
         if not classic.up:
-            self._ready = False
-            candidates = [*(self._map.masters() if self._map else ()), *self._seeds]
+            self._topics.active = False
+            candidates = [*(self._topics.map.masters() if self._topics.map else ()), *self._seeds]
             again = await classic.open(candidates)
             if again:
                 self._stats.count_reconnect()
             if again and self._firehose and self._handler is not None:
                 self._handler.on_gap()  # raw publications on the firehose may have been missed
-        if self._stale or self._map is None:
+        if self._stale or self._topics.map is None:
             await self._refresh()
-        for master in self._map.masters() if self._map else ():
-            if master not in self._shards:
+        for master in self._topics.map.masters() if self._topics.map else ():
+            if master not in self._topics.shards:
                 await self._open_shard(master)
-        self._ready = True
-        self._flush()
+        self._topics.active = True
+        self._topics.flush()
 
     async def _refresh(self) -> None:
         redirects, self._redirects = self._redirects, {}
-        candidates = [*redirects.values(), *(self._map.masters() if self._map else ()), *self._seeds]
+        old = self._topics.map
+        candidates = [*redirects.values(), *(old.masters() if old else ()), *self._seeds]
         try:
             new = await read_slot_map(candidates, wait=self._connect_timeout, redirects=redirects)
             if not new.covered():
@@ -274,28 +270,18 @@ class ClusterBroker:
         except BaseException:
             self._redirects = redirects | self._redirects  # kept for the next attempt
             raise
-        old, self._map = self._map, new
+        self._topics.map = new
         self._stale = False
         if old is not None and new != old:
             log.info("redis_cluster_topology_changed", masters=sorted(map(str, new.masters())))
             self._stats.count_reconnect()
-        for address in [a for a in self._shards if a not in new.masters()]:
-            self._shards[address].close()  # its done callback moves its topics to _lost
-        self._move_topics(new)
+        for address in [a for a in self._topics.shards if a not in new.masters()]:
+            self._topics.shards[address].close()  # its done callback marks its topics lost
+        self._topics.move_topics(new)
         if old is None or new != old:
             await load_library(new.masters(), self._library, wait=self._connect_timeout)
             if old is not None:
                 self._commands.renew()
-
-    def _move_topics(self, new: SlotMap) -> None:
-        """Forget subscriptions on links whose master no longer owns the topic's slot (Redis
-        dropped them, or will: it pushes ``sunsubscribe`` when a slot leaves a node)."""
-        for address, shard in self._shards.items():
-            moved = [t for t in shard.sent if new.master_for_key(self._names.channel_of(t)) != address]
-            for topic in moved:
-                shard.forget(topic)
-                if topic in self._wanted:
-                    self._lost.add(topic)
 
     async def _open_shard(self, master: Address) -> None:
         shard = await open_shard_link(
@@ -305,24 +291,18 @@ class ClusterBroker:
             batch_interval=self._batch_interval,
             on_data=self._inbox.publication,
             on_batch=self._handler.on_batch_end if self._handler is not None else None,
-            on_subscribed=self._on_subscribed,
-            on_unsubscribed=self._on_unsubscribed,
-            on_refused=self._on_refused,
+            on_subscribed=self._topics.on_subscribed,
+            on_unsubscribed=self._topics.on_unsubscribed,
+            on_refused=self._topics.on_refused,
         )
-        self._shards[master] = shard
+        self._topics.shards[master] = shard
         shard.link.lost.add_done_callback(lambda _: self._shard_lost(shard))
 
     def _shard_lost(self, shard: ShardLink) -> None:
-        if self._shards.get(shard.address) is shard:
-            del self._shards[shard.address]
-        waiting = [t for t in shard.sent if t not in shard.confirmed]
-        self._lost.update(t for t in shard.sent if t in self._wanted)
-        shard.sent.clear()
-        shard.confirmed.clear()
+        waiting = self._topics.link_lost(shard)
         if not self._closing:
             log.warning("redis_cluster_master_link_lost", master=str(shard.address))
-            self._stale = True
-            self._wake.set()
+            self._refresh_soon()
         if waiting and self._handler is not None:
             self._handler.on_listen_ready(waiting)  # answered now; on_gap follows the new subscription
 
@@ -340,7 +320,7 @@ class ClusterBroker:
 
     def _health_check(self) -> None:
         assert self._classic is not None
-        links = [s.link for s in self._shards.values()]
+        links = [s.link for s in self._topics.shards.values()]
         if self._classic.link is not None:
             links.append(self._classic.link)
         for link in links:
@@ -351,109 +331,23 @@ class ClusterBroker:
 
     # -- subscriptions ----------------------------------------------------------------
 
-    def _owner(self, topic: str) -> ShardLink | None:
-        """The link of the master owning ``topic``'s slot, if it is up."""
-        if self._map is None:
-            return None
-        try:
-            return self._shards.get(self._map.master_for_key(self._names.channel_of(topic)))
-        except SlotUncovered:
-            return None
-
     def watch(self, topic: str) -> bool:
-        """Receive ``topic``'s sharded channel; ``True`` if received now (or no link for
-        it: ``on_gap([topic])`` follows its subscription), ``False`` while the
-        ``SSUBSCRIBE`` is on its way (``on_listen_ready`` tells when it is done)."""
-        self._wanted.add(topic)
-        shard = self._owner(topic) if self._ready else None
-        if shard is None:
-            self._lost.add(topic)
-            return True
-        if topic in shard.confirmed:
-            return True
-        self._flush_soon()
-        return False
+        """Receive ``topic``'s sharded channel (:meth:`ShardTopics.watch`)."""
+        return self._topics.watch(topic)
 
     def unwatch(self, topic: str) -> None:
-        """No local listener needs ``topic`` any more: unsubscribe from its channel."""
-        self._wanted.discard(topic)
-        self._lost.discard(topic)
-        self._flush_soon()
+        """No local listener needs ``topic`` any more (:meth:`ShardTopics.unwatch`)."""
+        self._topics.unwatch(topic)
 
-    def _flush_soon(self) -> None:
-        if not self._flush_due:
-            self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush)
+    def _moved(self, slot: int, owner: Address) -> None:
+        """A ``MOVED`` named ``slot``'s owner: read the topology from it first, and trust it
+        over a map read that lags (:func:`read_slot_map`)."""
+        self._redirects[slot] = owner
 
-    def _flush(self) -> None:
-        """Write this pass's (un)subscriptions, batched per master and per slot."""
-        self._flush_due = False
-        if not self._ready:
-            return
-        placed = set()
-        for shard in self._shards.values():
-            removed = [t for t in shard.sent if t not in self._wanted]
-            shard.unsubscribe(removed, self._names)
-            placed |= shard.sent
-        added: dict[Address, list[str]] = {}
-        for topic in self._wanted - placed:
-            owner = self._owner(topic)
-            if owner is not None:
-                added.setdefault(owner.address, []).append(topic)
-        for address, topics in added.items():
-            self._shards[address].subscribe(topics, self._names)
-
-    def _on_subscribed(self, channel: bytes) -> None:
-        topic = self._names.topic_of(channel)
-        if topic is None or self._handler is None:
-            return
-        shard = self._owner(topic)
-        if shard is None or topic not in shard.sent:
-            return
-        shard.confirmed.add(topic)
-        if topic in self._lost:
-            self._lost.discard(topic)
-            if not self._gaps:
-                asyncio.get_running_loop().call_soon(self._announce_gaps)
-            self._gaps.add(topic)
-        self._handler.on_listen_ready([topic])
-
-    def _announce_gaps(self) -> None:
-        topics, self._gaps = self._gaps, set()
-        if topics and self._handler is not None:
-            log.info("redis_cluster_topics_resubscribed", topics=len(topics))
-            self._handler.on_gap(sorted(topics))
-
-    def _on_unsubscribed(self, shard: ShardLink, channel: bytes) -> None:
-        """A ``sunsubscribe``: ours (counted), or pushed by Redis (the slot left the node)."""
-        topic = self._names.topic_of(channel)
-        if topic is None or shard.unsubscribe_acknowledged(topic):
-            return
-        if topic in shard.sent:
-            shard.forget(topic)
-            if topic in self._wanted:
-                self._lost.add(topic)
-            log.info("redis_cluster_pushed_sunsubscribe", master=str(shard.address), topic=topic[:128])
-            self._stale = True
-            self._wake.set()
-
-    def _on_refused(self, shard: ShardLink, text: str) -> bool:
-        """An error reply on a master link: a ``MOVED`` (one slot's ``SSUBSCRIBE`` or
-        ``SUNSUBSCRIBE`` reached a master that no longer owns it) moves that slot's topics
-        only; anything else costs the link (``False``)."""
-        if not text.startswith("MOVED "):
-            return False
-        try:
-            redirect = parse_moved(text)
-        except ClusterReplyError:
-            return False
-        sent, confirmed = shard.forget_slot(redirect.slot, self._names)
-        self._lost.update(t for t in confirmed if t in self._wanted)  # never-confirmed ones still wait
-        self._redirects[redirect.slot] = Address(redirect.host or shard.address.host, redirect.port)
-        log.info("redis_cluster_moved", master=str(shard.address), slot=redirect.slot, topics=len(sent))
+    def _refresh_soon(self) -> None:
+        """Have the supervisor read the topology again."""
         self._stale = True
         self._wake.set()
-        return True
 
     # -- publishing and history --------------------------------------------------------
 
@@ -461,14 +355,13 @@ class ClusterBroker:
         client = self._commands.client
         if client is None:
             raise BrokerUnavailable("broker is not started")
-        if not self._ready and not self._publisher_only:
+        if not self._topics.active and not self._publisher_only:
             raise BrokerUnavailable("this instance is not subscribed to redis")
         return client
 
     def _refused(self, exc: BaseException) -> BrokerUnavailable:
         if "MOVED" in str(exc):
-            self._stale = True
-            self._wake.set()
+            self._refresh_soon()
         return BrokerUnavailable(f"redis unavailable: {type(exc).__name__}")
 
     async def publish(self, topic: str, message: str, rule: TopicRule | None = None) -> Position | None:
@@ -482,7 +375,7 @@ class ClusterBroker:
         if rule is not None and rule.has_history:
             assert self._commands.functions is not None
             return await self._commands.functions.publish(topic, message, rule)
-        channel = self._names.channel_of(topic)
+        channel = self._topics.names.channel_of(topic)
         try:
             await client.spublish(channel, encode_publication(topic, message))
         except (RedisError, OSError, TimeoutError) as exc:
@@ -524,8 +417,7 @@ class ClusterBroker:
                 remaining = deadline - loop.time()
                 if self._commands.client is None or self._closing or remaining <= 0:
                     raise
-            self._stale = True  # a failover or a slot move under way: read the topology again
-            self._wake.set()
+            self._refresh_soon()  # a failover or a slot move under way: read the topology again
             await self._passes.next(remaining)
             await asyncio.sleep(min(max(deadline - loop.time(), 0), backoff_delay(attempt, initial=0.05, cap=0.5)))
             attempt += 1
@@ -539,7 +431,7 @@ class ClusterBroker:
         self._usable()
         functions = self._commands.functions
         assert functions is not None
-        shard = self._owner(topic) if not self._stale else None
+        shard = self._topics.owner(topic) if not self._stale else None
         if shard is None:
             raise BrokerUnavailable("no link to the master of this topic's slot")
         page = await functions.read(topic, since, limit, rule)

@@ -290,7 +290,7 @@ async def test_a_moved_reply_to_one_ssubscribe_moves_that_slot_only(
     target = next(m for m in redis_cluster.masters() if m != old.port)
     async with app.ws_connect("/ws") as first, app.ws_connect("/ws") as second:
         assert (await listen(first, [stay]))["error"] == ""
-        link = broker._shards[old]
+        link = broker._topics.shards[old]
         await asyncio.to_thread(redis_cluster.move_slot_of, topic_channel("realtime", moving), target)
         assert (await listen(second, [moving]))["error"] == ""  # answered once subscribed on the new owner
         await wait_for(lambda: shardnumsub(redis_cluster, moving) == 1)
@@ -298,6 +298,6 @@ async def test_a_moved_reply_to_one_ssubscribe_moves_that_slot_only(
         await publish(app, stay, "s")
         assert await messages(second, 1) == [(moving, "m")]
         assert await messages(first, 1) == [(stay, "s")]  # no GAP before it: its link was kept
-        assert broker._shards[old] is link and not link.link.lost.done()
+        assert broker._topics.shards[old] is link and not link.link.lost.done()
         await assert_silent(first)
         await assert_silent(second)
