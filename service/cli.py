@@ -227,10 +227,11 @@ async def _publish(args: argparse.Namespace) -> int:
     if args.url:
         return await _publish_http(args.url, args.api_key, args.topic, message)
     broker_settings = settings.broker
-    if not broker_settings.redis_url:
+    if not (broker_settings.redis_url or broker_settings.redis_cluster_nodes):
         print(
-            "error: REDIS_URL is not set. The memory broker lives inside one server process; "
-            "set REDIS_URL, or pass --url http://host:port --api-key KEY to publish through a server.",
+            "error: REDIS_URL is not set (nor REDIS_CLUSTER_NODES). The memory broker lives inside one "
+            "server process; set REDIS_URL, or pass --url http://host:port --api-key KEY to publish "
+            "through a server.",
             file=sys.stderr,
         )
         return 2
@@ -241,10 +242,10 @@ async def _publish(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from realtime.envelope import message_text
-    from realtime.redis_broker import RedisBroker
+    from service.app import make_publisher
 
-    broker = RedisBroker(broker_settings.redis_url, channel=broker_settings.redis_channel, policy=policy)
-    broker.start_publisher()
+    broker = make_publisher(broker_settings, policy=policy)
+    assert broker is not None
     try:
         position = await broker.publish(args.topic, message_text(message), rule)
     finally:
@@ -255,19 +256,21 @@ async def _publish(args: argparse.Namespace) -> int:
 
 
 async def _announce_revocation(redis: BrokerSettings, sub: str) -> None:
-    """Tell every running instance (through Redis) to end the WS tokens of ``sub``."""
-    if not redis.redis_url:
+    """Tell every running instance (through Redis, or the Redis Cluster) to end the WS
+    tokens of ``sub``."""
+    from service.app import make_publisher
+
+    broker = make_publisher(redis)
+    if broker is None:
         print(
-            "note: REDIS_URL is not set, so running servers were not told: WS tokens already issued to "
-            f"user {sub} stay valid until they expire (WS_TOKEN_TTL), unless revoked with POST /auth/ws/revoke",
+            "note: REDIS_URL is not set (nor REDIS_CLUSTER_NODES), so running servers were not told: WS "
+            f"tokens already issued to user {sub} stay valid until they expire (WS_TOKEN_TTL), unless "
+            "revoked with POST /auth/ws/revoke",
             file=sys.stderr,
         )
         return
     from realtime.envelope import revocation_message
-    from realtime.redis_broker import RedisBroker
 
-    broker = RedisBroker(redis.redis_url, channel=redis.redis_channel)
-    broker.start_publisher()
     try:
         await broker.publish_control(revocation_message(sub=sub))
     finally:
