@@ -2,7 +2,7 @@
 
 Through a server's ``GET /presence/{topic}`` (``/stats`` with ``--stats``) with ``--url``
 (env ``REALTIME_URL``) and ``--api-key`` (env ``REALTIME_API_KEY``), else straight from
-Redis (``REDIS_URL``, ``REDIS_CHANNEL``, ``TOPICS_FILE``, ``PRESENCE_MAX_CLIENTS``), where
+Redis (``REDIS_URL`` or ``REDIS_CLUSTER_NODES``, ``REDIS_CHANNEL``, ``TOPICS_FILE``, ``PRESENCE_MAX_CLIENTS``), where
 every instance writes its connections' entries.
 
 Output, for scripts: one JSON line on stdout, the body of ``GET /presence/{topic}``:
@@ -79,10 +79,11 @@ async def _read_http(url: str, api_key: str, topic: str, *, stats: bool) -> dict
 async def _read_redis(topic: str, *, stats: bool) -> dict[str, Any] | int:
     settings = Settings.from_env()
     broker_settings = settings.broker
-    if not broker_settings.redis_url:
+    if not broker_settings.redis_url and not broker_settings.redis_cluster_nodes:
         print(
-            "error: REDIS_URL is not set. The memory broker's presence lives inside one server process; "
-            "set REDIS_URL, or pass --url http://host:port --api-key KEY to read through a server.",
+            "error: REDIS_URL is not set (nor REDIS_CLUSTER_NODES). The memory broker's presence lives "
+            "inside one server process; set REDIS_URL, or pass --url http://host:port --api-key KEY to "
+            "read through a server.",
             file=sys.stderr,
         )
         return 2
@@ -95,11 +96,11 @@ async def _read_redis(topic: str, *, stats: bool) -> dict[str, Any] | int:
     if not rule.presence:
         print(f"error: topic {parsed.topic} keeps no presence (its rule's presence is off)", file=sys.stderr)
         return 2
-    from realtime.redis_broker import RedisBroker
+    from service.app import make_publisher
 
     # the policy too: a Redis without the library gets it loaded from this one
-    broker = RedisBroker(broker_settings.redis_url, channel=broker_settings.redis_channel, policy=policy)
-    broker.start_publisher()
+    broker = make_publisher(broker_settings, policy=policy)
+    assert broker is not None
     try:
         limit = 0 if stats else broker_settings.presence_max_clients
         snapshot = await broker.presence.read(parsed.topic, rule, limit)

@@ -72,3 +72,28 @@ async def test_a_revocation_from_the_command_line_reaches_the_instances(
         assert code == 0, err
         assert "every running server" in err
         assert await recv(ws) == {"type": "AUTH_REVOKED", "data": {"topics": [topic]}}
+
+
+async def test_presence_from_the_command_line(make_client: AppFactory, redis_cluster: LocalCluster) -> None:
+    (app,) = await instances(make_client, redis_cluster, 1)
+    topic = "remote-control:command.7"  # the default policy keeps presence on it
+    async with app.ws_connect("/ws") as ws:
+        await ws.send_json(
+            {
+                "type": "LISTEN",
+                "nonce": "l",
+                "data": {"topics": [topic], "auth_token": await ws_token(app), "client_info": {"device": "tv"}},
+            }
+        )
+        assert (await recv(ws))["error"] == ""
+        for _ in range(100):  # the entry is written with the next batch
+            code, out, err = await run_cli("presence", topic, cluster=redis_cluster)
+            assert code == 0, err
+            body = orjson.loads(out)
+            if body["connections"]:
+                break
+            await asyncio.sleep(0.05)
+        assert (body["connections"], body["users"]) == (1, 1)
+        assert body["clients"][0]["info"] == {"device": "tv"} and body["clients"][0]["user"] == "7"
+        code, out, err = await run_cli("presence", "--stats", topic, cluster=redis_cluster)
+        assert (code, orjson.loads(out)) == (0, {"topic": topic, "connections": 1, "users": 1}), err
