@@ -1,4 +1,4 @@
-"""HTTP handlers: health, JWKS, WS token issue (``/auth/ws``), ``/publish`` and ``/history``.
+"""HTTP handlers: health, JWKS, WS token issue (``/auth/ws``), ``/publish``, ``/history`` and ``/presence``.
 
 Handlers raise :class:`http_api.api_error.ApiError`; every error is JSON
 ``{"error": "<code>", "message": "...", ...}`` with a stable code (:data:`http_api.api_error.CODES`):
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from http_api import auth, health, history, publish, revoke
+from http_api import auth, health, history, presence, publish, revoke
 from http_api.api_v1 import setup_api_v1
 from http_api.errors import error_middleware
 from http_api.index import setup_index
@@ -33,6 +33,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/auth/ws/revoke", revoke.revoke_ws_tokens)
     app.router.add_post("/publish", publish.publish)
     app.router.add_get("/history/{topic}", history.read_history)
+    app.router.add_get("/presence/{topic}", presence.read_presence)
+    app.router.add_get("/presence/{topic}/stats", presence.read_presence_stats)
     setup_api_v1(app)
     setup_security(app)
 

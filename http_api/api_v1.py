@@ -9,7 +9,7 @@ from http_api.appkeys import DATABASE, SETTINGS
 from http_api.availability import database_unavailable_middleware
 from http_api.envelope import envelope_middleware
 from http_api.login import LOGIN_LIMITS, LoginLimits
-from http_api.remote_control import remote_control
+from http_api.remote_control import remote_control, remote_control_devices
 
 PREFIX = "/api/v1"
 _UUID = "{uuid:[0-9a-fA-F-]{36}}"
@@ -20,6 +20,7 @@ def setup_api_v1(app: web.Application) -> None:
     (``/auth/login``, ``/auth/logout``) only with a database."""
     app.middlewares.append(envelope_middleware)
     app.router.add_post(f"{PREFIX}/remote-control", remote_control)
+    app.router.add_get(f"{PREFIX}/remote-control/devices", remote_control_devices)
     app[openapi.SPEC] = {}
     app.router.add_get(f"{PREFIX}/openapi.json", openapi.openapi_json)
     openapi.setup_docs(app, PREFIX)

@@ -26,12 +26,16 @@ from http_api.identity import api_key_principal, session_principal
 from http_api.principal import Principal
 from http_api.security import trusted_origin
 from http_api.upstream import UPSTREAM
+from realtime import presence as realtime_presence
 from realtime.settings import ApiKeyEntry
 from topics import BadScope, parse_scopes
 
 PUBLISH_SCOPE = "realtime:publish"
 HISTORY_SCOPE = "realtime:history"
 """Reads any topic's history (``GET /history/{topic}``); without it, only topics the caller may LISTEN to."""
+PRESENCE_SCOPE = realtime_presence.PRESENCE_SCOPE
+"""Reads any topic's presence (``GET /presence/{topic}``, in-band PRESENCE); without it, only
+topics the caller may LISTEN to."""
 
 
 class ApiKeyAuthenticator:

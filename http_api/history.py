@@ -111,19 +111,20 @@ async def read_history(request: web.Request) -> web.Response:
     return json_response(dump_page(parsed.topic, page), headers={"Cache-Control": "no-store"})
 
 
-def check_access(principal: Principal, parsed: ParsedTopic, rule: TopicRule) -> None:
-    """Allow ``realtime:history``, or whoever may LISTEN to the topic.
+def check_access(principal: Principal, parsed: ParsedTopic, rule: TopicRule, *, any_topic: str = HISTORY_SCOPE) -> None:
+    """Allow the scope ``any_topic`` (``realtime:history``; ``realtime:presence`` for
+    ``GET /presence``), or whoever may LISTEN to the topic.
 
     Raises:
         AuthError: 403, naming the missing scope, or saying the topic is not the caller's.
     """
-    if HISTORY_SCOPE in principal.scopes:
+    if any_topic in principal.scopes:
         return
     if rule.scope is not None and rule.scope not in principal.scopes:
-        message = f"reading topic {parsed.topic} needs the scope {rule.scope} (or {HISTORY_SCOPE})"
+        message = f"reading topic {parsed.topic} needs the scope {rule.scope} (or {any_topic})"
         raise AuthError(AuthReason.FORBIDDEN, message, missing_scopes=[rule.scope])
     if rule.target == "self" and parsed.target != str(principal.user_id):
-        message = f"topic {parsed.topic} is not yours: its target must be your user id (or use {HISTORY_SCOPE})"
+        message = f"topic {parsed.topic} is not yours: its target must be your user id (or use {any_topic})"
         raise AuthError(AuthReason.FORBIDDEN, message)
 
 

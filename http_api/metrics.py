@@ -93,6 +93,17 @@ class NodeCollector(Collector):
         yield _counter(
             "realtime_duplicates_dropped", "Live publications dropped as already delivered.", recovery.duplicates
         )
+        presence = node.presence
+        yield GaugeMetricFamily(
+            "realtime_presence_entries",
+            "This instance's presence entries (connection x topic).",
+            value=presence.entries,
+        )
+        yield _counter("realtime_presence_writes", "Presence batches written to the store.", presence.writes)
+        yield _counter(
+            "realtime_presence_write_failures", "Presence batches the store refused (retried).", presence.write_failures
+        )
+        yield _counter("realtime_presence_events", "JOIN/LEAVE frames queued to local listeners.", presence.events)
         yield _counter("realtime_token_revocations", "Token revocations applied.", stats.revocations)
         yield _counter(
             "realtime_slow_consumer_drops", "Connections closed with 4008 (slow consumer).", stats.slow_consumers

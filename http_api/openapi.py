@@ -27,6 +27,7 @@ from http_api.auth import WsTokenRequest
 from http_api.errors import json_response
 from http_api.history import HistoryQuery, HistorySchema
 from http_api.login import LoginRequest
+from http_api.presence import PresenceSchema, PresenceStatsSchema
 
 #: A cache holding ``{"spec": document}`` once built.
 SPEC = web.AppKey("openapi_spec", dict)
@@ -43,6 +44,9 @@ _COMPONENTS = {
     "Login": LoginRequest,
     "WsTokenRequest": WsTokenRequest,
     "History": HistorySchema,
+    "Presence": PresenceSchema,
+    "PresenceStats": PresenceStatsSchema,
+    "RemoteControlDevices": s.RemoteControlDevicesSchema,
 }
 
 
@@ -88,6 +92,19 @@ _PLAIN_ERROR = {
         }
     },
 }
+_TOPIC_PARAM = {"in": "path", "name": "topic", "required": True, "schema": {"type": "string"}}
+
+
+def _presence_op(summary: str, schema: str) -> dict[str, Any]:
+    ok = {"description": "the topic's presence", "content": {"application/json": {"schema": schema}}}
+    return {
+        "summary": summary,
+        "security": _AUTH,
+        "parameters": [_TOPIC_PARAM],
+        "responses": {"200": ok, **_PLAIN_ERRORS},
+    }
+
+
 _UUID_PARAM = {"in": "path", "name": "uuid", "required": True, "schema": {"type": "string", "format": "uuid"}}
 
 #: ``(method, path) -> operation`` for the routes described in detail.
@@ -132,6 +149,17 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             **_PLAIN_ERRORS,
         },
     },
+    ("GET", "/presence/{topic}"): _presence_op(
+        "Who listens to a topic, on every instance: counts and clients (realtime:presence, or who may LISTEN)",
+        "Presence",
+    ),
+    ("GET", "/presence/{topic}/stats"): _presence_op(
+        "How many listen to a topic, on every instance: counts only (realtime:presence, or who may LISTEN)",
+        "PresenceStats",
+    ),
+    ("GET", "/api/v1/remote-control/devices"): _op(
+        "How many of the caller's devices listen on its remote-control topic", ok="RemoteControlDevices"
+    ),
     ("POST", "/api/v1/remote-control"): _op(
         "Send a remote-control event to every device of the caller",
         body="RemoteControl",

@@ -166,3 +166,21 @@ class RemoteControlSchema(Schema):
     frame_number = fields.Integer(
         data_key="frameNumber", attribute="frameNumber", validate=validate.Range(min=0, max=INT64 - 1)
     )
+
+
+class DeviceSchema(Schema):
+    """One device of the caller listening on its remote-control topic."""
+
+    client = fields.String(metadata={"description": "<instance id>.<connection id>: random per connection"})
+    info = fields.Dict(metadata={"description": "the client_info its LISTEN sent, e.g. a device name ({} without)"})
+
+
+class RemoteControlDevicesSchema(Schema):
+    """``GET /api/v1/remote-control/devices``: the caller's devices that would receive a command."""
+
+    connections = fields.Integer(metadata={"description": "devices (connections) listening, on every instance"})
+    users = fields.Integer(metadata={"description": "1 while any listens, else 0"})
+    devices = fields.List(
+        fields.Nested(DeviceSchema),
+        metadata={"description": "sorted by client; left out when there are more than PRESENCE_MAX_CLIENTS"},
+    )

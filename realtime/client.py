@@ -25,15 +25,20 @@ What it does for you:
   could not cover the hole: another epoch, too old, or no history; only live publications
   follow: refetch); and ``AUTH_REVOKED`` (those topics stopped; they are dropped from the
   client's set with their positions; call :meth:`RealtimeClient.listen` again to retry);
-- resumes from saved positions: ``RealtimeClient(url, topics, since=saved_positions)``.
+- resumes from saved positions: ``RealtimeClient(url, topics, since=saved_positions)``;
+- presence (README "Presence"): ``client_info`` (a small JSON object, such as a device
+  name) goes with every LISTEN and is what others see of this connection;
+  :meth:`RealtimeClient.presence` asks who listens to a topic; on topics whose rule has
+  ``join_leave`` it yields ``JOIN`` and ``LEAVE`` events (``topic``, ``user``, ``client``,
+  ``info``), this connection's own ``JOIN`` included.
 
 - stops (raising :class:`Disconnected` from the iterator) when the server closes with a code
   after which reconnecting would fail the same way (:data:`realtime.disconnect.DISCONNECTS`).
 
 Errors (:mod:`realtime.client_events`): :class:`ClientError` (root, a
 :class:`realtime.errors.RealtimeError`) > :class:`ListenRefused` (the server answered a LISTEN
-with an error code), :class:`TokenRefused` (``/auth/ws`` refused the credentials: 401/403) and
-:class:`Disconnected`.
+with an error code), :class:`PresenceRefused` (the same for a PRESENCE), :class:`TokenRefused`
+(``/auth/ws`` refused the credentials: 401/403) and :class:`Disconnected`.
 """
 
 from __future__ import annotations
@@ -50,10 +55,19 @@ import aiohttp
 import orjson
 
 from realtime.backoff import backoff_delay
-from realtime.client_events import ClientError, Disconnected, Event, ListenRefused, TokenRefused
+from realtime.client_events import (
+    PRESENCE_EVENTS,
+    ClientError,
+    Disconnected,
+    Event,
+    ListenRefused,
+    PresenceRefused,
+    TokenRefused,
+)
 from realtime.client_positions import Position, Positions, message_position
 from realtime.client_tokens import fetch_token, refresh_deadline, token_expiry
 from realtime.disconnect import should_reconnect
+from realtime.presence import check_client_info
 
 __all__ = [
     "ClientError",
@@ -61,6 +75,7 @@ __all__ = [
     "Event",
     "ListenRefused",
     "Position",
+    "PresenceRefused",
     "RealtimeClient",
     "TokenProvider",
     "TokenRefused",
@@ -120,14 +135,19 @@ class RealtimeClient:
         since: positions to resume from, ``{topic: (offset, epoch)}`` (for example a
             previous client's :attr:`positions`, saved): sent with the LISTEN that names the
             topic, so the server first sends what was published after it.
+        client_info: a small JSON object describing this client (``{"device": "tv"}``), sent
+            with every LISTEN: what others see of this connection in presence and in
+            ``JOIN``/``LEAVE`` (on topics that keep presence; never put secrets in it).
 
     Attributes:
         reconnects: connections made after the first.
         url: the URL of the current (or next) connection.
 
     Raises:
-        ValueError: no URL, or a ``since`` entry is not an offset from 0 to 2**53 - 1 and an epoch
-            of 1 to 64 characters.
+        ValueError: no URL, a ``since`` entry is not an offset from 0 to 2**53 - 1 and an epoch
+            of 1 to 64 characters, or ``client_info`` is not a JSON object of at most 512
+            bytes nested at most 3 deep (the server's limits:
+            :func:`realtime.presence.check_client_info`).
     """
 
     def __init__(
@@ -148,6 +168,7 @@ class RealtimeClient:
         queue_size: int = 1000,
         on_retry: Callable[[str, float], None] | None = None,
         since: Mapping[str, tuple[int, str]] | None = None,
+        client_info: Mapping[str, Any] | None = None,
     ) -> None:
         self._urls = [u.rstrip("/") for u in ([url] if isinstance(url, str) else url)]
         if not self._urls:
@@ -174,6 +195,7 @@ class RealtimeClient:
         self._on_retry = on_retry
         self._positions = Positions(since)
         self._announce: dict[str, Event] = {}  # LISTEN nonce -> event to yield on its RESPONSE
+        self._client_info = None if client_info is None else check_client_info(dict(client_info))
         self.reconnects = 0
 
     @property
@@ -270,6 +292,31 @@ class RealtimeClient:
         self._positions.forget(gone)
         if gone:
             await self._request(self._require_ws(), "UNLISTEN", {"topics": gone})
+
+    async def presence(self, topic: str) -> dict[str, Any]:
+        """Who listens to ``topic`` now, on every instance (README "Presence"). Anyone who may
+        LISTEN to the topic may ask (and a token with ``realtime:presence``); the topic's rule
+        must keep presence. This client's token is sent, if it has one.
+
+        Returns:
+            The RESPONSE's ``data``: ``{"connections": int, "users": int, "clients":
+            [{"user": str | None, "client": str, "info": dict}, ...]}`` (``users`` counts
+            distinct non-null users; ``clients`` is sorted by client id and absent when
+            there are more than the server's ``PRESENCE_MAX_CLIENTS``: the counts stay exact).
+
+        Raises:
+            PresenceRefused: the server refused (``.code``: ``ERR_BADAUTH``, ``ERR_BADTOPIC``,
+                ``ERR_RATELIMIT``, ...).
+            ClientError: not connected right now, or the connection was lost before the answer.
+            TokenRefused: ``/auth/ws`` refused the credentials.
+        """
+        reply = await self._request_with_token(self._require_ws(), "PRESENCE", {"topic": topic})
+        if reply.get("error"):
+            raise PresenceRefused(str(reply["error"]), str(reply.get("error_description", "")), topic)
+        data = reply.get("data")
+        if not isinstance(data, dict):
+            raise ClientError(f"the server answered PRESENCE without data ({topic})")
+        return data
 
     def _require_ws(self) -> aiohttp.ClientWebSocketResponse:
         if self._ws is None or self._ws.closed:
@@ -377,6 +424,8 @@ class RealtimeClient:
             self._pong.set()
         elif kind == "RESPONSE":
             return self._on_response(data)
+        elif kind in PRESENCE_EVENTS:
+            return _presence_event(str(kind), body)
         elif kind in ("GAP", "AUTH_REVOKED"):
             topics = tuple(str(t) for t in body.get("topics", ()) if isinstance(t, str))
             if kind == "AUTH_REVOKED":
@@ -455,16 +504,26 @@ class RealtimeClient:
         since = self._positions.since(topics)
         if since:
             data["since"] = since
+        if self._client_info is not None:
+            data["client_info"] = self._client_info
+        reply = await self._request_with_token(ws, "LISTEN", data, announce)
+        if reply.get("error"):
+            raise ListenRefused(str(reply["error"]), str(reply.get("error_description", "")))
+
+    async def _request_with_token(
+        self, ws: aiohttp.ClientWebSocketResponse, kind: str, data: dict[str, Any], announce: Event | None = None
+    ) -> dict[str, Any]:
+        """``kind`` with the current token (if any) as ``auth_token``; after ``ERR_BADAUTH``
+        once more with a fresh token. Returns the last RESPONSE."""
         token = await self._current_token()
         if token is not None:
             data["auth_token"] = token
-        reply = await self._request(ws, "LISTEN", data, announce)
+        reply = await self._request(ws, kind, data, announce)
         if reply.get("error") == "ERR_BADAUTH" and token is not None:
             self._token = None  # maybe expired or revoked: one retry with a fresh token
             data["auth_token"] = await self._current_token()
-            reply = await self._request(ws, "LISTEN", data, announce)
-        if reply.get("error"):
-            raise ListenRefused(str(reply["error"]), str(reply.get("error_description", "")))
+            reply = await self._request(ws, kind, data, announce)
+        return reply
 
     async def _request(
         self, ws: aiohttp.ClientWebSocketResponse, kind: str, data: dict[str, Any], announce: Event | None = None
@@ -495,3 +554,12 @@ class RealtimeClient:
         else:
             return None
         return self._token[0]
+
+
+def _presence_event(kind: str, body: dict[str, Any]) -> Event | None:
+    """A ``JOIN`` or ``LEAVE`` frame's event; ``None`` for a malformed one."""
+    topic, user, client, info = body.get("topic"), body.get("user"), body.get("client"), body.get("info")
+    if not isinstance(topic, str) or not isinstance(client, str):
+        return None
+    user = user if isinstance(user, str) else None
+    return Event(kind, topic=topic, user=user, client=client, info=info if isinstance(info, dict) else {})

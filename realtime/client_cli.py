@@ -6,7 +6,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Mapping
-from typing import TextIO
+from typing import Any, TextIO
 
 import orjson
 
@@ -20,13 +20,16 @@ async def listen_command(
     api_key: str = "",
     scope: str | None = None,
     since: Mapping[str, tuple[int, str]] | None = None,
+    client_info: Mapping[str, Any] | None = None,
     out: TextIO | None = None,
 ) -> int:
     """``realtime listen``: print every event as one JSON line until SIGINT/SIGTERM.
 
     Lines: ``{"type":"MESSAGE","topic":"...","message":"..."}`` (plus ``"offset"`` and
     ``"epoch"`` on topics with history), or ``{"type":"GAP"|"AUTH_REVOKED"|"RECONNECTED",
-    "topics":[...]}`` (a GAP also has ``"reason"``). ``since``: resume these topics after
+    "topics":[...]}`` (a GAP also has ``"reason"``), or on topics with ``join_leave``
+    ``{"type":"JOIN"|"LEAVE","topic":"...","user":"..."|null,"client":"...","info":{...}}``
+    (``client_info``: this listener's own info, shown in presence). ``since``: resume these topics after
     these positions (``{topic: (offset, epoch)}``, from earlier MESSAGE lines): the server
     first sends what its history holds after them. Status goes to stderr, one line each:
     listening, and every failed or lost connection with the delay before the next try
@@ -52,7 +55,7 @@ async def listen_command(
 
     try:
         async with RealtimeClient(
-            url, topics, api_key=api_key or None, scope=scope, on_retry=report, since=since
+            url, topics, api_key=api_key or None, scope=scope, on_retry=report, since=since, client_info=client_info
         ) as client:
             print(f"listening to {' '.join(topics)} on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
             async for event in client:

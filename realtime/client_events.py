@@ -2,6 +2,7 @@
 
 Errors: :class:`ClientError` (root, a :class:`realtime.errors.RealtimeError`) >
 :class:`ListenRefused` (the server answered a LISTEN with an error code),
+:class:`PresenceRefused` (the server answered a PRESENCE with an error code),
 :class:`TokenRefused` (``/auth/ws`` refused the credentials: 401/403) and
 :class:`Disconnected` (the server closed with a code after which reconnecting would fail the
 same way: :data:`realtime.disconnect.DISCONNECTS`).
@@ -10,7 +11,7 @@ same way: :data:`realtime.disconnect.DISCONNECTS`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -34,6 +35,23 @@ class ListenRefused(ClientError):
         self.code = code
 
 
+class PresenceRefused(ClientError):
+    """The server refused a PRESENCE.
+
+    Attributes:
+        code: the protocol error code: ``ERR_BADAUTH`` (no token, or it may not read this
+            topic: another user's ``self`` topic), ``ERR_BADTOPIC`` (malformed, unknown, or
+            its rule keeps no presence), ``ERR_RATELIMIT`` (counts against ``LISTEN_RATE``),
+            ``ERR_BADMESSAGE`` or ``ERR_SERVER``.
+        topic: the topic asked about.
+    """
+
+    def __init__(self, code: str, description: str, topic: str) -> None:
+        super().__init__(f"PRESENCE refused: {code} {description}".strip() + f" ({topic})")
+        self.code = code
+        self.topic = topic
+
+
 class TokenRefused(ClientError):
     """``/auth/ws`` refused the credentials (HTTP 401 or 403); retrying will not help."""
 
@@ -53,13 +71,17 @@ class Disconnected(ClientError):
         self.code = code
 
 
+PRESENCE_EVENTS: Final = frozenset({"JOIN", "LEAVE"})
+"""Event types about a topic's presence (README "Presence": topics whose rule has ``join_leave``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """Something the caller should see.
 
     Attributes:
-        type: ``MESSAGE``, ``GAP``, ``AUTH_REVOKED`` or ``RECONNECTED``.
-        topic: the topic of a ``MESSAGE``.
+        type: ``MESSAGE``, ``GAP``, ``AUTH_REVOKED``, ``RECONNECTED``, ``JOIN`` or ``LEAVE``.
+        topic: the topic of a ``MESSAGE``, ``JOIN`` or ``LEAVE``.
         message: the ``MESSAGE`` text, as published (JSON values arrive JSON-encoded).
         topics: the topics a ``GAP``, ``AUTH_REVOKED`` or ``RECONNECTED`` is about.
         offset: a ``MESSAGE``'s offset in its topic's stream (1 for the topic's first
@@ -69,6 +91,12 @@ class Event:
         reason: why a ``GAP`` was sent: ``broker_reconnected`` (the server's broker link was
             down) or ``history_lost`` (history could not cover what was missed); ``None``
             when the server gave none.
+        user: who joined or left (``JOIN``/``LEAVE``: the ``sub`` of the token its LISTEN
+            carried; ``None`` without one).
+        client: the connection that joined or left (``JOIN``/``LEAVE``: an opaque id, the
+            same as in :meth:`realtime.client.RealtimeClient.presence`'s ``clients``).
+        info: its LISTEN's ``client_info`` (``JOIN``/``LEAVE``; ``{}`` without one). Do not
+            change it: events are shared values.
     """
 
     type: str
@@ -78,6 +106,9 @@ class Event:
     offset: int | None = None
     epoch: str | None = None
     reason: str | None = None
+    user: str | None = None
+    client: str = ""
+    info: dict[str, Any] | None = None
 
     def json(self) -> Any:
         """The message parsed as JSON.
@@ -89,7 +120,11 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """``{"type": ..., "topic": ..., "message": ...}`` (plus ``"offset"`` and ``"epoch"``
-        when set) or ``{"type": ..., "topics": [...]}`` (plus ``"reason"`` when set)."""
+        when set), ``{"type": "JOIN"|"LEAVE", "topic": ..., "user": ..., "client": ...,
+        "info": {...}}``, or ``{"type": ..., "topics": [...]}`` (plus ``"reason"`` when set)."""
+        if self.type in PRESENCE_EVENTS:
+            info = {} if self.info is None else self.info
+            return {"type": self.type, "topic": self.topic, "user": self.user, "client": self.client, "info": info}
         if self.type == "MESSAGE":
             out: dict[str, Any] = {"type": self.type, "topic": self.topic, "message": self.message}
             if self.offset is not None and self.epoch is not None:

@@ -240,6 +240,7 @@ class Node:
         frame = encode_text_frame(presence_event_payload(topic, kind, entry))
         for conn in listeners:
             conn.send(frame)
+        self.presence.events += len(listeners)
 
     def on_control(self, message: dict[str, object]) -> None:
         """Apply a control message from any instance (currently: ``revoke``): remember it
@@ -465,6 +466,15 @@ class Node:
             if item.rule.presence:
                 self._join(held.conn, item)
 
+    def renew(self, key: SendQueue, topics: list[Listen]) -> None:
+        """``key`` LISTENed again to topics with presence it holds: rewrite its entries
+        (unchanged: a refresh; another user or ``client_info``: a LEAVE and a JOIN)."""
+        presence = self.presence
+        client = presence.client_id(key.id)
+        for item in topics:
+            if presence.holds(item.topic, client):  # not a LISTEN still waiting for its RESPONSE
+                self._join(key, item)
+
     def _join(self, key: SendQueue, item: Listen) -> None:
         """Enter ``key`` into ``item.topic``'s presence (with its address in ``info`` only
         when the operator turned that on)."""
@@ -495,7 +505,8 @@ class Node:
 
     def presence_request(self, key: SendQueue, nonce: str, topic: Topic, rule: TopicRule) -> None:
         """Answer a PRESENCE (checked by the session): read ``topic``'s presence and send
-        the RESPONSE with its ``data`` (``ERR_SERVER`` if the broker cannot be read)."""
+        the RESPONSE with its ``data`` (``ERR_SERVER`` if the broker cannot be read, or
+        the read fails otherwise)."""
         task = asyncio.get_running_loop().create_task(self._answer_presence(key, nonce, topic, rule))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -503,8 +514,11 @@ class Node:
     async def _answer_presence(self, key: SendQueue, nonce: str, topic: Topic, rule: TopicRule) -> None:
         try:
             snapshot = await self.presence.read(topic, rule)
-        except BrokerUnavailable as exc:
-            log.warning("presence_read_failed", topic=topic[:128], error=str(exc))
+        except Exception as exc:  # every PRESENCE gets its RESPONSE
+            if isinstance(exc, BrokerUnavailable):
+                log.warning("presence_read_failed", topic=topic[:128], error=str(exc))
+            else:  # e.g. an entry in Redis that is not ours (not JSON)
+                log.exception("presence_read_failed", topic=topic[:128])
             self.stats.count_refusal(ERR_SERVER)
             key.send_payload(response(nonce, ERR_SERVER, "presence could not be read; try again"))
             return

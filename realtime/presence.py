@@ -116,8 +116,9 @@ class TopicChanges:
     Attributes:
         topic: the topic.
         join_leave: its rule's ``join_leave`` (the store publishes JOIN/LEAVE then).
-        upserts: client -> ``(user, entry)``: written, or refreshed if present (a new one
-            is a JOIN).
+        upserts: client -> ``(user, entry)``: written, or refreshed if present with the
+            same entry (a new one is a JOIN; one present with another entry, a LEAVE of
+            the old and a JOIN of the new).
         removes: clients to remove (one that was present is a LEAVE).
     """
 
@@ -199,7 +200,7 @@ class MemoryPresence:
         if found is None:
             return
         _, user, entry = found
-        if user is not None:
+        if user:  # None or "": anonymous, as in Redis
             users = self._users[topic]
             users[user] -= 1
             if users[user] <= 0:
@@ -225,10 +226,14 @@ class MemoryPresence:
             entries = self._topics.setdefault(topic, {})
             users = self._users.setdefault(topic, {})
             for client, (user, entry) in change.upserts.items():
-                new = client not in entries
+                old = entries.get(client)
+                if old is not None and old[2] != entry:
+                    # listens again with another user or info: LEAVE the old, JOIN the new
+                    self._remove(topic, client, join_leave)
+                    old = None
                 entries[client] = (now + ttl, user, entry)
-                if new:
-                    if user is not None:
+                if old is None:
+                    if user:
                         users[user] = users.get(user, 0) + 1
                     self._event(topic, JOIN, entry, join_leave)
             for client in change.removes:
@@ -251,6 +256,9 @@ class Presence:
 
     Attributes:
         instance: this process's random id, the first part of every client id.
+        writes: batches the store took.
+        write_failures: batches the store refused (each retried).
+        events: JOIN/LEAVE frames queued to this instance's listeners (counted by the node).
     """
 
     def __init__(self, store: PresenceStore, *, ttl: float = DEFAULT_TTL, max_clients: int = 100) -> None:
@@ -272,6 +280,10 @@ class Presence:
         self._refresher: asyncio.TimerHandle | None = None
         self._reads: dict[tuple[str, int], asyncio.Future[PresenceSnapshot]] = {}
         self._closed = False
+        self._failing = False  # the last write failed (logged once)
+        self.writes = 0
+        self.write_failures = 0
+        self.events = 0
 
     def client_id(self, conn_id: str) -> str:
         """The client id of a connection of this instance: ``<instance>.<conn_id>``."""
@@ -281,9 +293,18 @@ class Presence:
         """``True`` while ``topic`` has local entries."""
         return topic in self._local
 
+    def holds(self, topic: str, client: str) -> bool:
+        """``True`` if ``client`` has an entry on ``topic`` (from this instance)."""
+        return client in self._local.get(topic, ())
+
     def local(self, topic: str) -> int:
         """How many of this instance's connections are present on ``topic``."""
         return len(self._local.get(topic, ()))
+
+    @property
+    def entries(self) -> int:
+        """This instance's entries on every topic (O(topics))."""
+        return sum(map(len, self._local.values()))
 
     def join(self, topic: str, rule: TopicRule, client: str, user: str | None, info: dict[str, Any] | None) -> None:
         """``client`` listens to ``topic`` now (a ``presence`` topic): write its entry with
@@ -365,24 +386,31 @@ class Presence:
 
     async def _write(self) -> None:
         """Drain the pending changes: one store call per batch; what piles up meanwhile is
-        the next batch."""
+        the next batch. A failure is logged once, until a write succeeds again."""
         while self._pending:
             changes = self._take()
             if not changes:
                 continue
             try:
                 await self._store.apply(changes, self.ttl)
-            except BrokerUnavailable as exc:
+            except Exception as exc:
+                self.write_failures += 1
                 if self._closed:
                     log.warning("presence_not_removed", error=str(exc), topics=len(changes))
                     return
-                log.warning("presence_write_failed", error=str(exc), topics=len(changes))
+                if not self._failing:
+                    self._failing = True
+                    if isinstance(exc, BrokerUnavailable):
+                        log.warning("presence_write_failed", error=str(exc), retry_every=RETRY_DELAY)
+                    else:
+                        log.exception("presence_write_failed", retry_every=RETRY_DELAY)
                 self._put_back(changes)
                 await asyncio.sleep(RETRY_DELAY)
-            except Exception:
-                log.exception("presence_write_failed")
-                self._put_back(changes)
-                await asyncio.sleep(RETRY_DELAY)
+            else:
+                self.writes += 1
+                if self._failing:
+                    self._failing = False
+                    log.info("presence_written_again")
 
     async def read(self, topic: str, rule: TopicRule, *, counts_only: bool = False) -> PresenceSnapshot:
         """Read ``topic``'s presence from the store (concurrent reads of one topic share one

@@ -183,6 +183,12 @@ class Owner(Protocol):
         """Called once for each topic ``key``'s session drops."""
         ...
 
+    def renew(self, key: Any, topics: list[Listen]) -> None:
+        """Called when a LISTEN names topics with presence that ``key``'s session listens to
+        already (e.g. a token refresh): their presence entries take its user and
+        ``client_info``."""
+        ...
+
     def presence_request(self, key: Any, nonce: str, topic: Topic, rule: TopicRule) -> None:
         """A PRESENCE ``key`` may ask (checked): read ``topic``'s presence and send the
         RESPONSE (:func:`data_response`, or an error RESPONSE) to ``key`` later."""
@@ -372,7 +378,9 @@ class Session:
         granted: dict[Topic, Grant | None] = {}
         for parsed, rule in checked:
             needs_token = self._check_access(parsed, rule, grant)
-            granted[parsed.topic] = grant if needs_token else None
+            # a public topic with presence LISTENed with a token shows its user: the topic
+            # then lives as long as the token, or a revoked user would stay present
+            granted[parsed.topic] = grant if needs_token or rule.presence else None
         new = [t for t in granted if t not in self.topics]
         if len(self.topics) + len(new) > self._max_topics:
             raise Refused(ERR_BADTOPIC, f"at most {self._max_topics} topics per connection")
@@ -395,6 +403,9 @@ class Session:
             owner.granted(key, grant)
         self.listening = True
         user = None if grant is None else grant.sub
+        renewed = [Listen(t, rules[t], None, user, info) for t in granted if t not in new and rules[t].presence]
+        if renewed:  # listened to already: its presence entry takes this LISTEN's user and info
+            owner.renew(key, renewed)
         return [Listen(topic, rules[topic], since.get(topic), user, info) for topic in new]
 
     def _grant_of(self, data: dict[str, Any]) -> Grant | None:

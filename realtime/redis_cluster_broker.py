@@ -16,12 +16,21 @@ Selected by ``REDIS_CLUSTER_NODES`` (seed ``host:port`` list). What changes from
 
 Following the topology: when a master link is lost, or Redis pushes a ``sunsubscribe`` we
 did not ask for (the slot moved, or the master was demoted), the topics concerned lose
-their subscription; the supervisor reads ``CLUSTER SHARDS`` again (with capped backoff
-until a master answers for every slot), loads the library again if the map changed, opens
-links to new masters and subscribes each wanted topic on its owner's link. When that
-subscription is confirmed the handler's ``on_gap(topics)`` catches those topics up (from
-history, or a ``GAP``). Between the loss and the new subscription, publications on those
+their subscription. A ``MOVED`` in reply to one slot's ``SSUBSCRIBE`` (our map is behind)
+costs only that slot's topics on that link, not the link. Then the supervisor reads
+``CLUSTER SHARDS`` again, with capped backoff until a master answers for every slot (first
+from the node a ``MOVED`` named; a redirect the map read does not show yet is applied on top
+of it), loads the library again if the map changed, opens links to new masters and
+subscribes each wanted topic on its owner's link. When that subscription is confirmed the
+handler's ``on_gap(topics)`` catches those topics up (from history, or a ``GAP``). The
+bookkeeping of which topic is subscribed where is :class:`realtime.redis_cluster_topics.ShardTopics`. Between the loss and the new subscription, publications on those
 topics are not delivered to this instance (at-most-once, as on one Redis).
+
+``ready`` says the classic link is up and the slot map known; it does not follow each
+master's link (one lost master leaves the topics of the others served). A history read of a
+topic whose master link is down, or that fails while the topology changes (a failover takes
+``cluster-node-timeout`` plus an election), waits for the supervisor's next pass and tries
+again, for up to ``follow_timeout`` seconds, before it raises ``BrokerUnavailable``.
 
 Not done in cluster mode: the delivery probe (``REDIS_PROBE_INTERVAL`` is not used).
 """
@@ -33,9 +42,7 @@ import os
 import time
 
 import structlog
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from realtime.backoff import backoff_delay
@@ -44,20 +51,21 @@ from realtime.broker_inbox import BrokerInbox
 from realtime.envelope import encode_control, encode_publication
 from realtime.errors import BrokerUnavailable
 from realtime.history import HistoryPage, Position
-from realtime.redis_cluster import Address, ClusterReplyError, SlotMap, SlotUncovered
+from realtime.redis_cluster import Address, ClusterReplyError, SlotUncovered
+from realtime.redis_cluster_client import ClusterCommands
 from realtime.redis_cluster_links import (
     ClassicLinkOpener,
     ShardLink,
+    SupervisorPasses,
     load_library,
     open_shard_link,
     parse_nodes,
     read_slot_map,
 )
-from realtime.redis_functions import HistoryFunctions, library_code
+from realtime.redis_cluster_topics import ShardTopics
+from realtime.redis_functions import library_code
 from realtime.redis_presence import RedisPresence
-from realtime.redis_publisher import MAX_CONNECTIONS
 from realtime.stats import BrokerStats
-from realtime.topic_subscriptions import TopicSubscriptions
 from topics import DEFAULT_POLICY, TopicPolicy, TopicRule
 
 log = structlog.get_logger("realtime.broker")
@@ -81,6 +89,7 @@ class ClusterBroker:
         batch_interval: float = 0.0,
         policy: TopicPolicy = DEFAULT_POLICY,
         firehose: bool = True,
+        follow_timeout: float = 5.0,
     ) -> None:
         """Args:
         nodes: seed nodes, ``host:port`` comma-separated (any reachable one will do).
@@ -91,6 +100,8 @@ class ClusterBroker:
         batch_interval: read pacing of the links (:mod:`realtime.redis_link`), seconds.
         policy: the topic policy baked into the history library.
         firehose: also subscribe to ``channel`` itself (classic pub/sub).
+        follow_timeout: longest a history read waits for the topology to be followed
+            (see the module docstring), seconds.
 
         Raises:
             ValueError: ``nodes`` does not parse.
@@ -104,33 +115,39 @@ class ClusterBroker:
         self._policy = policy
         self._library = library_code(channel, policy, sharded=True)
         self._firehose = firehose
+        self._follow_timeout = follow_timeout
+        self._passes = SupervisorPasses()
         self._handler: BrokerEventHandler | None = None
-        self._client: RedisCluster | None = None
-        self._functions: HistoryFunctions | None = None
-        self._map: SlotMap | None = None
+        self._commands = ClusterCommands(self._seeds, channel=channel, policy=policy, timeout=connect_timeout)
         self._stale = True  # the map must be read (again)
-        self._shards: dict[Address, ShardLink] = {}
-        self._names = TopicSubscriptions(channel)  # channel <-> topic names only
-        self._wanted: set[str] = set()
-        self._lost: set[str] = set()  # wanted, and not received for a while: a gap on confirmation
-        self._gaps: set[str] = set()  # confirmed lost topics, announced at the end of this pass
+        self._redirects: dict[int, Address] = {}  # slot -> owner, from MOVED since the last refresh
+        self._topics = ShardTopics(channel, on_stale=self._refresh_soon, on_moved=self._moved)
         self._classic: ClassicLinkOpener | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._closers: set[asyncio.Task[None]] = set()
-        self._ready = False
+        self._topics.active = False
+        self._publisher_only = False  # start_publisher: commands only, no subscription
         self._serving = False
         self._closing = False
-        self._flush_due = False
         self._stats = BrokerStats()
         self._inbox = BrokerInbox(self._stats)
         self.client_name = f"realtime-sub-{os.getpid()}-{id(self):x}"
-        self._presence = RedisPresence(lambda: self._functions)
+        self._presence = RedisPresence(lambda: self._commands.functions)
 
     @property
     def ready(self) -> bool:
         """``True`` while the classic link is up and the slot map is known."""
-        return self._ready
+        return self._topics.active
+
+    @property
+    def classic_node(self) -> Address | None:
+        """The node the classic link (control channel, firehose) is connected to, if up."""
+        assert self._classic is not None
+        link = self._classic.link
+        if link is None or link.transport is None or link.lost.done():
+            return None
+        host, port = link.transport.get_extra_info("peername")[:2]
+        return Address(host, port)
 
     @property
     def stats(self) -> BrokerStats:
@@ -148,7 +165,8 @@ class ClusterBroker:
         """Start the supervisor; waits up to ``connect_timeout`` for the first subscription."""
         self._handler = handler
         self._inbox.handler = handler
-        self._start_client()
+        self._topics.handler = handler
+        self._commands.start()
         self._classic = ClassicLinkOpener(
             channel=self._channel,
             firehose=self._firehose,
@@ -167,32 +185,12 @@ class ClusterBroker:
             log.warning("redis_cluster_not_ready_at_start", channel=self._channel)
         self._serving = True
 
-    def _start_client(self) -> None:
-        timeout = self._connect_timeout
-        self._client = RedisCluster(
-            startup_nodes=[ClusterNode(a.host, a.port) for a in self._seeds],
-            retry=Retry(NoBackoff(), 0),  # never send a publication twice
-            max_connections=MAX_CONNECTIONS,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
-        self._functions = HistoryFunctions(self._client, channel=self._channel, policy=self._policy, sharded=True)
-
-    def _renew_client(self) -> None:
-        """A new command client for a new topology (its slot cache read afresh); the old one
-        is closed once the commands in flight on it had time to finish."""
-        old = self._client
-        self._start_client()
-        if old is not None:
-            task = asyncio.create_task(self._close_later(old), name="redis-cluster-client-close")
-            self._closers.add(task)
-            task.add_done_callback(self._closers.discard)
-
-    async def _close_later(self, client: RedisCluster) -> None:
-        try:
-            await asyncio.sleep(self._connect_timeout)
-        finally:
-            await client.aclose()
+    def start_publisher(self) -> None:
+        """Create the command client only, no subscriber link (the CLI: ``realtime publish``,
+        ``realtime history``, revocations); ``history`` then reads without a barrier, and the
+        library is loaded on its first call if a master lacks it."""
+        self._publisher_only = True
+        self._commands.start()
 
     async def close(self) -> None:
         """Stop the supervisor and close every link and the client."""
@@ -203,17 +201,12 @@ class ClusterBroker:
                 task.cancel()
                 await asyncio.wait({task}, timeout=0.1)
             await asyncio.gather(task, return_exceptions=True)
-        for closer in list(self._closers):
-            closer.cancel()
-        await asyncio.gather(*self._closers, return_exceptions=True)
-        for shard in list(self._shards.values()):
+        for shard in list(self._topics.shards.values()):
             shard.close()
         if self._classic is not None:
             self._classic.close()
-        self._ready = False
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        self._topics.active = False
+        await self._commands.close()
 
     # -- the supervisor -------------------------------------------------------------
 
@@ -225,6 +218,7 @@ class ClusterBroker:
             except _FAILURES as exc:
                 self._stale = True  # read the topology again: e.g. a dead master not yet replaced
                 self._done(first)
+                self._passes.ended()
                 delay = backoff_delay(attempt, cap=self._backoff_cap)
                 log.warning("redis_cluster_sync_failed", error=str(exc) or type(exc).__name__, retry_in=round(delay, 3))
                 attempt += 1
@@ -232,6 +226,7 @@ class ClusterBroker:
                 continue
             attempt = 0
             self._done(first)
+            self._passes.ended()
             await self._idle()
 
     @staticmethod
@@ -249,48 +244,44 @@ class ClusterBroker:
         classic = self._classic
         assert classic is not None
         if not classic.up:
-            self._ready = False
-            candidates = [*(self._map.masters() if self._map else ()), *self._seeds]
+            self._topics.active = False
+            candidates = [*(self._topics.map.masters() if self._topics.map else ()), *self._seeds]
             again = await classic.open(candidates)
             if again:
                 self._stats.count_reconnect()
             if again and self._firehose and self._handler is not None:
                 self._handler.on_gap()  # raw publications on the firehose may have been missed
-        if self._stale or self._map is None:
+        if self._stale or self._topics.map is None:
             await self._refresh()
-        for master in self._map.masters() if self._map else ():
-            if master not in self._shards:
+        for master in self._topics.map.masters() if self._topics.map else ():
+            if master not in self._topics.shards:
                 await self._open_shard(master)
-        self._ready = True
-        self._flush()
+        self._topics.active = True
+        self._topics.flush()
 
     async def _refresh(self) -> None:
-        candidates = [*(self._map.masters() if self._map else ()), *self._seeds]
-        new = await read_slot_map(candidates, wait=self._connect_timeout)
-        if not new.covered():
-            raise SlotUncovered("the cluster does not cover every slot yet")
-        old, self._map = self._map, new
+        redirects, self._redirects = self._redirects, {}
+        old = self._topics.map
+        candidates = [*redirects.values(), *(old.masters() if old else ()), *self._seeds]
+        try:
+            new = await read_slot_map(candidates, wait=self._connect_timeout, redirects=redirects)
+            if not new.covered():
+                raise SlotUncovered("the cluster does not cover every slot yet")
+        except BaseException:
+            self._redirects = redirects | self._redirects  # kept for the next attempt
+            raise
+        self._topics.map = new
         self._stale = False
         if old is not None and new != old:
             log.info("redis_cluster_topology_changed", masters=sorted(map(str, new.masters())))
             self._stats.count_reconnect()
-        for address in [a for a in self._shards if a not in new.masters()]:
-            self._shards[address].close()  # its done callback moves its topics to _lost
-        self._move_topics(new)
+        for address in [a for a in self._topics.shards if a not in new.masters()]:
+            self._topics.shards[address].close()  # its done callback marks its topics lost
+        self._topics.move_topics(new)
         if old is None or new != old:
             await load_library(new.masters(), self._library, wait=self._connect_timeout)
             if old is not None:
-                self._renew_client()
-
-    def _move_topics(self, new: SlotMap) -> None:
-        """Forget subscriptions on links whose master no longer owns the topic's slot (Redis
-        dropped them, or will: it pushes ``sunsubscribe`` when a slot leaves a node)."""
-        for address, shard in self._shards.items():
-            moved = [t for t in shard.sent if new.master_for_key(self._names.channel_of(t)) != address]
-            for topic in moved:
-                shard.forget(topic)
-                if topic in self._wanted:
-                    self._lost.add(topic)
+                self._commands.renew()
 
     async def _open_shard(self, master: Address) -> None:
         shard = await open_shard_link(
@@ -300,23 +291,18 @@ class ClusterBroker:
             batch_interval=self._batch_interval,
             on_data=self._inbox.publication,
             on_batch=self._handler.on_batch_end if self._handler is not None else None,
-            on_subscribed=self._on_subscribed,
-            on_unsubscribed=self._on_unsubscribed,
+            on_subscribed=self._topics.on_subscribed,
+            on_unsubscribed=self._topics.on_unsubscribed,
+            on_refused=self._topics.on_refused,
         )
-        self._shards[master] = shard
+        self._topics.shards[master] = shard
         shard.link.lost.add_done_callback(lambda _: self._shard_lost(shard))
 
     def _shard_lost(self, shard: ShardLink) -> None:
-        if self._shards.get(shard.address) is shard:
-            del self._shards[shard.address]
-        waiting = [t for t in shard.sent if t not in shard.confirmed]
-        self._lost.update(t for t in shard.sent if t in self._wanted)
-        shard.sent.clear()
-        shard.confirmed.clear()
+        waiting = self._topics.link_lost(shard)
         if not self._closing:
             log.warning("redis_cluster_master_link_lost", master=str(shard.address))
-            self._stale = True
-            self._wake.set()
+            self._refresh_soon()
         if waiting and self._handler is not None:
             self._handler.on_listen_ready(waiting)  # answered now; on_gap follows the new subscription
 
@@ -334,7 +320,7 @@ class ClusterBroker:
 
     def _health_check(self) -> None:
         assert self._classic is not None
-        links = [s.link for s in self._shards.values()]
+        links = [s.link for s in self._topics.shards.values()]
         if self._classic.link is not None:
             links.append(self._classic.link)
         for link in links:
@@ -345,105 +331,37 @@ class ClusterBroker:
 
     # -- subscriptions ----------------------------------------------------------------
 
-    def _owner(self, topic: str) -> ShardLink | None:
-        """The link of the master owning ``topic``'s slot, if it is up."""
-        if self._map is None:
-            return None
-        try:
-            return self._shards.get(self._map.master_for_key(self._names.channel_of(topic)))
-        except SlotUncovered:
-            return None
-
     def watch(self, topic: str) -> bool:
-        """Receive ``topic``'s sharded channel; ``True`` if received now (or no link for
-        it: ``on_gap([topic])`` follows its subscription), ``False`` while the
-        ``SSUBSCRIBE`` is on its way (``on_listen_ready`` tells when it is done)."""
-        self._wanted.add(topic)
-        shard = self._owner(topic) if self._ready else None
-        if shard is None:
-            self._lost.add(topic)
-            return True
-        if topic in shard.confirmed:
-            return True
-        self._flush_soon()
-        return False
+        """Receive ``topic``'s sharded channel (:meth:`ShardTopics.watch`)."""
+        return self._topics.watch(topic)
 
     def unwatch(self, topic: str) -> None:
-        """No local listener needs ``topic`` any more: unsubscribe from its channel."""
-        self._wanted.discard(topic)
-        self._lost.discard(topic)
-        self._flush_soon()
+        """No local listener needs ``topic`` any more (:meth:`ShardTopics.unwatch`)."""
+        self._topics.unwatch(topic)
 
-    def _flush_soon(self) -> None:
-        if not self._flush_due:
-            self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush)
+    def _moved(self, slot: int, owner: Address) -> None:
+        """A ``MOVED`` named ``slot``'s owner: read the topology from it first, and trust it
+        over a map read that lags (:func:`read_slot_map`)."""
+        self._redirects[slot] = owner
 
-    def _flush(self) -> None:
-        """Write this pass's (un)subscriptions, batched per master and per slot."""
-        self._flush_due = False
-        if not self._ready:
-            return
-        placed = set()
-        for shard in self._shards.values():
-            removed = [t for t in shard.sent if t not in self._wanted]
-            shard.unsubscribe(removed, self._names)
-            placed |= shard.sent
-        added: dict[Address, list[str]] = {}
-        for topic in self._wanted - placed:
-            owner = self._owner(topic)
-            if owner is not None:
-                added.setdefault(owner.address, []).append(topic)
-        for address, topics in added.items():
-            self._shards[address].subscribe(topics, self._names)
-
-    def _on_subscribed(self, channel: bytes) -> None:
-        topic = self._names.topic_of(channel)
-        if topic is None or self._handler is None:
-            return
-        shard = self._owner(topic)
-        if shard is None or topic not in shard.sent:
-            return
-        shard.confirmed.add(topic)
-        if topic in self._lost:
-            self._lost.discard(topic)
-            if not self._gaps:
-                asyncio.get_running_loop().call_soon(self._announce_gaps)
-            self._gaps.add(topic)
-        self._handler.on_listen_ready([topic])
-
-    def _announce_gaps(self) -> None:
-        topics, self._gaps = self._gaps, set()
-        if topics and self._handler is not None:
-            log.info("redis_cluster_topics_resubscribed", topics=len(topics))
-            self._handler.on_gap(sorted(topics))
-
-    def _on_unsubscribed(self, shard: ShardLink, channel: bytes) -> None:
-        """A ``sunsubscribe``: ours (counted), or pushed by Redis (the slot left the node)."""
-        topic = self._names.topic_of(channel)
-        if topic is None or shard.unsubscribe_acknowledged(topic):
-            return
-        if topic in shard.sent:
-            shard.forget(topic)
-            if topic in self._wanted:
-                self._lost.add(topic)
-            log.info("redis_cluster_pushed_sunsubscribe", master=str(shard.address), topic=topic[:128])
-            self._stale = True
-            self._wake.set()
+    def _refresh_soon(self) -> None:
+        """Have the supervisor read the topology again."""
+        self._stale = True
+        self._wake.set()
 
     # -- publishing and history --------------------------------------------------------
 
     def _usable(self) -> RedisCluster:
-        if self._client is None:
+        client = self._commands.client
+        if client is None:
             raise BrokerUnavailable("broker is not started")
-        if not self._ready:
+        if not self._topics.active and not self._publisher_only:
             raise BrokerUnavailable("this instance is not subscribed to redis")
-        return self._client
+        return client
 
     def _refused(self, exc: BaseException) -> BrokerUnavailable:
         if "MOVED" in str(exc):
-            self._stale = True
-            self._wake.set()
+            self._refresh_soon()
         return BrokerUnavailable(f"redis unavailable: {type(exc).__name__}")
 
     async def publish(self, topic: str, message: str, rule: TopicRule | None = None) -> Position | None:
@@ -455,9 +373,9 @@ class ClusterBroker:
         """
         client = self._usable()
         if rule is not None and rule.has_history:
-            assert self._functions is not None
-            return await self._functions.publish(topic, message, rule)
-        channel = self._names.channel_of(topic)
+            assert self._commands.functions is not None
+            return await self._commands.functions.publish(topic, message, rule)
+        channel = self._topics.names.channel_of(topic)
         try:
             await client.spublish(channel, encode_publication(topic, message))
         except (RedisError, OSError, TimeoutError) as exc:
@@ -479,17 +397,44 @@ class ClusterBroker:
     async def history(self, topic: str, *, since: int, limit: int, rule: TopicRule) -> HistoryPage:
         """Read ``topic``'s history, then wait for a barrier on the link of the master that
         owns its slot (every publication up to the page's offset has then been handed on).
+        While that link is down, or when the read fails, wait for the supervisor's next pass
+        (which reads the topology again) and try again, for up to ``follow_timeout`` seconds.
 
         Raises:
             realtime.NoHistory: ``rule`` keeps no history.
-            BrokerUnavailable: not readable, or no subscription to the topic's master.
+            BrokerUnavailable: not readable within ``follow_timeout``, or not started.
+        """
+        functions = self._commands.functions
+        if self._publisher_only and functions is not None:
+            return await functions.read(topic, since, limit, rule)  # nothing received: no barrier
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._follow_timeout
+        attempt = 0
+        while True:
+            try:
+                return await self._history_once(topic, since, limit, rule)
+            except BrokerUnavailable:
+                remaining = deadline - loop.time()
+                if self._commands.client is None or self._closing or remaining <= 0:
+                    raise
+            self._refresh_soon()  # a failover or a slot move under way: read the topology again
+            await self._passes.next(remaining)
+            await asyncio.sleep(min(max(deadline - loop.time(), 0), backoff_delay(attempt, initial=0.05, cap=0.5)))
+            attempt += 1
+
+    async def _history_once(self, topic: str, since: int, limit: int, rule: TopicRule) -> HistoryPage:
+        """One read of ``history``, in step with the owner's link.
+
+        Raises:
+            BrokerUnavailable: not ready, no link to the owner, the read or the barrier failed.
         """
         self._usable()
-        assert self._functions is not None
-        page = await self._functions.read(topic, since, limit, rule)
-        shard = self._owner(topic)
+        functions = self._commands.functions
+        assert functions is not None
+        shard = self._topics.owner(topic) if not self._stale else None
         if shard is None:
             raise BrokerUnavailable("no link to the master of this topic's slot")
+        page = await functions.read(topic, since, limit, rule)
         try:
             await asyncio.wait_for(asyncio.shield(shard.link.barrier()), self._connect_timeout)
         except (ConnectionError, RuntimeError, OSError, TimeoutError) as exc:

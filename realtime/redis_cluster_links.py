@@ -11,14 +11,15 @@ reply to our own, and only the unasked ones mean the subscription was lost.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Mapping
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from realtime.redis_cluster import Address, ClusterReplyError, SlotMap
+from realtime.redis_cluster import Address, ClusterReplyError, Redirect, SlotMap, SlotUncovered, key_slot
 from realtime.redis_link import OnBatchEnd, SubscriberLink, encode_command, open_link
 from realtime.topic_subscriptions import TopicSubscriptions
 
@@ -40,6 +41,29 @@ def parse_nodes(nodes: str) -> list[Address]:
     if not out:
         raise ValueError("no seed node")
     return out
+
+
+class SupervisorPasses:
+    """Lets callers wait for the end of the broker supervisor's next pass (a topology
+    refresh attempt, successful or not)."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self) -> None:
+        self._next: asyncio.Future[None] | None = None
+
+    def ended(self) -> None:
+        """A pass ended: wake every waiter."""
+        fut, self._next = self._next, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def next(self, within: float) -> None:
+        """Return when the next pass ends, or after ``within`` seconds."""
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._next), max(within, 0))
 
 
 def _ignore(_: bytes) -> None:
@@ -97,6 +121,21 @@ class ShardLink:
         self.sent.discard(topic)
         self.confirmed.discard(topic)
 
+    def forget_slot(self, slot: int, names: TopicSubscriptions) -> tuple[list[str], list[str]]:
+        """This master refused ``slot`` (``MOVED``): forget its topics here, and the
+        ``SUNSUBSCRIBE`` replies owed for them (a refused one never comes).
+
+        Returns:
+            The slot's topics that were sent, and those of them that had been confirmed.
+        """
+        sent = [t for t in self.sent if key_slot(names.channel_of(t)) == slot]
+        confirmed = [t for t in sent if t in self.confirmed]
+        for topic in sent:
+            self.forget(topic)
+        for topic in [t for t in self._owed if key_slot(names.channel_of(t)) == slot]:
+            del self._owed[topic]
+        return sent, confirmed
+
     def close(self) -> None:
         """Close the connection (``link.lost`` fails once it is closed)."""
         if self.link.transport is not None:
@@ -113,8 +152,11 @@ async def open_shard_link(
     on_batch: OnBatchEnd | None,
     on_subscribed: Callable[[bytes], None],
     on_unsubscribed: Callable[[ShardLink, bytes], None],
+    on_refused: Callable[[ShardLink, str], bool],
 ) -> ShardLink:
     """Connect to a master, name the connection and wait for its first PONG.
+
+    ``on_refused`` gets every error reply; ``False`` (not handled) fails the link.
 
     Raises:
         OSError, TimeoutError, ConnectionError: the master cannot be reached in time.
@@ -132,6 +174,7 @@ async def open_shard_link(
             initial=0,
             on_subscribed=on_subscribed,
             on_unsubscribed=lambda channel: on_unsubscribed(cell[0], channel),
+            on_refused=lambda text: on_refused(cell[0], text),
         )
 
     loop = asyncio.get_running_loop()
@@ -245,9 +288,12 @@ async def load_library(masters: Iterable[Address], code: str, *, wait: float) ->
             await node.aclose()
 
 
-async def read_slot_map(candidates: Iterable[Address], *, wait: float) -> SlotMap:
+async def read_slot_map(
+    candidates: Iterable[Address], *, wait: float, redirects: Mapping[int, Address] | None = None
+) -> SlotMap:
     """``CLUSTER SHARDS`` from the first candidate that answers (``wait``: connect and
-    read timeout per candidate, seconds).
+    read timeout per candidate, seconds), with ``redirects`` (slot -> owner, from ``MOVED``
+    replies) applied where the reply does not show them yet (a node's view may lag).
 
     Raises:
         OSError, TimeoutError, ConnectionError, RedisError, ClusterReplyError: none answered.
@@ -256,7 +302,13 @@ async def read_slot_map(candidates: Iterable[Address], *, wait: float) -> SlotMa
     for address in dict.fromkeys(candidates):
         node = _node(address, wait)
         try:
-            return SlotMap.from_shards(await node.execute_command("CLUSTER", "SHARDS"))  # type: ignore[no-untyped-call]
+            read = SlotMap.from_shards(await node.execute_command("CLUSTER", "SHARDS"))  # type: ignore[no-untyped-call]
+            for slot, owner in (redirects or {}).items():
+                with contextlib.suppress(SlotUncovered):
+                    if read.master_for(slot) == owner:
+                        continue
+                read = read.with_redirect(Redirect(slot, owner.host, owner.port))
+            return read
         except (OSError, TimeoutError, RedisError, ClusterReplyError) as exc:
             error = exc
         finally:

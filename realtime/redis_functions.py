@@ -1,4 +1,4 @@
-"""History on Redis: a Redis Function library (Redis 7.0+) and its asyncio wrapper.
+"""History (and presence) on Redis: a Redis Function library (Redis 7.0+) and its asyncio wrapper.
 
 The library is generated from the data channel and the topic policy (every topic name
 whose rule keeps history, with its size and ttl, is baked into it), so any service can
@@ -34,6 +34,10 @@ An epoch is the Redis server's clock in microseconds (``TIME``) and 16 pseudo-ra
 in hex. (``math.random`` in Redis functions restarts the same sequence at every server
 start: the clock is what makes an epoch new across restarts.)
 
+The same library holds presence's two functions, ``<p>_presence`` and ``<p>_presence_get``
+(keys and calls: :mod:`realtime.redis_presence`), with the policy's presence rules baked in
+the same way.
+
 Every instance on a channel must run the same topic policy: loading the library
 (``FUNCTION LOAD REPLACE``, at start and after every reconnect) replaces the one another
 instance loaded.
@@ -55,6 +59,8 @@ from realtime.history import HistoryPage, Position, Publication
 from topics import TopicPolicy, TopicRule
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+MAX_PRUNE_ROUNDS = 1000
+"""Most ``<p>_presence_get`` calls one read makes while expired entries are left (1,000 each)."""
 _LUA_PLAIN = re.compile(rb"[A-Za-z0-9 _:.\-]")
 
 
@@ -106,22 +112,18 @@ def _lua_string(value: str) -> str:
     return '"' + "".join(chr(b) if _LUA_PLAIN.fullmatch(bytes([b])) else f"\\{b:03d}" for b in raw) + '"'
 
 
+def _lua_table(rows: dict[str, str]) -> str:
+    """A Lua table literal of topic name -> Lua value (text), sorted by name."""
+    lines = [f"  [{_lua_string(name)}] = {value}," for name, value in sorted(rows.items())]
+    return "{\n" + "\n".join(lines) + "\n}" if lines else "{}"
+
+
 def _policy_table(rules: Iterable[TopicRule]) -> str:
-    rows = [
-        f"  [{_lua_string(rule.name)}] = {{{rule.history_size}, {rule.history_ttl}}},"
-        for rule in sorted(rules, key=lambda r: r.name)
-        if rule.has_history
-    ]
-    return "{\n" + "\n".join(rows) + "\n}" if rows else "{}"
+    return _lua_table({r.name: f"{{{r.history_size}, {r.history_ttl}}}" for r in rules if r.has_history})
 
 
 def _presence_table(rules: Iterable[TopicRule]) -> str:
-    rows = [
-        f"  [{_lua_string(rule.name)}] = {1 if rule.join_leave else 0},"
-        for rule in sorted(rules, key=lambda r: r.name)
-        if rule.presence
-    ]
-    return "{\n" + "\n".join(rows) + "\n}" if rows else "{}"
+    return _lua_table({r.name: "1" if r.join_leave else "0" for r in rules if r.presence})
 
 
 _LIBRARY = """#!lua name=@LIBRARY@
@@ -238,6 +240,7 @@ end
 -- topic name -> 1 if its listeners get JOIN/LEAVE, else 0 (names that keep presence only)
 local PRESENCE = @PRESENCE_RULES@
 local PRUNE = 1000  -- most expired entries pruned per call
+local MAX_TTL = 86400  -- seconds, PRESENCE_TTL's bound: a longer ttl would keep ghosts for that long
 
 -- join_leave, the sorted set, info hash, users hash and channel of a call, or nil and an error
 local function presence_resolve(keys, topic)
@@ -299,7 +302,7 @@ end
 -- FCALL <p>_presence 1 <set> <topic> <ttl s> <n> [<client> <user or ''> <entry>]*n [<client to remove>]*
 local function presence(keys, args)
   local ttl, n = count(args[2]), count(args[3])
-  if not ttl or ttl < 1 or not n or #args < 3 + 3 * n then
+  if not ttl or ttl < 1 or ttl > MAX_TTL or not n or #args < 3 + 3 * n then
     return redis.error_reply('ERR usage: FCALL @PRESENCE@ 1 <key> <topic> <ttl> <n> [client user entry]*n [client]*')
   end
   local p, err = presence_resolve(keys, args[1])
@@ -309,7 +312,14 @@ local function presence(keys, args)
   local expiry = presence_prune(p) + ttl * 1000
   for i = 4, 3 + 3 * n, 3 do
     local client, user, entry = args[i], args[i + 1], args[i + 2]
-    if redis.call('ZADD', p.set, expiry, client) == 1 then
+    local added = redis.call('ZADD', p.set, expiry, client) == 1
+    if not added and redis.call('HGET', p.info, client) ~= entry then
+      -- the client listens again with another user or info (an UNLISTEN and a LISTEN in
+      -- one batch): a LEAVE of the old entry, a JOIN of the new one
+      presence_remove(p, client)
+      added = redis.call('ZADD', p.set, expiry, client) == 1
+    end
+    if added then
       redis.call('HSET', p.info, client, entry)
       if user ~= '' then
         redis.call('HINCRBY', p.users, user, 1)
@@ -326,7 +336,9 @@ local function presence(keys, args)
   return redis.call('ZCARD', p.set)
 end
 
--- FCALL <p>_presence_get 1 <set> <topic> <limit> -> [connections, users, [entry, ...] or {}]
+-- FCALL <p>_presence_get 1 <set> <topic> <limit>
+--   -> [connections, users, [entry, ...] or {}, expired entries left to prune]
+-- the counts are exact when nothing is left (else call again: each call prunes up to PRUNE)
 local function presence_get(keys, args)
   local limit = count(args[2])
   if #args ~= 2 or not limit then
@@ -336,13 +348,14 @@ local function presence_get(keys, args)
   if not p then
     return redis.error_reply(err)
   end
-  presence_prune(p)
+  local now = presence_prune(p)
+  local left = redis.call('ZCOUNT', p.set, '-inf', now)
   local connections = redis.call('ZCARD', p.set)
   local entries = {}
-  if limit > 0 and connections <= limit then
+  if left == 0 and limit > 0 and connections <= limit then
     entries = redis.call('HVALS', p.info)
   end
-  return {connections, redis.call('HLEN', p.users), entries}
+  return {connections, redis.call('HLEN', p.users), entries, left}
 end
 
 redis.register_function('@PUBLISH@', publish)
@@ -510,11 +523,16 @@ class HistoryFunctions:
     async def presence_get(self, topic: str, limit: int) -> tuple[int, int, list[bytes]]:
         """``<p>_presence_get``: ``(connections, users, entries)`` of ``topic`` after pruning
         its expired entries; ``entries`` only when there are at most ``limit`` (0: none).
+        A call prunes at most 1,000 expired entries (their LEAVEs go out with it): while
+        some are left (an instance with many listeners died), it is called again, so the
+        counts are exact.
 
         Raises:
             BrokerUnavailable: Redis failed or refused the call.
         """
-        connections, users, entries = await self._call(
-            self.names.presence_get, topic, limit, key=presence_key(self._channel, topic)
-        )
+        key = presence_key(self._channel, topic)
+        for _ in range(MAX_PRUNE_ROUNDS):
+            connections, users, entries, left = await self._call(self.names.presence_get, topic, limit, key=key)
+            if not left:
+                break
         return int(connections), int(users), list(entries)

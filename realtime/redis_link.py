@@ -122,7 +122,8 @@ class SubscriberLink(asyncio.Protocol):
     """One RESP2 connection subscribed to the control channel and to data channels (the
     firehose, this instance's probe channel, and one channel per topic with local
     listeners, added and removed while it lives: :meth:`subscribe`, :meth:`unsubscribe`).
-    Not reused.
+    Not reused. An error reply fails the link, unless ``on_refused`` (given the error's
+    text) returns ``True``: handled.
 
     Attributes:
         received: publications on the data channels, ever (read by the delivery probe).
@@ -143,7 +144,9 @@ class SubscriberLink(asyncio.Protocol):
         initial: int = 2,
         on_subscribed: Callable[[bytes], None] | None = None,
         on_unsubscribed: Callable[[bytes], None] | None = None,
+        on_refused: Callable[[str], bool] | None = None,
     ) -> None:
+        self._on_refused = on_refused  # an error reply: True if handled, else the link fails
         self._initial = initial  # channels subscribed when opened: ``subscribed`` waits for them
         self._on_subscribed = on_subscribed
         self._on_unsubscribed = on_unsubscribed or _ignore_channel
@@ -261,8 +264,13 @@ class SubscriberLink(asyncio.Protocol):
         if reply in _PONGS:
             self._pong()
         elif isinstance(reply, hiredis.ReplyError):
-            self._fail(RuntimeError(f"redis refused: {reply}"))
+            self._refused(str(reply))
         # +OK (AUTH): nothing to do
+
+    def _refused(self, error: str) -> None:
+        """An error reply: ``on_refused`` handles it, or the link fails."""
+        if self._on_refused is None or not self._on_refused(error):
+            self._fail(RuntimeError(f"redis refused: {error}"))
 
     def _pong(self) -> None:
         """The answer to the oldest PING written: resolve its barriers."""

@@ -12,10 +12,12 @@ history and channel), all expiring ``PRESENCE_TTL`` after the last write:
 
 The Function library (:mod:`realtime.redis_functions`) changes them atomically:
 ``FCALL <p>_presence 1 <set> <topic> <ttl> <n> [<client> <user> <entry>]*n [<client>]*``
-prunes up to 1,000 expired entries, upserts ``n`` entries and removes the rest, and, on a
+(``ttl``: 1 to 86,400 s, else an error before any write) prunes up to 1,000 expired
+entries, upserts ``n`` entries and removes the rest, and, on a
 topic whose rule has ``join_leave``, publishes ``{"topic", "presence": "join"|"leave",
 "entry"}`` on the topic's channel (``SPUBLISH`` on a Cluster) for each entry that was new
-or was removed (:func:`realtime.envelope.decode_presence_event`).
+or was removed (an upsert of a present client with another entry is both)
+(:func:`realtime.envelope.decode_presence_event`).
 ``FCALL <p>_presence_get 1 <set> <topic> <limit>`` prunes, then answers the counts and,
 up to ``limit`` entries, the list.
 """
@@ -75,7 +77,7 @@ class RedisPresence:
         """
         connections, users, entries = await self._library().presence_get(topic, limit)
         clients = None
-        if limit and connections <= limit:
+        if limit and connections <= limit and len(entries) == connections:
             decoded = [orjson.loads(entry) for entry in entries]
             clients = sorted(decoded, key=lambda item: str(item.get("client")))
         return PresenceSnapshot(connections, users, clients)

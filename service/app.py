@@ -91,6 +91,28 @@ def make_broker(broker: BrokerSettings, *, write_interval: float, policy: TopicP
     return MemoryBroker()
 
 
+def make_publisher(
+    broker: BrokerSettings, *, policy: TopicPolicy = DEFAULT_POLICY
+) -> RedisBroker | ClusterBroker | None:
+    """A started publishing-only broker for the command line (``realtime publish``,
+    ``realtime history``, revocations): on ``REDIS_CLUSTER_NODES`` when set, else on
+    ``REDIS_URL``; ``None`` when neither is set. The caller closes it.
+
+    Args:
+        broker: the broker settings.
+        policy: the topic policy (the history library is loaded from it where missing).
+    """
+    publisher: RedisBroker | ClusterBroker
+    if broker.redis_cluster_nodes:
+        publisher = ClusterBroker(broker.redis_cluster_nodes, channel=broker.redis_channel, policy=policy)
+    elif broker.redis_url:
+        publisher = RedisBroker(broker.redis_url, channel=broker.redis_channel, policy=policy)
+    else:
+        return None
+    publisher.start_publisher()
+    return publisher
+
+
 def create_app(settings: Settings, *, key_store: KeyStore | None = None) -> web.Application:
     """Build the whole server.
 

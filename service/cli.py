@@ -1,5 +1,5 @@
-"""The ``realtime`` command line: ``serve``, ``keys``, ``publish``, ``history``, ``listen``, ``migrate``,
-``users``, ``apikeys``."""
+"""The ``realtime`` command line: ``serve``, ``keys``, ``publish``, ``history``, ``presence``, ``listen``,
+``migrate``, ``users``, ``apikeys``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import os
 import sys
+from typing import Any
 
 import orjson
 
@@ -15,6 +16,7 @@ from db import cli as db_cli
 from keys import cli as keys_cli
 from realtime.client_positions import Position, parse_since_option
 from realtime.errors import RealtimeError, SettingsError
+from realtime.presence import BadClientInfo, check_client_info
 from realtime.settings import BrokerSettings, Settings
 
 
@@ -50,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         "--api-key", default=os.environ.get("REALTIME_API_KEY", ""), help="API key for --url (env REALTIME_API_KEY)"
     )
     _add_history_parser(sub)
+    _add_presence_parser(sub)
     lis = sub.add_parser("listen", help="print messages on topics as they arrive (a debugging tool)")
     lis.add_argument("topics", nargs="+", metavar="TOPIC")
     lis.add_argument(
@@ -71,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TOPIC=OFFSET:EPOCH",
         help="resume TOPIC after this position (a MESSAGE line's offset and epoch): first print what "
         "history still holds after it (repeatable; topics with history only)",
+    )
+    lis.add_argument(
+        "--client-info",
+        type=_client_info,
+        metavar="JSON",
+        help='what others see of this listener in presence, a small JSON object: \'{"device":"laptop"}\'',
     )
     return parser
 
@@ -103,6 +112,35 @@ def _add_history_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
 
 
+def _add_presence_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pres = sub.add_parser(
+        "presence",
+        help="print who listens to a topic, on every instance",
+        description="Print one JSON line {topic, connections, users, clients} on stdout "
+        "(clients left out with --stats, or beyond PRESENCE_MAX_CLIENTS).",
+    )
+    pres.add_argument("topic")
+    pres.add_argument("--stats", action="store_true", help="the counts only")
+    pres.add_argument(
+        "--url",
+        default=os.environ.get("REALTIME_URL", ""),
+        help="read through this server's GET /presence instead of Redis (env REALTIME_URL)",
+    )
+    pres.add_argument(
+        "--api-key", default=os.environ.get("REALTIME_API_KEY", ""), help="API key for --url (env REALTIME_API_KEY)"
+    )
+
+
+def _client_info(text: str) -> dict[str, Any]:
+    """``--client-info`` as a checked JSON object; argparse reports a bad one with its reason."""
+    try:
+        return check_client_info(orjson.loads(text))
+    except orjson.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"not JSON: {text!r}") from None
+    except BadClientInfo as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("data.")) from None
+
+
 def _count(value: str) -> int:
     if not (value.isascii() and value.isdigit()):
         raise argparse.ArgumentTypeError(f"not a non-negative integer: {value!r}")
@@ -129,12 +167,23 @@ def main(argv: list[str] | None = None) -> int:
             from realtime.client_cli import listen_command
 
             return asyncio.run(
-                listen_command(args.url, args.topics, api_key=args.api_key, scope=args.scope, since=dict(args.since))
+                listen_command(
+                    args.url,
+                    args.topics,
+                    api_key=args.api_key,
+                    scope=args.scope,
+                    since=dict(args.since),
+                    client_info=args.client_info,
+                )
             )
         if args.command == "history":
             from service.history_cli import history_command
 
             return asyncio.run(history_command(args))
+        if args.command == "presence":
+            from service.presence_cli import presence_command
+
+            return asyncio.run(presence_command(args))
         return asyncio.run(_publish(args))
     except (RealtimeError, DatabaseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -178,10 +227,11 @@ async def _publish(args: argparse.Namespace) -> int:
     if args.url:
         return await _publish_http(args.url, args.api_key, args.topic, message)
     broker_settings = settings.broker
-    if not broker_settings.redis_url:
+    if not (broker_settings.redis_url or broker_settings.redis_cluster_nodes):
         print(
-            "error: REDIS_URL is not set. The memory broker lives inside one server process; "
-            "set REDIS_URL, or pass --url http://host:port --api-key KEY to publish through a server.",
+            "error: REDIS_URL is not set (nor REDIS_CLUSTER_NODES). The memory broker lives inside one "
+            "server process; set REDIS_URL, or pass --url http://host:port --api-key KEY to publish "
+            "through a server.",
             file=sys.stderr,
         )
         return 2
@@ -192,10 +242,10 @@ async def _publish(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from realtime.envelope import message_text
-    from realtime.redis_broker import RedisBroker
+    from service.app import make_publisher
 
-    broker = RedisBroker(broker_settings.redis_url, channel=broker_settings.redis_channel, policy=policy)
-    broker.start_publisher()
+    broker = make_publisher(broker_settings, policy=policy)
+    assert broker is not None
     try:
         position = await broker.publish(args.topic, message_text(message), rule)
     finally:
@@ -206,19 +256,21 @@ async def _publish(args: argparse.Namespace) -> int:
 
 
 async def _announce_revocation(redis: BrokerSettings, sub: str) -> None:
-    """Tell every running instance (through Redis) to end the WS tokens of ``sub``."""
-    if not redis.redis_url:
+    """Tell every running instance (through Redis, or the Redis Cluster) to end the WS
+    tokens of ``sub``."""
+    from service.app import make_publisher
+
+    broker = make_publisher(redis)
+    if broker is None:
         print(
-            "note: REDIS_URL is not set, so running servers were not told: WS tokens already issued to "
-            f"user {sub} stay valid until they expire (WS_TOKEN_TTL), unless revoked with POST /auth/ws/revoke",
+            "note: REDIS_URL is not set (nor REDIS_CLUSTER_NODES), so running servers were not told: WS "
+            f"tokens already issued to user {sub} stay valid until they expire (WS_TOKEN_TTL), unless "
+            "revoked with POST /auth/ws/revoke",
             file=sys.stderr,
         )
         return
     from realtime.envelope import revocation_message
-    from realtime.redis_broker import RedisBroker
 
-    broker = RedisBroker(redis.redis_url, channel=redis.redis_channel)
-    broker.start_publisher()
     try:
         await broker.publish_control(revocation_message(sub=sub))
     finally:

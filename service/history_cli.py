@@ -1,7 +1,8 @@
 """``realtime history TOPIC [--since N] [--limit N]``: print a topic's kept publications.
 
 Through a server's ``GET /history/{topic}`` with ``--url`` (env ``REALTIME_URL``) and
-``--api-key`` (env ``REALTIME_API_KEY``), else straight from Redis (``REDIS_URL``).
+``--api-key`` (env ``REALTIME_API_KEY``), else straight from Redis (``REDIS_CLUSTER_NODES``
+when set, else ``REDIS_URL``).
 
 Output, for scripts: one JSON line ``{"offset": int, "message": str}`` per publication on
 stdout, oldest first; then one line on stderr,
@@ -11,7 +12,7 @@ publications after ``--since`` are no longer kept. The next page is
 
 Exit status: 0 printed; 1 the server refused (any 4xx/5xx: the status and body on stderr)
 or could not be reached; 2 a malformed topic, a ``--limit`` over 1000, no ``--url`` nor
-``REDIS_URL``, and, reading Redis, a topic the policy does not know or that keeps no
+``REDIS_URL`` nor ``REDIS_CLUSTER_NODES``, and, reading Redis, a topic the policy does not know or that keeps no
 history, or Redis unavailable.
 """
 
@@ -98,10 +99,11 @@ async def _read_http(url: str, api_key: str, topic: str, *, since: int, limit: i
 async def _read_redis(topic: str, *, since: int, limit: int) -> dict[str, Any] | int:
     settings = Settings.from_env()
     broker_settings = settings.broker
-    if not broker_settings.redis_url:
+    if not (broker_settings.redis_url or broker_settings.redis_cluster_nodes):
         print(
-            "error: REDIS_URL is not set. The memory broker's history lives inside one server process; "
-            "set REDIS_URL, or pass --url http://host:port --api-key KEY to read through a server.",
+            "error: REDIS_URL is not set (nor REDIS_CLUSTER_NODES). The memory broker's history lives "
+            "inside one server process; set REDIS_URL, or pass --url http://host:port --api-key KEY to "
+            "read through a server.",
             file=sys.stderr,
         )
         return 2
@@ -114,11 +116,11 @@ async def _read_redis(topic: str, *, since: int, limit: int) -> dict[str, Any] |
     if not rule.has_history:
         print(f"error: topic {parsed.topic} keeps no history (its rule's history_size is 0)", file=sys.stderr)
         return 2
-    from realtime.redis_broker import RedisBroker
+    from service.app import make_publisher
 
     # the policy too: a Redis without the library gets it loaded from this one
-    broker = RedisBroker(broker_settings.redis_url, channel=broker_settings.redis_channel, policy=policy)
-    broker.start_publisher()
+    broker = make_publisher(broker_settings, policy=policy)
+    assert broker is not None
     try:
         page = await broker.history(parsed.topic, since=since, limit=min(limit, rule.history_size), rule=rule)
     finally:

@@ -34,6 +34,7 @@ function shouldReconnect(code) {
 /**
  * The client's errors: `RealtimeError` (root, with a stable `code`) >
  * `ListenError` (the server answered a LISTEN or UNLISTEN with an error),
+ * `PresenceError` (the server answered a PRESENCE with an error),
  * `TokenError` (the token provider failed, e.g. `/auth/ws` answered 401 or 403),
  * `DisconnectedError` (the server closed with a code after which reconnecting would fail the
  * same way), `ClosedError` (the client was closed before the request was answered).
@@ -59,6 +60,19 @@ class ListenError extends RealtimeError {
         this.name = "ListenError";
         this.description = description;
         this.topics = topics;
+    }
+}
+/** The server refused a PRESENCE (or answered it without the counts: `ERR_SERVER`). */
+class PresenceError extends RealtimeError {
+    /** The server's `error_description`. */
+    description;
+    /** The topic asked about. */
+    topic;
+    constructor(code, description, topic) {
+        super(code, `${code}: ${description || "refused"} (${topic})`);
+        this.name = "PresenceError";
+        this.description = description;
+        this.topic = topic;
     }
 }
 /** The token provider failed; from the default one: `/auth/ws` refused (`status` 401 or 403). */
@@ -252,6 +266,68 @@ class Positions {
     }
 }
 
+/**
+ * Presence (README "Presence"): the checks of `clientInfo`, the same as the server's
+ * (`realtime/presence.py`), and what the client reads of PRESENCE answers and JOIN/LEAVE frames.
+ */
+/** Largest `clientInfo`, bytes of compact JSON (the server's limit). */
+const MAX_CLIENT_INFO_BYTES = 512;
+/** Deepest nesting of objects and arrays in `clientInfo` (the object itself is 1). */
+const MAX_CLIENT_INFO_DEPTH = 3;
+function isObject(value) {
+    return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+/**
+ * Check a `clientInfo` before it is sent with a LISTEN (the server refuses it otherwise).
+ *
+ * @returns `value`.
+ * @throws TypeError not a JSON object; RangeError nested deeper than 3 levels, or longer than
+ *   512 bytes as JSON.
+ */
+function checkClientInfo(value) {
+    if (!isObject(value))
+        throw new TypeError("clientInfo must be a JSON object");
+    const stack = [[value, 1]];
+    for (let item = stack.pop(); item !== undefined; item = stack.pop()) {
+        const [node, depth] = item;
+        if (node === null || typeof node !== "object")
+            continue;
+        if (depth > MAX_CLIENT_INFO_DEPTH) {
+            throw new RangeError(`clientInfo is nested deeper than ${MAX_CLIENT_INFO_DEPTH} levels`);
+        }
+        for (const child of Object.values(node))
+            stack.push([child, depth + 1]);
+    }
+    if (new TextEncoder().encode(JSON.stringify(value)).length > MAX_CLIENT_INFO_BYTES) {
+        throw new RangeError(`clientInfo is longer than ${MAX_CLIENT_INFO_BYTES} bytes as JSON`);
+    }
+    return value;
+}
+/** One presence entry, or `undefined` when `value` is not one. */
+function presenceClient(value) {
+    if (!isObject(value) || typeof value["client"] !== "string")
+        return undefined;
+    const user = typeof value["user"] === "string" ? value["user"] : null;
+    return { user, client: value["client"], info: isObject(value["info"]) ? value["info"] : {} };
+}
+/** A JOIN or LEAVE frame's `data` as an event, or `undefined` when malformed. */
+function presenceEvent(data) {
+    const entry = presenceClient(data);
+    if (entry === undefined || !isObject(data) || typeof data["topic"] !== "string")
+        return undefined;
+    return { topic: data["topic"], ...entry };
+}
+/** A PRESENCE RESPONSE's `data`, or `undefined` when it lacks the counts. */
+function presenceData(data) {
+    if (!isObject(data) || !Number.isInteger(data["connections"]) || !Number.isInteger(data["users"]))
+        return undefined;
+    const out = { connections: data["connections"], users: data["users"] };
+    if (Array.isArray(data["clients"])) {
+        out.clients = data["clients"].map(presenceClient).filter((c) => c !== undefined);
+    }
+    return out;
+}
+
 /** A small typed event emitter (`on`, `off`, `once`), the same in browsers and Node. */
 /** Emits the events of map `M` (event name -> payload) to listeners added with `on`. */
 class Emitter {
@@ -302,7 +378,8 @@ class Emitter {
  * provider refreshed before they expire, PING/PONG keepalive, reconnects with capped
  * exponential backoff (full jitter) unless the close code says not to, at once after
  * RECONNECT, re-LISTEN of every topic with its last offset and epoch as `since` (history
- * recovery) and duplicate offsets dropped.
+ * recovery) and duplicate offsets dropped. Presence: `clientInfo` with every LISTEN,
+ * `presence(topic)`, and `join`/`leave` events.
  */
 /** LISTEN refusals that may pass later: while (re)connecting they are retried with backoff. */
 const TRANSIENT_REFUSALS = new Set(["ERR_RATELIMIT", "ERR_SERVER"]);
@@ -356,6 +433,7 @@ class RealtimeClient extends Emitter {
     clock;
     random;
     opts;
+    clientInfo;
     listened = new Set();
     track;
     queue = [];
@@ -384,7 +462,9 @@ class RealtimeClient extends Emitter {
     reconnects = 0;
     /**
      * @throws Error no URL (and no page origin), or no WebSocket implementation.
-     * @throws RangeError a `since` entry out of range.
+     * @throws RangeError a `since` entry out of range, or a `clientInfo` nested deeper than 3 levels
+     *   or longer than 512 bytes as JSON.
+     * @throws TypeError a `clientInfo` that is not a JSON object.
      */
     constructor(options = {}) {
         super();
@@ -411,6 +491,7 @@ class RealtimeClient extends Emitter {
             responseTimeoutMs: options.responseTimeoutMs ?? 10_000,
         };
         this.track = new Positions(options.since);
+        this.clientInfo = options.clientInfo === undefined ? undefined : checkClientInfo(options.clientInfo);
         for (const topic of options.topics ?? [])
             this.listened.add(topic);
     }
@@ -470,14 +551,31 @@ class RealtimeClient extends Emitter {
         for (const topic of topics)
             this.listened.delete(topic);
         this.track.forget(topics);
-        for (const job of this.queue)
+        for (const job of this.queue) {
+            if (job.kind === "PRESENCE")
+                continue;
             job.topics = job.topics.filter((t) => !gone.has(t)); // not sent yet
-        for (const job of this.queue.filter((j) => !j.topics.length))
-            job.resolve();
-        this.queue.splice(0, this.queue.length, ...this.queue.filter((j) => j.topics.length));
+            if (!job.topics.length)
+                job.resolve();
+        }
+        this.queue.splice(0, this.queue.length, ...this.queue.filter((j) => j.kind === "PRESENCE" || j.topics.length));
         if (!this.ready)
             return Promise.resolve();
         return new Promise((resolve, reject) => this.run({ kind: "UNLISTEN", topics: [...topics], resolve, reject }));
+    }
+    /**
+     * Who listens to `topic` now, on every instance (connecting first if needed). Whoever may
+     * LISTEN to the topic may ask (and a token with `realtime:presence`); the topic's rule must
+     * keep presence. Sent with this client's token; if the connection drops before the answer,
+     * asked again on the next one.
+     *
+     * @throws PresenceError the server refused: `.code` is `ERR_BADAUTH` (e.g. another user's
+     *   `remote-control:command.<id>`), `ERR_BADTOPIC` (unknown, or its rule keeps no presence),
+     *   `ERR_RATELIMIT` (counts against `LISTEN_RATE`), `ERR_BADMESSAGE` or `ERR_SERVER`.
+     * @throws TokenError the token provider refused; ClosedError the client was closed.
+     */
+    presence(topic) {
+        return new Promise((resolve, reject) => this.run({ kind: "PRESENCE", topic, resolve, reject }));
     }
     /** Close the connection and stop; pending requests reject with `ClosedError`. */
     close() {
@@ -637,6 +735,13 @@ class RealtimeClient extends Emitter {
                 this.track.gap(topics);
                 return this.emit("gap", { topics, reason: typeof data.reason === "string" ? data.reason : undefined });
             }
+            case "JOIN":
+            case "LEAVE": {
+                const event = presenceEvent(frame.data);
+                if (event !== undefined)
+                    this.emit(frame.type === "JOIN" ? "join" : "leave", event);
+                return;
+            }
             case "AUTH_REVOKED": {
                 const topics = strings(data.topics);
                 for (const topic of topics)
@@ -686,17 +791,24 @@ class RealtimeClient extends Emitter {
     async perform(ws, job) {
         let reply;
         try {
-            reply =
-                job.kind === "LISTEN"
-                    ? await this.sendListen(ws, job.topics, true)
-                    : await this.request(ws, "UNLISTEN", { topics: job.topics });
+            if (job.kind === "PRESENCE")
+                reply = await this.requestWithToken(ws, "PRESENCE", { topic: job.topic });
+            else if (job.kind === "LISTEN")
+                reply = await this.sendListen(ws, job.topics, true);
+            else
+                reply = await this.request(ws, "UNLISTEN", { topics: job.topics });
         }
         catch (err) {
             if (!(err instanceof LostError))
                 return job.reject(err);
-            return job.kind === "LISTEN" ? this.run(job) : job.resolve(); // sent again on the next connection
+            if (job.kind === "UNLISTEN")
+                return job.resolve();
+            // sent again on the next connection; `ws` closing (its close event not yet fired): wait for it
+            return this.ws === ws ? void this.queue.push(job) : this.run(job);
         }
         const code = typeof reply.error === "string" ? reply.error : "";
+        if (job.kind === "PRESENCE")
+            return this.answered(job, code, reply);
         if (code) {
             if (job.kind === "LISTEN")
                 this.track.forget(job.topics.filter((t) => !this.listened.has(t)));
@@ -707,22 +819,36 @@ class RealtimeClient extends Emitter {
                 this.listened.add(topic);
         job.resolve();
     }
-    /** LISTEN with a token (one retry with a fresh token after ERR_BADAUTH); the RESPONSE. */
-    async sendListen(ws, topics, withSince) {
+    /** Settle a PRESENCE job by its RESPONSE (`code`: its error, "" for none). */
+    answered(job, code, reply) {
+        const data = code ? undefined : presenceData(reply.data);
+        if (data !== undefined)
+            return job.resolve(data);
+        const description = code ? String(reply.error_description ?? "") : "the answer has no counts";
+        job.reject(new PresenceError(code || "ERR_SERVER", description, job.topic));
+    }
+    /** LISTEN with `clientInfo` and a token (see `requestWithToken`); the RESPONSE. */
+    sendListen(ws, topics, withSince) {
         const data = { topics };
         const since = withSince ? this.track.since(topics) : undefined;
         if (since !== undefined)
             data["since"] = since;
+        if (this.clientInfo !== undefined)
+            data["client_info"] = this.clientInfo;
+        return this.requestWithToken(ws, "LISTEN", data);
+    }
+    /** `type` with the current token, once more with a fresh one after ERR_BADAUTH; the RESPONSE. */
+    async requestWithToken(ws, type, data) {
         let token = await this.currentToken();
         if (token !== null)
             data["auth_token"] = token;
-        let reply = await this.request(ws, "LISTEN", data);
+        let reply = await this.request(ws, type, data);
         if (reply.error === "ERR_BADAUTH" && token !== null) {
             this.dropToken(); // maybe expired or revoked: once more with a fresh one
             token = await this.currentToken();
             if (token !== null)
                 data["auth_token"] = token;
-            reply = await this.request(ws, "LISTEN", data);
+            reply = await this.request(ws, type, data);
         }
         return reply;
     }
@@ -825,5 +951,5 @@ class RealtimeClient extends Emitter {
 
 const VERSION = "0.1.0";
 
-export { RealtimeClient, ClosedError, DisconnectedError, ListenError, RealtimeError, TokenError, CLOSE_CODES, shouldReconnect, backoffDelay, Positions, checkPosition, authWsProvider, tokenClaims, tokenLifetime, Emitter, VERSION };
+export { RealtimeClient, ClosedError, DisconnectedError, ListenError, PresenceError, RealtimeError, TokenError, CLOSE_CODES, shouldReconnect, backoffDelay, Positions, checkPosition, MAX_CLIENT_INFO_BYTES, MAX_CLIENT_INFO_DEPTH, checkClientInfo, authWsProvider, tokenClaims, tokenLifetime, Emitter, VERSION };
 

@@ -15,6 +15,7 @@ from aiohttp import ClientWebSocketResponse
 from http_api.appkeys import NODE
 from realtime.settings import parse_api_keys
 from tests.conftest import OTHER_KEY, USER_KEY, AppFactory, assert_silent, recv, send, wait_for, ws_token
+from tests.integration.test_metrics import scrape
 
 CHAT_POLICY = """
 [topics."remote-control:command"]
@@ -165,6 +166,11 @@ async def test_join_and_leave_in_process(make_client: AppFactory, chat_policy: s
         assert left["data"]["client"] == bob and left["data"]["info"] == {"nick": "bob"}
         data = (await presence(a, ROOM))["data"]
         assert (data["connections"], data["users"]) == (1, 0)  # anonymous: no user counted
+        metrics = await scrape(client)
+        assert metrics[("realtime_presence_entries", ())] == 1
+        assert metrics[("realtime_presence_events_total", ())] == 4  # a: JOIN a, JOIN b, LEAVE b; b: JOIN b
+        assert metrics[("realtime_presence_writes_total", ())] >= 2
+        assert metrics[("realtime_presence_write_failures_total", ())] == 0
 
 
 async def test_presence_agrees_across_instances(

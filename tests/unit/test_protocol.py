@@ -48,6 +48,12 @@ class SetOwner:
         assert key == "conn-1"
         self.index.discard(topic)
 
+    def renew(self, key: object, topics: list[Listen]) -> None:
+        self.events.extend(f"renew {item.topic} {item.user}" for item in topics)
+
+    def presence_request(self, key: object, nonce: str, topic: Topic, rule: object) -> None:
+        self.events.append(f"presence {nonce} {topic}")
+
     def admit_sub(self, key: object, sub: str) -> bool:
         return self.admit
 

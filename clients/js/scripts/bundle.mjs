@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const dist = join(root, "dist");
-const ORDER = ["closeCodes", "errors", "backoff", "tokens", "positions", "emitter", "types", "client"];
+const ORDER = ["closeCodes", "errors", "backoff", "tokens", "positions", "presence", "emitter", "types", "client"];
 const { version } = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
 
 function body(name) {

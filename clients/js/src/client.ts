@@ -5,18 +5,21 @@
  * provider refreshed before they expire, PING/PONG keepalive, reconnects with capped
  * exponential backoff (full jitter) unless the close code says not to, at once after
  * RECONNECT, re-LISTEN of every topic with its last offset and epoch as `since` (history
- * recovery) and duplicate offsets dropped.
+ * recovery) and duplicate offsets dropped. Presence: `clientInfo` with every LISTEN,
+ * `presence(topic)`, and `join`/`leave` events.
  */
 
 import { backoffDelay } from "./backoff.js";
 import { CLOSE_CODES, shouldReconnect } from "./closeCodes.js";
 import { Emitter } from "./emitter.js";
-import { ClosedError, DisconnectedError, ListenError, RealtimeError, TokenError } from "./errors.js";
+import { ClosedError, DisconnectedError, ListenError, PresenceError, RealtimeError, TokenError } from "./errors.js";
 import { Positions, type Position } from "./positions.js";
+import { checkClientInfo, presenceData, presenceEvent } from "./presence.js";
 import { authWsProvider, tokenLifetime, type TokenProvider } from "./tokens.js";
 import type {
   Clock,
   ListenOptions,
+  PresenceData,
   RealtimeClientOptions,
   RealtimeEvents,
   WebSocketConstructor,
@@ -41,12 +44,14 @@ interface Frame {
 }
 
 /** A request of the caller's, kept until a connection answers it. */
-interface Job {
-  kind: "LISTEN" | "UNLISTEN";
-  topics: string[]; // a queued LISTEN loses those unlistened before it is sent
-  resolve: () => void;
-  reject: (error: Error) => void;
-}
+type Job =
+  | {
+      kind: "LISTEN" | "UNLISTEN";
+      topics: string[]; // a queued LISTEN loses those unlistened before it is sent
+      resolve: () => void;
+      reject: (error: Error) => void;
+    }
+  | { kind: "PRESENCE"; topic: string; resolve: (data: PresenceData) => void; reject: (error: Error) => void };
 
 /** A request on the wire, waiting for its RESPONSE. */
 interface Pending {
@@ -116,6 +121,7 @@ export class RealtimeClient extends Emitter<RealtimeEvents> {
       | "responseTimeoutMs"
     >
   >;
+  private readonly clientInfo: Record<string, unknown> | undefined;
   private readonly listened = new Set<string>();
   private readonly track: Positions;
   private readonly queue: Job[] = [];
@@ -145,7 +151,9 @@ export class RealtimeClient extends Emitter<RealtimeEvents> {
 
   /**
    * @throws Error no URL (and no page origin), or no WebSocket implementation.
-   * @throws RangeError a `since` entry out of range.
+   * @throws RangeError a `since` entry out of range, or a `clientInfo` nested deeper than 3 levels
+   *   or longer than 512 bytes as JSON.
+   * @throws TypeError a `clientInfo` that is not a JSON object.
    */
   constructor(options: RealtimeClientOptions = {}) {
     super();
@@ -170,6 +178,7 @@ export class RealtimeClient extends Emitter<RealtimeEvents> {
       responseTimeoutMs: options.responseTimeoutMs ?? 10_000,
     };
     this.track = new Positions(options.since);
+    this.clientInfo = options.clientInfo === undefined ? undefined : checkClientInfo(options.clientInfo);
     for (const topic of options.topics ?? []) this.listened.add(topic);
   }
 
@@ -232,11 +241,29 @@ export class RealtimeClient extends Emitter<RealtimeEvents> {
     const gone = new Set(topics);
     for (const topic of topics) this.listened.delete(topic);
     this.track.forget(topics);
-    for (const job of this.queue) job.topics = job.topics.filter((t) => !gone.has(t)); // not sent yet
-    for (const job of this.queue.filter((j) => !j.topics.length)) job.resolve();
-    this.queue.splice(0, this.queue.length, ...this.queue.filter((j) => j.topics.length));
+    for (const job of this.queue) {
+      if (job.kind === "PRESENCE") continue;
+      job.topics = job.topics.filter((t) => !gone.has(t)); // not sent yet
+      if (!job.topics.length) job.resolve();
+    }
+    this.queue.splice(0, this.queue.length, ...this.queue.filter((j) => j.kind === "PRESENCE" || j.topics.length));
     if (!this.ready) return Promise.resolve();
     return new Promise((resolve, reject) => this.run({ kind: "UNLISTEN", topics: [...topics], resolve, reject }));
+  }
+
+  /**
+   * Who listens to `topic` now, on every instance (connecting first if needed). Whoever may
+   * LISTEN to the topic may ask (and a token with `realtime:presence`); the topic's rule must
+   * keep presence. Sent with this client's token; if the connection drops before the answer,
+   * asked again on the next one.
+   *
+   * @throws PresenceError the server refused: `.code` is `ERR_BADAUTH` (e.g. another user's
+   *   `remote-control:command.<id>`), `ERR_BADTOPIC` (unknown, or its rule keeps no presence),
+   *   `ERR_RATELIMIT` (counts against `LISTEN_RATE`), `ERR_BADMESSAGE` or `ERR_SERVER`.
+   * @throws TokenError the token provider refused; ClosedError the client was closed.
+   */
+  presence(topic: string): Promise<PresenceData> {
+    return new Promise((resolve, reject) => this.run({ kind: "PRESENCE", topic, resolve, reject }));
   }
 
   /** Close the connection and stop; pending requests reject with `ClosedError`. */
@@ -382,6 +409,12 @@ export class RealtimeClient extends Emitter<RealtimeEvents> {
         this.track.gap(topics);
         return this.emit("gap", { topics, reason: typeof data.reason === "string" ? data.reason : undefined });
       }
+      case "JOIN":
+      case "LEAVE": {
+        const event = presenceEvent(frame.data);
+        if (event !== undefined) this.emit(frame.type === "JOIN" ? "join" : "leave", event);
+        return;
+      }
       case "AUTH_REVOKED": {
         const topics = strings(data.topics);
         for (const topic of topics) this.listened.delete(topic);
@@ -431,15 +464,17 @@ export class RealtimeClient extends Emitter<RealtimeEvents> {
   private async perform(ws: WebSocketLike, job: Job): Promise<void> {
     let reply: Frame;
     try {
-      reply =
-        job.kind === "LISTEN"
-          ? await this.sendListen(ws, job.topics, true)
-          : await this.request(ws, "UNLISTEN", { topics: job.topics });
+      if (job.kind === "PRESENCE") reply = await this.requestWithToken(ws, "PRESENCE", { topic: job.topic });
+      else if (job.kind === "LISTEN") reply = await this.sendListen(ws, job.topics, true);
+      else reply = await this.request(ws, "UNLISTEN", { topics: job.topics });
     } catch (err) {
       if (!(err instanceof LostError)) return job.reject(err as Error);
-      return job.kind === "LISTEN" ? this.run(job) : job.resolve(); // sent again on the next connection
+      if (job.kind === "UNLISTEN") return job.resolve();
+      // sent again on the next connection; `ws` closing (its close event not yet fired): wait for it
+      return this.ws === ws ? void this.queue.push(job) : this.run(job);
     }
     const code = typeof reply.error === "string" ? reply.error : "";
+    if (job.kind === "PRESENCE") return this.answered(job, code, reply);
     if (code) {
       if (job.kind === "LISTEN") this.track.forget(job.topics.filter((t) => !this.listened.has(t)));
       return job.reject(new ListenError(code, String(reply.error_description ?? ""), job.topics));
@@ -448,19 +483,33 @@ export class RealtimeClient extends Emitter<RealtimeEvents> {
     job.resolve();
   }
 
-  /** LISTEN with a token (one retry with a fresh token after ERR_BADAUTH); the RESPONSE. */
-  private async sendListen(ws: WebSocketLike, topics: string[], withSince: boolean): Promise<Frame> {
+  /** Settle a PRESENCE job by its RESPONSE (`code`: its error, "" for none). */
+  private answered(job: Extract<Job, { kind: "PRESENCE" }>, code: string, reply: Frame): void {
+    const data = code ? undefined : presenceData(reply.data);
+    if (data !== undefined) return job.resolve(data);
+    const description = code ? String(reply.error_description ?? "") : "the answer has no counts";
+    job.reject(new PresenceError(code || "ERR_SERVER", description, job.topic));
+  }
+
+  /** LISTEN with `clientInfo` and a token (see `requestWithToken`); the RESPONSE. */
+  private sendListen(ws: WebSocketLike, topics: string[], withSince: boolean): Promise<Frame> {
     const data: Record<string, unknown> = { topics };
     const since = withSince ? this.track.since(topics) : undefined;
     if (since !== undefined) data["since"] = since;
+    if (this.clientInfo !== undefined) data["client_info"] = this.clientInfo;
+    return this.requestWithToken(ws, "LISTEN", data);
+  }
+
+  /** `type` with the current token, once more with a fresh one after ERR_BADAUTH; the RESPONSE. */
+  private async requestWithToken(ws: WebSocketLike, type: string, data: Record<string, unknown>): Promise<Frame> {
     let token = await this.currentToken();
     if (token !== null) data["auth_token"] = token;
-    let reply = await this.request(ws, "LISTEN", data);
+    let reply = await this.request(ws, type, data);
     if (reply.error === "ERR_BADAUTH" && token !== null) {
       this.dropToken(); // maybe expired or revoked: once more with a fresh one
       token = await this.currentToken();
       if (token !== null) data["auth_token"] = token;
-      reply = await this.request(ws, "LISTEN", data);
+      reply = await this.request(ws, type, data);
     }
     return reply;
   }

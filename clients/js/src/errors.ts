@@ -1,6 +1,7 @@
 /**
  * The client's errors: `RealtimeError` (root, with a stable `code`) >
  * `ListenError` (the server answered a LISTEN or UNLISTEN with an error),
+ * `PresenceError` (the server answered a PRESENCE with an error),
  * `TokenError` (the token provider failed, e.g. `/auth/ws` answered 401 or 403),
  * `DisconnectedError` (the server closed with a code after which reconnecting would fail the
  * same way), `ClosedError` (the client was closed before the request was answered).
@@ -34,6 +35,22 @@ export class ListenError extends RealtimeError {
     this.name = "ListenError";
     this.description = description;
     this.topics = topics;
+  }
+}
+
+/** The server refused a PRESENCE (or answered it without the counts: `ERR_SERVER`). */
+export class PresenceError extends RealtimeError {
+  declare readonly code: ListenErrorCode | string;
+  /** The server's `error_description`. */
+  readonly description: string;
+  /** The topic asked about. */
+  readonly topic: string;
+
+  constructor(code: string, description: string, topic: string) {
+    super(code, `${code}: ${description || "refused"} (${topic})`);
+    this.name = "PresenceError";
+    this.description = description;
+    this.topic = topic;
   }
 }
 

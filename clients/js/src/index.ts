@@ -5,13 +5,14 @@
  */
 
 export { RealtimeClient } from "./client.js";
-export { ClosedError, DisconnectedError, ListenError, RealtimeError, TokenError } from "./errors.js";
+export { ClosedError, DisconnectedError, ListenError, PresenceError, RealtimeError, TokenError } from "./errors.js";
 export type { ListenErrorCode } from "./errors.js";
 export { CLOSE_CODES, shouldReconnect } from "./closeCodes.js";
 export type { CloseCodeRow } from "./closeCodes.js";
 export { backoffDelay } from "./backoff.js";
 export { Positions, checkPosition } from "./positions.js";
 export type { Position } from "./positions.js";
+export { MAX_CLIENT_INFO_BYTES, MAX_CLIENT_INFO_DEPTH, checkClientInfo } from "./presence.js";
 export { authWsProvider, tokenClaims, tokenLifetime } from "./tokens.js";
 export type { TokenInfo, TokenProvider } from "./tokens.js";
 export { Emitter } from "./emitter.js";
@@ -19,6 +20,9 @@ export type { Listener } from "./emitter.js";
 export type {
   Clock,
   ListenOptions,
+  PresenceClient,
+  PresenceData,
+  PresenceEvent,
   RealtimeClientOptions,
   RealtimeEvents,
   RealtimeMessage,

@@ -35,6 +35,12 @@ export interface RealtimeClientOptions {
   /** Positions to resume from, `{topic: {offset, epoch}}` (a previous client's `positions`). */
   since?: Record<string, Position>;
   /**
+   * What others see of this client in presence and in `join`/`leave` (a JSON object of at most
+   * 512 bytes nested at most 3 deep, e.g. `{device: "living room tv"}`; never a secret). Sent
+   * with every LISTEN, on every connection.
+   */
+  clientInfo?: Record<string, unknown>;
+  /**
    * Returns a WS token (or `{token, expiresIn}`, or `null` for none). Default: `POST /auth/ws`
    * on the server with `credentials: "include"` (a logged-in page's session cookie).
    * `null`: send no token (public topics only).
@@ -73,12 +79,41 @@ export interface RealtimeMessage {
   epoch?: string;
 }
 
+/** One listening connection in a topic's presence. */
+export interface PresenceClient {
+  /** The `sub` of the token its LISTEN carried; `null` without one. */
+  user: string | null;
+  /** An opaque id of the connection (random per server start; never an address). */
+  client: string;
+  /** Its LISTEN's `clientInfo` (`{}` without one). */
+  info: Record<string, unknown>;
+}
+
+/** What `presence(topic)` resolves to: who listens to the topic, on every instance. */
+export interface PresenceData {
+  /** Listening connections. */
+  connections: number;
+  /** Distinct users among them (connections without a token are not counted). */
+  users: number;
+  /** The connections, sorted by `client`; absent when more than the server's `PRESENCE_MAX_CLIENTS`. */
+  clients?: PresenceClient[];
+}
+
+/** A connection started (`join`) or stopped (`leave`) listening to `topic`. */
+export interface PresenceEvent extends PresenceClient {
+  topic: string;
+}
+
 /** The events and what each listener receives. */
 export interface RealtimeEvents {
   /** A publication (duplicates of one already delivered are dropped). */
   message: RealtimeMessage;
   /** Publications on these topics may have been missed: refetch their state. */
   gap: { topics: string[]; reason: string | undefined };
+  /** On a topic whose rule has `join_leave`: a connection started listening (this client's own too). */
+  join: PresenceEvent;
+  /** The same when one stopped (UNLISTEN, close, token expiry, its server stopped or died). */
+  leave: PresenceEvent;
   /** These topics stopped (their token expired or was revoked); `listen()` again to retry. */
   authRevoked: { topics: string[] };
   /** The client waits `delay` ms before it connects again. */
