@@ -523,6 +523,7 @@ class Node:
             key.send_payload(response(nonce, ERR_SERVER, "presence could not be read; try again"))
             return
         key.send_payload(data_response(nonce, snapshot.as_data()))
+        key.flush()  # an answer, not a stream: not held back by the write pacing
 
     def granted(self, key: SendQueue, grant: Grant) -> None:
         """Arm the expiry of ``grant``'s topics on ``key``."""

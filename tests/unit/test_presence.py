@@ -11,6 +11,7 @@ import pytest
 
 from realtime.errors import BrokerUnavailable
 from realtime.presence import (
+    BATCH_WINDOW,
     MAX_CLIENT_INFO_BYTES,
     BadClientInfo,
     MemoryPresence,
@@ -117,8 +118,7 @@ class CountingStore(MemoryPresence):
 
 
 async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await asyncio.sleep(BATCH_WINDOW * 3)
 
 
 async def test_joins_of_one_pass_are_one_store_call() -> None:
@@ -195,3 +195,14 @@ async def test_concurrent_reads_of_one_topic_share_one_store_read() -> None:
     assert reads == 1 and all(r == results[0] for r in results)
     await presence.read("t", QUIET, counts_only=True)
     assert reads == 2
+
+
+async def test_a_read_waits_for_this_instances_pending_changes_of_its_topic() -> None:
+    store = CountingStore()
+    presence = Presence(store, ttl=60)
+    presence.join("t", QUIET, presence.client_id("a"), "7", None)
+    assert (await presence.read("t", QUIET)).connections == 1  # no settle(): the read waited for the batch
+    presence.leave("t", presence.client_id("a"))
+    assert (await presence.read("t", QUIET)).connections == 0
+    assert (await presence.read("other", QUIET)).connections == 0  # nothing pending there: no wait
+    await presence.close()
