@@ -123,8 +123,9 @@ class FlushScheduler:
         else:
             self.flush()
 
-    def flush(self) -> None:
-        """Write every dirty connection's pending frames now (and cancel the scheduled pass)."""
+    def flush(self) -> int:
+        """Write every dirty connection's pending frames now (and cancel the scheduled pass);
+        returns how many frames were written."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -140,6 +141,7 @@ class FlushScheduler:
         if self._interval:
             merged = frames >= 2 * len(dirty)
             self._spacing = flush_spacing(self._interval, time.monotonic() - start) if merged else self._interval
+        return frames
 
     def close(self) -> None:
         """Release the pacing timer; later frames are flushed on the next pass, unpaced."""
