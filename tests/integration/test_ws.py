@@ -238,8 +238,10 @@ async def test_a_long_merging_flush_stretches_the_spacing_of_the_next() -> None:
     for frames_per_write, stretched in ((3, True), (1, False)):
         scheduler = FlushScheduler(asyncio.get_running_loop(), interval=0.1)
         flushed: list[float] = []
-        slow = type("Conn", (), {"id": "slow", "flush": lambda self, n=frames_per_write: time.sleep(0.12) or n})()
-        conn = type("Conn", (), {"id": "c", "flush": lambda self, out=flushed: out.append(time.monotonic()) or 1})()
+        slow_flush = lambda self, n=frames_per_write: time.sleep(0.12) or n  # noqa: E731
+        slow = type("Conn", (), {"id": "slow", "flush": slow_flush, "flushed_at": -1e9})()
+        flush = lambda self, out=flushed: out.append(time.monotonic()) or 1  # noqa: E731
+        conn = type("Conn", (), {"id": "c", "flush": flush, "flushed_at": time.monotonic()})()  # getting a stream
         scheduler.mark(slow)
         start = time.monotonic()
         scheduler.flush()
