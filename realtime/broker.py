@@ -64,10 +64,11 @@ class BrokerEventHandler(Protocol):
         the next subscription): LISTENs waiting on them may be answered."""
         ...
 
-    def on_batch_end(self) -> bool:
+    def on_batch_end(self) -> int:
         """A burst of :meth:`on_publication` calls read together ended: write them out now.
-        Returns ``True`` if the burst delivered a publication to a local listener (the
-        broker may then pace its next read)."""
+        Returns how many frames were written (at least 1) if the burst delivered a
+        publication to a local listener, else 0 (the broker may then pace its next read:
+        :class:`realtime.read_pacing.ReadPacer`)."""
         ...
 
 

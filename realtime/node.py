@@ -208,14 +208,14 @@ class Node:
         self.stats.count_delivered(len(listeners))
         self._batch_delivered = True
 
-    def on_batch_end(self) -> bool:
+    def on_batch_end(self) -> int:
         """Write out what a burst of :meth:`on_publication` calls queued, now rather than on
-        the scheduled pass; returns ``True`` if the burst delivered any publication here."""
+        the scheduled pass; returns the frames written (at least 1) if the burst delivered a
+        publication here, else 0 (the link rests only where its frames are many)."""
         delivered, self._batch_delivered = self._batch_delivered, False
         scheduler = self.scheduler
-        if scheduler.pending:
-            scheduler.flush()
-        return delivered
+        written = scheduler.flush() if scheduler.pending else 0
+        return max(written, 1) if delivered else 0
 
     def on_gap(self, topics: Collection[str] | None = None) -> None:
         """Publications may have been missed (on every topic, or on ``topics`` only): catch

@@ -88,8 +88,9 @@ class RedisBroker:
         connect_timeout: per connection attempt, seconds.
         health_interval: PING period on the subscriber link, seconds.
         backoff_cap: longest wait between reconnect attempts, seconds.
-        batch_interval: after a read that fanned out (``on_batch_end`` returned ``True``),
-            stop reading for this long, seconds (0: never pause). See :mod:`realtime.redis_link`.
+        batch_interval: after a read that fanned out (``on_batch_end`` returned frames),
+            the link may stop reading for up to this long, seconds (0: never pause). See
+            :mod:`realtime.read_pacing`.
         probe_interval: quiet time on the data channel before a delivery probe, seconds
             (0: no probe). See :mod:`realtime.delivery_probe`.
         probe_timeout: how long a delivery probe may take to come back, seconds.

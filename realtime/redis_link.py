@@ -4,22 +4,16 @@ channels, and how it is opened.
 The subscriber is our own small RESP client (an :class:`asyncio.Protocol` fed through
 ``hiredis.Reader``): a burst of publications read in one ``data_received`` is fanned out
 in one event-loop pass, so writes to each client merge. With ``batch_interval`` set (the
-server passes ``WRITE_INTERVAL``), a read that fanned something out is flushed to the
-clients at once and, where a rest will gather two or more publications, the link then
-stops reading until ``batch_interval`` seconds after this read began: under a stream of
-publications the process wakes up, reads and writes once per interval instead of once per
-publication, at the same latency as pacing the writes alone (a publication waits at most
-one interval, plus the fan-out of the batch before it, either way). A rest is taken when
-two or more publications arrived since the previous delivering read, or when that read
-began less than half an interval before; so an isolated publication, a stream slower than
-two publications per interval, or a rest that gathered only one, is not followed by a
-rest, which would only cost a second wake-up (a timer) per publication (a loop stalled for
-more than a quarter interval also skips one rest). The rest counts from the start of the
-read, so a batch that took longer than the interval is followed by an immediate read. A
-link receiving 32 KiB or more per interval never pauses (so a rest's arrivals always fit
-in the socket buffer and the pause cannot cap throughput or back data up into Redis); a
-read that wrote no publication (other topics, a PONG, a control message) never pauses
-either. Over TLS the pause only holds back delivery to us (the TLS layer keeps reading the
+server passes ``WRITE_INTERVAL``), a quiet link (under 32 KiB per interval) writes what a
+read fanned out at once, and rests (stops reading until ``batch_interval`` seconds after
+that read began) only where a rest pays for its timer: when publications come dense enough
+that it gathers four or more, or two or more that fan out wide
+(:class:`realtime.read_pacing.ReadPacer` decides, and says why). Under such a stream the
+process wakes up, reads and writes once per interval instead of once per publication, at
+the same latency as pacing the writes alone; a sparser stream is read and written as it
+comes, with no timer. A read that wrote no publication here (other topics, a PONG, a
+control message) never rests; a busy link never does either (the flush scheduler paces its
+writes). Over TLS the pause only holds back delivery to us (the TLS layer keeps reading the
 socket), so it saves less there.
 
 Barriers: a PING written on the link after a command's reply arrived on another connection
@@ -46,14 +40,16 @@ import hiredis
 import structlog
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
+from realtime.read_pacing import ReadPacer
 from realtime.redis_cluster import key_slot
 from realtime.timer import PreciseTimer
 
 log = structlog.get_logger("realtime.broker")
 
-OnBatchEnd = Callable[[], bool]
-"""Called after a read that fanned publications out: write them now; ``True`` if a
-local listener got one (see :meth:`realtime.broker.BrokerEventHandler.on_batch_end`)."""
+OnBatchEnd = Callable[[], int]
+"""Called after a quiet read: write what it fanned out now; returns how many frames its
+publications queued for local listeners, 0 if none (see
+:meth:`realtime.broker.BrokerEventHandler.on_batch_end`)."""
 
 
 def encode_command(*parts: bytes | str) -> bytes:
@@ -63,19 +59,6 @@ def encode_command(*parts: bytes | str) -> bytes:
         raw = part.encode() if isinstance(part, str) else part
         out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
     return b"".join(out)
-
-
-_PACE_BELOW = 32768
-"""The link rests only while it receives less than this many bytes per ``batch_interval``
-(in the current and the previous interval): what arrives during one rest then fits easily
-in the socket's receive buffer, so resting never backs data up into Redis's output buffer
-(where the pub/sub limit would cut the link). 32 KiB per 8 ms is 4 MB/s."""
-
-_STREAM_GAP = 1.25
-"""A delivering read rests only if the previous one began less than this many
-``batch_interval`` before it: under a stream, paced reads come one interval (plus the
-timer's ~0.2 ms) apart; a longer gap means the loop stalled, and the backlog is read at
-once."""
 
 
 _PING = encode_command("PING")
@@ -156,11 +139,7 @@ class SubscriberLink(asyncio.Protocol):
         self._on_batch = on_batch
         self._batch_interval = batch_interval
         self._resume = PreciseTimer(asyncio.get_running_loop())  # ends a rest (resume reading)
-        self._window_start = -1e9  # the current interval's start (monotonic s) and bytes received
-        self._window_bytes = 0
-        self._previous_bytes = 0  # bytes received in the interval before it
-        self._last_delivery = -1e9  # start of the last read that delivered here (monotonic s)
-        self._count = 0  # publications on the data channel since the last paced delivering read
+        self._pacer = ReadPacer(batch_interval)
         self.received = 0  # publications on the data channel, ever (read by the delivery probe)
         self._waiter: asyncio.Future[None] | None = None  # resolved by the next publication (probe)
         self._waiter_mark = 0  # ``received`` when the waiter was made
@@ -181,8 +160,9 @@ class SubscriberLink(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport, but implement it
         self.transport = cast(asyncio.Transport, transport)
 
-    def data_received(self, data: bytes) -> None:  # noqa: C901 - the link's hot path, kept in one frame
+    def data_received(self, data: bytes) -> None:
         self.last_seen = started = time.monotonic()
+        before = self.received
         reader = self._reader
         reader.feed(data)
         try:
@@ -194,47 +174,32 @@ class SubscriberLink(asyncio.Protocol):
         except hiredis.ProtocolError as exc:
             self._fail(RuntimeError(f"redis protocol error: {exc}"))
             return
+        publications = self.received - before
         waiter = self._waiter
         if waiter is not None and self.received != self._waiter_mark:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
-        # a quiet link (< 32 KiB per interval): write the batch now and pace the next read. A
-        # busy one keeps reading, and the flush scheduler paces the writes.
-        interval = self._batch_interval
-        if started - self._window_start >= interval:
-            recent = started - self._window_start < 2 * interval
-            self._previous_bytes = self._window_bytes if recent else 0
-            self._window_start, self._window_bytes = started, 0
-        self._window_bytes += len(data)
-        if interval > 0 and max(self._window_bytes, self._previous_bytes) < _PACE_BELOW and self._on_batch:
-            try:
-                wrote = self._on_batch()
-            except Exception:  # a failed flush must never cost the link
-                log.exception("batch_flush_failed")
-                return
-            if not wrote:
-                return
-            # rest only where a rest gathers two or more publications (one wake-up, one read and
-            # one write per listener for all of them): two or more arrived since the previous
-            # delivering read (this read's, or reads that delivered nothing here), or that read
-            # began less than half an interval before (a stream of two or more per interval).
-            # A rest that gathered a single publication is not repeated (the read after a rest
-            # is an interval after the one before it), and an isolated publication is not
-            # followed by one: its timer would only cost a second wake-up per publication. A
-            # stalled loop (the previous delivering read _STREAM_GAP intervals back or more)
-            # skips a rest.
-            gap = started - self._last_delivery
-            count, self._count = self._count, 0
-            rest = (count >= 2 or gap < interval / 2) and gap < _STREAM_GAP * interval
-            self._last_delivery = started
-            # the interval counts from the start of this read: a batch that took longer to fan
-            # out than the interval is followed by an immediate read, never by an idle rest
-            until = started + interval
-            transport = self.transport
-            if rest and until > time.monotonic() and transport is not None and not transport.is_closing():
-                transport.pause_reading()
-                self._resume.call_at(until, self._resume_reading)
+        # a quiet link writes the batch now and may rest; a busy one keeps reading (the flush
+        # scheduler paces the writes)
+        if self._pacer.read(started, len(data), publications) and self._on_batch is not None:
+            self._end_batch(started, publications)
+
+    def _end_batch(self, started: float, publications: int) -> None:
+        """Write what this read fanned out, then rest if :class:`ReadPacer` says it pays."""
+        assert self._on_batch is not None
+        try:
+            frames = self._on_batch()
+        except Exception:  # a failed flush must never cost the link
+            log.exception("batch_flush_failed")
+            return
+        if not frames:
+            return
+        until = self._pacer.rest_until(started, frames, publications)
+        transport = self.transport
+        if until is not None and until > time.monotonic() and transport is not None and not transport.is_closing():
+            transport.pause_reading()
+            self._resume.call_at(until, self._resume_reading)
 
     def _resume_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -247,7 +212,6 @@ class SubscriberLink(asyncio.Protocol):
                 if reply[1] == self._control:
                     self._on_control(reply[2])
                 else:
-                    self._count += 1
                     self.received += 1
                     self._on_data(reply[2])
                 return

@@ -81,12 +81,21 @@ class FlushScheduler:
     spacing is kept by a :class:`realtime.timer.PreciseTimer` (the loops' millisecond
     timers would fire up to a millisecond early or late).
 
+    A flush is held back only where it can merge: when at least half of the connections
+    waiting for it were written less than one spacing before the last flush (they are
+    getting a stream). Where frames go to connections that got nothing lately (one device
+    per publication, as in remote control), there is nothing to merge, and waiting would
+    only add latency and a timer wake-up: they go out on the next pass.
+
     A broker that paces its own reads (:class:`realtime.redis_broker.RedisBroker` reads
     at most once per ``interval`` while publications keep coming) calls :meth:`flush`
     at the end of each read batch instead of waiting for the scheduled pass.
     """
 
-    __slots__ = ("_closed", "_dirty", "_handle", "_interval", "_last", "_loop", "_spacing", "_timer")
+    __slots__ = (
+        "_closed", "_dirty", "_handle", "_interval", "_last", "_loop", "_recent", "_repeats",
+        "_spacing", "_timer",
+    )  # fmt: skip
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float = 0.0) -> None:
         """Args:
@@ -98,6 +107,8 @@ class FlushScheduler:
         self._spacing = interval  # flush_spacing() after the last flush
         self._last = -1e9  # time.monotonic() of the last flush's start
         self._dirty: list[SendQueue] = []
+        self._recent = -1e9  # a connection written since then is getting a stream
+        self._repeats = 0  # connections in _dirty written since _recent
         self._handle: asyncio.Handle | None = None  # the next-pass flush, when one is due now
         self._timer = PreciseTimer(loop)  # the paced flush, when one is due later
         self._closed = False  # after close(): flush on the next pass, never arm the timer
@@ -110,6 +121,8 @@ class FlushScheduler:
     def mark(self, conn: SendQueue) -> None:
         """Queue ``conn`` for the next flush."""
         self._dirty.append(conn)
+        if conn.flushed_at >= self._recent:
+            self._repeats += 1
         if self._handle is None and not self._timer.armed:
             self._handle = self._loop.call_soon(self._due)
 
@@ -118,21 +131,24 @@ class FlushScheduler:
         # read batch (Node.on_batch_end) has usually done so by now, and arming costs a syscall
         self._handle = None
         due = self._last + self._spacing
-        if not self._closed and due > time.monotonic():
+        if not self._closed and due > time.monotonic() and 2 * self._repeats >= len(self._dirty):
             self._timer.call_at(due, self.flush)
         else:
             self.flush()
 
-    def flush(self) -> None:
-        """Write every dirty connection's pending frames now (and cancel the scheduled pass)."""
+    def flush(self) -> int:
+        """Write every dirty connection's pending frames now (and cancel the scheduled pass);
+        returns how many frames were written."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
         self._timer.cancel()
         dirty, self._dirty = self._dirty, []
+        self._repeats = 0
         self._last = start = time.monotonic()
         frames = 0
         for conn in dirty:
+            conn.flushed_at = start
             try:
                 frames += conn.flush()
             except Exception:  # one broken transport must not strand the others' frames
@@ -140,6 +156,8 @@ class FlushScheduler:
         if self._interval:
             merged = frames >= 2 * len(dirty)
             self._spacing = flush_spacing(self._interval, time.monotonic() - start) if merged else self._interval
+        self._recent = start - self._spacing
+        return frames
 
     def close(self) -> None:
         """Release the pacing timer; later frames are flushed on the next pass, unpaced."""
@@ -156,12 +174,13 @@ class SendQueue:
         id: connection id for logs.
         closed: ``True`` once nothing more may be queued (the connection is closing).
         sent: frames written so far.
+        flushed_at: when the scheduler last flushed it (``time.monotonic()`` seconds).
     """
 
     __slots__ = (
         "_backlog", "_buffered", "_max_bytes", "_max_messages", "_on_overflow",
-        "_pending", "_pending_bytes", "_scheduler", "_transport", "closed", "id",
-        "sent",
+        "_pending", "_pending_bytes", "_scheduler", "_transport", "closed", "flushed_at",
+        "id", "sent",
     )  # fmt: skip
 
     def __init__(
@@ -194,6 +213,7 @@ class SendQueue:
         self._backlog = 0  # frames written since the transport buffer was last empty
         self.closed = False
         self.sent = 0
+        self.flushed_at = -1e9
 
     def send(self, frame: bytes) -> None:
         """Queue one encoded frame; never blocks. Drops it if the connection is closed."""

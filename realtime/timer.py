@@ -76,7 +76,7 @@ class PreciseTimer:
         loop: the loop that runs the callbacks (the timerfd is opened on first use).
         """
         self._loop = loop
-        self._callback: Callable[[], None] | None = None
+        self._callback: Callable[[], object] | None = None
         self._fallback: asyncio.TimerHandle | None = None
         self._fd = -1
         self._spec = _Itimerspec()
@@ -87,7 +87,7 @@ class PreciseTimer:
         """``True`` while a callback is pending."""
         return self._callback is not None
 
-    def call_at(self, when: float, callback: Callable[[], None]) -> None:
+    def call_at(self, when: float, callback: Callable[[], object]) -> None:
         """Run ``callback`` on the loop at ``when`` (seconds, :func:`time.monotonic`),
         replacing any pending one. A time already past runs it on the next pass."""
         self._callback = None  # armed only once the expiry is set (a failure leaves it unarmed)

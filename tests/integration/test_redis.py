@@ -269,57 +269,60 @@ def _push(channel: bytes, data: bytes) -> bytes:
     return b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
-async def test_the_link_rests_only_while_quiet() -> None:
-    """The subscriber over a real socket whose other end plays Redis: an isolated
-    publication is not followed by a rest; inside a stream (the previous delivering read
-    less than half an interval back, or two publications in one read), a small read that
-    delivered pauses reading for the interval, then reading resumes; a rest is repeated
-    only if it gathered two or more publications; once 32 KiB or more arrive
-    within an interval, the link keeps reading (a rest could back data up into Redis's
-    output buffer, which cuts slow subscribers)."""
+async def test_the_link_rests_only_where_a_rest_pays() -> None:
+    """The subscriber over a real socket whose other end plays Redis (the decision itself:
+    tests/unit/test_read_pacing.py): an isolated publication, or two per interval of one
+    frame each, is read as it comes; four at once within a stream pause reading for the
+    interval (what arrives meanwhile waits in the socket), then reading resumes; two per
+    interval that fan out wide rest too; once 32 KiB or more arrive within an interval, the
+    link keeps reading (a rest could back data up into Redis's output buffer, which cuts
+    slow subscribers)."""
     import socket as socket_module
 
     from realtime.redis_link import SubscriberLink
 
     loop = asyncio.get_running_loop()
     got: list[bytes] = []
+    frames = [1]  # what on_batch_end answers: frames written for this read's publications
     ours, redis_end = socket_module.socketpair()
     transport, _ = await loop.connect_accepted_socket(
-        lambda: SubscriberLink(b"c:control", got.append, lambda d: None, lambda: True, 0.6), ours
+        lambda: SubscriberLink(b"c:control", got.append, lambda d: None, lambda: frames[0] * len(got), 0.6), ours
     )
     try:
-        redis_end.sendall(_push(b"c", b"first"))
-        await wait_for(lambda: got == [b"first"], timeout=2)
+        redis_end.sendall(_push(b"c", b"1"))
+        await wait_for(lambda: got == [b"1"], timeout=2)
         assert transport.is_reading()  # isolated: a rest would only add a timer wake-up
-        redis_end.sendall(_push(b"c", b"second"))
-        await wait_for(lambda: got == [b"first", b"second"], timeout=2)
-        assert not transport.is_reading()  # a stream: resting, the next publications wait in the socket
-        redis_end.sendall(_push(b"c", b"third"))
+        redis_end.sendall(_push(b"c", b"2"))
+        await wait_for(lambda: got[-1:] == [b"2"], timeout=2)
+        assert transport.is_reading()  # two within an interval, one frame each: not worth a rest
+        got.clear()
+        redis_end.sendall(b"".join(_push(b"c", b"%d" % n) for n in range(4)))
+        await wait_for(lambda: len(got) == 4, timeout=2)
+        assert not transport.is_reading()  # four at once in a stream: resting
+        redis_end.sendall(_push(b"c", b"held"))
         await asyncio.sleep(0.1)
-        assert got == [b"first", b"second"]
-        await wait_for(lambda: got == [b"first", b"second", b"third"], timeout=2)  # read after the rest
-        assert transport.is_reading()  # that rest gathered one publication: not repeated
-        await asyncio.sleep(0.4)
-        redis_end.sendall(_push(b"c", b"fourth"))  # 0.4 s after: under 1.25 intervals, over half
-        await wait_for(lambda: got[-1:] == [b"fourth"], timeout=2)
-        assert transport.is_reading()  # not a stream of two per interval (gap > interval / 2)
-        await asyncio.sleep(0.4)
-        redis_end.sendall(_push(b"c", b"fifth") + _push(b"c", b"sixth"))  # two at once, 0.4 s after
-        await wait_for(lambda: got[-1:] == [b"sixth"], timeout=2)
-        assert not transport.is_reading()  # two arrived: the rest gathers what comes meanwhile
-        redis_end.sendall(_push(b"c", b"seventh") + _push(b"c", b"eighth"))
-        await asyncio.sleep(0.1)
-        assert got[-1:] == [b"sixth"]
-        await wait_for(lambda: got[-1:] == [b"eighth"], timeout=2)
-        assert not transport.is_reading()  # that rest gathered two: rest again
-        await asyncio.sleep(0.7)
-        assert transport.is_reading()
+        assert got[-1:] == [b"3"]  # waiting in the socket
+        await wait_for(lambda: got[-1:] == [b"held"], timeout=2)  # read after the rest
+        await wait_for(transport.is_reading, timeout=2)  # (one more rest at most: the interval before was dense)
+        await asyncio.sleep(1.0)  # a quiet spell
+        got.clear()
+        frames[0] = 100  # wide fan-out: two per interval merge into one write per listener
+        redis_end.sendall(_push(b"c", b"w1"))
+        await wait_for(lambda: got == [b"w1"], timeout=2)
+        assert transport.is_reading()  # isolated
+        got.clear()
+        redis_end.sendall(_push(b"c", b"w2"))
+        await wait_for(lambda: got == [b"w2"], timeout=2)
+        assert not transport.is_reading()  # the second within the interval: rest
+        await wait_for(transport.is_reading, timeout=2)
+        await asyncio.sleep(1.0)
+        frames[0] = 1
         got.clear()
         redis_end.sendall(b"".join(_push(b"c", b"%03d" % n + b"x" * 1000) for n in range(40)))  # 40 KB
         await wait_for(lambda: len(got) == 40, timeout=2)
         assert transport.is_reading()  # busy: no rest
-        redis_end.sendall(_push(b"c", b"small"))
-        await wait_for(lambda: got[-1:] == [b"small"], timeout=2)
+        redis_end.sendall(b"".join(_push(b"c", b"small%d" % n) for n in range(4)))
+        await wait_for(lambda: got[-1:] == [b"small3"], timeout=2)
         assert transport.is_reading()  # still busy within this interval and the next
     finally:
         transport.close()

@@ -129,7 +129,8 @@ def test_node_close_releases_the_schedulers_timer(run: Callable[..., None]) -> N
         node = Node(broker=MemoryBroker(), policy=load_policy(None), verify=lambda t: None, write_interval=0.05)  # type: ignore[arg-type,return-value]
         await node.start()
         flushed: list[float] = []
-        conn = type("Conn", (), {"id": "c", "flush": lambda self: flushed.append(time.monotonic()) or 1})()
+        flush = lambda self: flushed.append(time.monotonic()) or 1  # noqa: E731
+        conn = type("Conn", (), {"id": "c", "flush": flush, "flushed_at": time.monotonic()})()  # getting a stream
         node.scheduler.flush()  # just flushed: the next flush waits for the pacing timer
         node.scheduler.mark(conn)
         await asyncio.sleep(0.01)

@@ -238,8 +238,10 @@ async def test_a_long_merging_flush_stretches_the_spacing_of_the_next() -> None:
     for frames_per_write, stretched in ((3, True), (1, False)):
         scheduler = FlushScheduler(asyncio.get_running_loop(), interval=0.1)
         flushed: list[float] = []
-        slow = type("Conn", (), {"id": "slow", "flush": lambda self, n=frames_per_write: time.sleep(0.12) or n})()
-        conn = type("Conn", (), {"id": "c", "flush": lambda self, out=flushed: out.append(time.monotonic()) or 1})()
+        slow_flush = lambda self, n=frames_per_write: time.sleep(0.12) or n  # noqa: E731
+        slow = type("Conn", (), {"id": "slow", "flush": slow_flush, "flushed_at": -1e9})()
+        flush = lambda self, out=flushed: out.append(time.monotonic()) or 1  # noqa: E731
+        conn = type("Conn", (), {"id": "c", "flush": flush, "flushed_at": time.monotonic()})()  # getting a stream
         scheduler.mark(slow)
         start = time.monotonic()
         scheduler.flush()
@@ -276,7 +278,7 @@ async def test_flush_now_writes_at_once_and_restarts_the_interval() -> None:
 
 async def test_on_batch_end_flushes_and_says_whether_the_batch_delivered() -> None:
     """``Node.on_batch_end`` (called by the Redis link after each read) writes queued frames
-    at once, and reports a delivery only when a publication of the batch reached a
+    at once, and reports the frames written only when a publication of the batch reached a
     listener here: replies alone, or other topics, must not pace the link."""
     from realtime.broker import MemoryBroker
     from realtime.node import Node
@@ -286,13 +288,14 @@ async def test_on_batch_end_flushes_and_says_whether_the_batch_delivered() -> No
     conn, transport, theirs = await socket_connection(node.scheduler)
     node.index.add("dream:update.a", conn)
     node.on_publication("dream:update.b", "nobody listens")
-    assert node.on_batch_end() is False
+    assert node.on_batch_end() == 0
     conn.send(b"reply")  # e.g. a PONG: pending, but not a delivery
-    assert node.on_batch_end() is False and theirs.recv(100) == b"reply"  # flushed all the same
+    assert node.on_batch_end() == 0 and theirs.recv(100) == b"reply"  # flushed all the same
     node.on_publication("dream:update.a", "m")
-    assert node.on_batch_end() is True
-    assert b"dream:update.a" in theirs.recv(1000)  # written now, not on the scheduled pass
-    assert node.on_batch_end() is False  # the flag is per batch
+    node.on_publication("dream:update.a", "n")
+    assert node.on_batch_end() == 2  # two frames, one write
+    assert theirs.recv(1000).count(b"dream:update.a") == 2  # written now, not on the scheduled pass
+    assert node.on_batch_end() == 0  # the count is per batch
     transport.close()
     theirs.close()
 
