@@ -26,8 +26,8 @@ from urllib.parse import quote
 import orjson
 
 from http_api.history import MAX_LIMIT, dump_page
-from realtime.settings import Settings
-from topics import BadTopic, load_policy, parse_topic
+from service.topic_reads import read_http, redis_topic
+from topics import BadTopic, parse_topic
 
 
 async def history_command(args: argparse.Namespace) -> int:
@@ -75,52 +75,20 @@ def print_page(page: dict[str, Any], *, since: int) -> None:
 
 
 async def _read_http(url: str, api_key: str, topic: str, *, since: int, limit: int) -> dict[str, Any] | int:
-    import aiohttp
-
-    headers = {"Authorization": f"Api-Key {api_key}"} if api_key else {}
     target = f"{url.rstrip('/')}/history/{quote(topic, safe=':')}"
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
-            session.get(target, params={"since": str(since), "limit": str(limit)}, headers=headers) as resp,
-        ):
-            body = await resp.read()
-            status = resp.status
-    except (aiohttp.ClientError, OSError) as exc:
-        print(f"error: cannot read {target}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    if status != 200:
-        print(f"error: {status} {body.decode(errors='replace')}", file=sys.stderr)
-        return 1
-    page: dict[str, Any] = orjson.loads(body)
-    return page
+    return await read_http(target, api_key, {"since": str(since), "limit": str(limit)})
 
 
 async def _read_redis(topic: str, *, since: int, limit: int) -> dict[str, Any] | int:
-    settings = Settings.from_env()
-    broker_settings = settings.broker
-    if not (broker_settings.redis_url or broker_settings.redis_cluster_nodes):
-        print(
-            "error: REDIS_URL is not set (nor REDIS_CLUSTER_NODES). The memory broker's history lives "
-            "inside one server process; set REDIS_URL, or pass --url http://host:port --api-key KEY to "
-            "read through a server.",
-            file=sys.stderr,
-        )
-        return 2
-    policy = load_policy(settings.auth.topics_file)
-    try:
-        parsed, rule = policy.check(topic)
-    except BadTopic as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not rule.has_history:
-        print(f"error: topic {parsed.topic} keeps no history (its rule's history_size is 0)", file=sys.stderr)
-        return 2
+    found = redis_topic(topic, what="history", keeps=lambda r: r.has_history, off="its rule's history_size is 0")
+    if isinstance(found, int):
+        return found
     from service.app import make_publisher
 
     # the policy too: a Redis without the library gets it loaded from this one
-    broker = make_publisher(broker_settings, policy=policy)
+    broker = make_publisher(found.settings, policy=found.policy)
     assert broker is not None
+    parsed, rule = found.parsed, found.rule
     try:
         page = await broker.history(parsed.topic, since=since, limit=min(limit, rule.history_size), rule=rule)
     finally:

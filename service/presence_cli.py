@@ -24,8 +24,8 @@ from urllib.parse import quote
 import orjson
 
 from http_api.presence import dump_presence
-from realtime.settings import Settings
-from topics import BadTopic, load_policy, parse_topic
+from service.topic_reads import read_http, redis_topic
+from topics import BadTopic, parse_topic
 
 
 async def presence_command(args: argparse.Namespace) -> int:
@@ -55,55 +55,22 @@ async def presence_command(args: argparse.Namespace) -> int:
 
 
 async def _read_http(url: str, api_key: str, topic: str, *, stats: bool) -> dict[str, Any] | int:
-    import aiohttp
-
-    headers = {"Authorization": f"Api-Key {api_key}"} if api_key else {}
     target = f"{url.rstrip('/')}/presence/{quote(topic, safe=':')}" + ("/stats" if stats else "")
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
-            session.get(target, headers=headers) as resp,
-        ):
-            body = await resp.read()
-            status = resp.status
-    except (aiohttp.ClientError, OSError) as exc:
-        print(f"error: cannot read {target}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    if status != 200:
-        print(f"error: {status} {body.decode(errors='replace')}", file=sys.stderr)
-        return 1
-    answer: dict[str, Any] = orjson.loads(body)
-    return answer
+    return await read_http(target, api_key)
 
 
 async def _read_redis(topic: str, *, stats: bool) -> dict[str, Any] | int:
-    settings = Settings.from_env()
-    broker_settings = settings.broker
-    if not broker_settings.redis_url and not broker_settings.redis_cluster_nodes:
-        print(
-            "error: REDIS_URL is not set (nor REDIS_CLUSTER_NODES). The memory broker's presence lives "
-            "inside one server process; set REDIS_URL, or pass --url http://host:port --api-key KEY to "
-            "read through a server.",
-            file=sys.stderr,
-        )
-        return 2
-    policy = load_policy(settings.auth.topics_file)
-    try:
-        parsed, rule = policy.check(topic)
-    except BadTopic as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not rule.presence:
-        print(f"error: topic {parsed.topic} keeps no presence (its rule's presence is off)", file=sys.stderr)
-        return 2
+    found = redis_topic(topic, what="presence", keeps=lambda r: r.presence, off="its rule's presence is off")
+    if isinstance(found, int):
+        return found
     from service.app import make_publisher
 
     # the policy too: a Redis without the library gets it loaded from this one
-    broker = make_publisher(broker_settings, policy=policy)
+    broker = make_publisher(found.settings, policy=found.policy)
     assert broker is not None
     try:
-        limit = 0 if stats else broker_settings.presence_max_clients
-        snapshot = await broker.presence.read(parsed.topic, rule, limit)
+        limit = 0 if stats else found.settings.presence_max_clients
+        snapshot = await broker.presence.read(found.parsed.topic, found.rule, limit)
     finally:
         await broker.close()
-    return dump_presence(parsed.topic, snapshot)
+    return dump_presence(found.parsed.topic, snapshot)
