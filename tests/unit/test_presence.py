@@ -168,9 +168,9 @@ async def test_a_failed_write_is_retried_and_later_changes_win(monkeypatch: pyte
 
 async def test_refresh_keeps_entries_alive_and_close_removes_them(monkeypatch: pytest.MonkeyPatch) -> None:
     store = CountingStore()
-    presence = Presence(store, ttl=0.3)  # refreshed every 0.1 s
+    presence = Presence(store, ttl=0.9)  # refreshed every 0.3 s
     presence.join("t", QUIET, presence.client_id("a"), "7", {"d": 1})
-    await asyncio.sleep(0.5)  # longer than the ttl: alive only through refreshes
+    await asyncio.sleep(1.2)  # longer than the ttl: alive only through refreshes
     assert (await presence.read("t", QUIET)).connections == 1
     assert len(store.calls) >= 3
     await presence.close()
