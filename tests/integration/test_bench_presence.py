@@ -45,5 +45,5 @@ def test_quick_presence_benchmark(tmp_path: Path) -> None:
     big, small = stats["inband"]
     assert big["data"] == {"connections": 2000, "users": 500}  # beyond the list cap: counts only
     assert small["data"]["connections"] == 100 and len(small["data"]["clients"]) == 100
-    assert big["burst_fcalls"] >= 1 and big["server_us_per_call"] > 0
+    assert big["burst_fcalls"] >= 1 and big["server_us_per_call"] >= 0  # 10 ms CPU ticks: may read 0
     assert "presence on" in proc.stdout and "in-band PRESENCE" in proc.stdout
