@@ -39,6 +39,21 @@ API_KEYS_JSON = orjson.dumps(
     ]
 ).decode()
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+CHAT_POLICY = """
+[topics."remote-control:command"]
+scope = "user:read:remote-control"
+target = "self"
+presence = true
+
+[topics."chat:room:message"]
+target = "any"
+presence = true
+join_leave = true
+
+[topics."channel:update"]
+target = "any"
+"""
+"""A topic policy for presence tests: presence on the remote-control topic, JOIN/LEAVE on a room."""
 
 
 def auth(key: str) -> dict[str, str]:
@@ -86,6 +101,14 @@ def redis_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         pytest.skip(message)
     with local_cluster(tmp_path / "redis-cluster") as cluster:
         yield cluster
+
+
+@pytest.fixture
+def chat_policy(tmp_path: Path) -> str:
+    """A ``TOPICS_FILE`` holding :data:`CHAT_POLICY`."""
+    path = tmp_path / "topics.toml"
+    path.write_text(CHAT_POLICY)
+    return str(path)
 
 
 @pytest.fixture

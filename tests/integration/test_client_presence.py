@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,27 +19,6 @@ from tests.conftest import OTHER_KEY, USER_KEY, AppFactory, wait_for
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.4, "response_timeout": 3.0}
 ROOM = "chat:room:message.lobby"
 SELF7 = "remote-control:command.7"
-POLICY = """
-[topics."remote-control:command"]
-scope = "user:read:remote-control"
-target = "self"
-presence = true
-
-[topics."chat:room:message"]
-target = "any"
-presence = true
-join_leave = true
-
-[topics."channel:update"]
-target = "any"
-"""
-
-
-@pytest.fixture
-def topics_file(tmp_path: Path) -> str:
-    path = tmp_path / "topics.toml"
-    path.write_text(POLICY)
-    return str(path)
 
 
 def base_url(server: Any) -> str:
@@ -56,8 +34,8 @@ async def next_of(client: RealtimeClient, kind: str, timeout: float = 5.0) -> Ev
     raise AssertionError(f"the client stopped before a {kind}")
 
 
-async def test_client_info_presence_and_join_leave(make_client: AppFactory, topics_file: str) -> None:
-    url = base_url(await make_client(topics_file=topics_file))
+async def test_client_info_presence_and_join_leave(make_client: AppFactory, chat_policy: str) -> None:
+    url = base_url(await make_client(topics_file=chat_policy))
     async with RealtimeClient(url, [ROOM], client_info={"nick": "ann"}, **FAST) as ann:
         own = await next_of(ann, "JOIN")  # its own JOIN: it listens by then
         assert (own.topic, own.user, own.info) == (ROOM, None, {"nick": "ann"})
@@ -77,10 +55,10 @@ async def test_client_info_presence_and_join_leave(make_client: AppFactory, topi
         assert (await ann.presence(ROOM))["connections"] == 1
 
 
-async def test_client_info_is_sent_again_after_a_reconnect(make_client: AppFactory, topics_file: str) -> None:
+async def test_client_info_is_sent_again_after_a_reconnect(make_client: AppFactory, chat_policy: str) -> None:
     """The server closes an idle connection (4002); the client reconnects and its new
     connection's entry carries the same ``client_info``."""
-    url = base_url(await make_client(topics_file=topics_file, idle_timeout=0.6))
+    url = base_url(await make_client(topics_file=chat_policy, idle_timeout=0.6))
     async with RealtimeClient(url, [ROOM], ping_interval=0.15, ping_jitter=0.0, **FAST) as watcher:
         await next_of(watcher, "JOIN")
         async with RealtimeClient(url, [ROOM], client_info={"device": "tv"}, **FAST) as tv:  # never PINGs
@@ -125,8 +103,8 @@ def test_client_info_is_checked_before_anything_is_sent() -> None:
         RealtimeClient("http://127.0.0.1:1", [ROOM], client_info={"a": {"b": {"c": {}}}})
 
 
-async def test_realtime_listen_prints_join_and_leave(make_client: AppFactory, topics_file: str) -> None:
-    url = base_url(await make_client(topics_file=topics_file))
+async def test_realtime_listen_prints_join_and_leave(make_client: AppFactory, chat_policy: str) -> None:
+    url = base_url(await make_client(topics_file=chat_policy))
     out = io.StringIO()
     command = asyncio.create_task(listen_command(url, [ROOM], client_info={"host": "cli"}, out=out))
     await wait_for(lambda: out.getvalue().count("\n") == 1)  # its own JOIN

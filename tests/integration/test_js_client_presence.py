@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from tests.conftest import USER_KEY, AppFactory
-from tests.integration.test_client_presence import POLICY, ROOM
+from tests.integration.test_client_presence import ROOM
 
 ROOT = Path(__file__).resolve().parents[2]
 JS = ROOT / "clients/js"
@@ -54,18 +54,11 @@ console.log(JSON.stringify(out));
 """
 
 
-@pytest.fixture
-def topics_file(tmp_path: Path) -> str:
-    path = tmp_path / "topics.toml"
-    path.write_text(POLICY)
-    return str(path)
-
-
-async def test_the_js_client_in_node_sees_presence(make_client: AppFactory, topics_file: str) -> None:
+async def test_the_js_client_in_node_sees_presence(make_client: AppFactory, chat_policy: str) -> None:
     node = shutil.which("node")
     if node is None or not (JS / "node_modules/ws").is_dir():
         pytest.skip("needs node and clients/js/node_modules (make test-js)")
-    server = await make_client(topics_file=topics_file)
+    server = await make_client(topics_file=chat_policy)
     url = str(server.make_url("")).rstrip("/")
     proc = await asyncio.create_subprocess_exec(
         node, "--input-type=module", "-e", SCRIPT, BUNDLE.as_uri(), url, USER_KEY, ROOM,

@@ -5,7 +5,6 @@ Killed and stopped server processes are in test_presence_process.py."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,30 +16,8 @@ from realtime.settings import parse_api_keys
 from tests.conftest import OTHER_KEY, USER_KEY, AppFactory, assert_silent, recv, send, wait_for, ws_token
 from tests.integration.test_metrics import scrape
 
-CHAT_POLICY = """
-[topics."remote-control:command"]
-scope = "user:read:remote-control"
-target = "self"
-presence = true
-
-[topics."chat:room:message"]
-target = "any"
-presence = true
-join_leave = true
-
-[topics."channel:update"]
-target = "any"
-"""
-
 ROOM = "chat:room:message.lobby"
 SELF7 = "remote-control:command.7"
-
-
-@pytest.fixture
-def chat_policy(tmp_path: Path) -> str:
-    path = tmp_path / "topics.toml"
-    path.write_text(CHAT_POLICY)
-    return str(path)
 
 
 async def listen_with(

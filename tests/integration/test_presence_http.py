@@ -18,7 +18,7 @@ from realtime.errors import BrokerUnavailable
 from realtime.presence import TopicChanges, encode_entry
 from realtime.settings import parse_api_keys
 from tests.conftest import API_KEYS_JSON, OTHER_KEY, PUBLISHER_KEY, USER_KEY, AppFactory, auth, wait_for, ws_token
-from tests.integration.test_presence import CHAT_POLICY, ROOM, SELF7, listen_with, presence, recv_type
+from tests.integration.test_presence import ROOM, SELF7, listen_with, presence, recv_type
 
 PRESENCE_KEY = "presence-key-0123456789abcdef"
 KEYS = parse_api_keys(
@@ -27,13 +27,6 @@ KEYS = parse_api_keys(
     ).decode()
 )
 DEVICES = "/api/v1/remote-control/devices"
-
-
-@pytest.fixture
-def chat_policy(tmp_path: Path) -> str:
-    path = tmp_path / "topics.toml"
-    path.write_text(CHAT_POLICY)
-    return str(path)
 
 
 async def get(client: TestClient[Any, Any], path: str, key: str = PRESENCE_KEY) -> Any:

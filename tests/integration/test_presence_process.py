@@ -19,8 +19,8 @@ from aiohttp import ClientWebSocketResponse
 
 from realtime.redis_cluster import key_slot
 from realtime.redis_functions import presence_key, topic_channel
-from tests.conftest import API_KEYS_JSON, OTHER_KEY, USER_KEY, auth, recv
-from tests.integration.test_presence import CHAT_POLICY, ROOM, listen_with, presence
+from tests.conftest import API_KEYS_JSON, CHAT_POLICY, OTHER_KEY, USER_KEY, auth, recv
+from tests.integration.test_presence import ROOM, listen_with, presence
 from tests.procs import REALTIME, Server
 from tests.redis_cluster import LocalCluster
 

@@ -13,9 +13,7 @@ from redis.exceptions import ResponseError
 from http_api.appkeys import NODE
 from realtime.redis_functions import function_names, presence_key
 from tests.conftest import OTHER_KEY, USER_KEY, AppFactory, send, wait_for, ws_token
-from tests.integration.test_presence import ROOM, chat_policy, listen_with, presence, recv_type
-
-__all__ = ["chat_policy"]  # the fixture, imported for these tests
+from tests.integration.test_presence import ROOM, listen_with, presence, recv_type
 
 
 def broker_settings(kind: str, redis_url: str, channel: str, policy: str) -> dict[str, Any]:
