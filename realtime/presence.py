@@ -371,14 +371,11 @@ class Presence:
         changes = []
         for topic, clients in pending.items():
             join_leave = self._join_leave.get(topic, False)
-            upserts = {c: e for c, e in clients.items() if e is not None}
+            upserts = [(c, e) for c, e in clients.items() if e is not None]
             removes = [c for c, e in clients.items() if e is None]
-            up_items = list(upserts.items())
-            for start in range(0, max(len(up_items), len(removes), 1), CHUNK):
-                part_up = dict(up_items[start : start + CHUNK])
-                part_rm = removes[start : start + CHUNK]
-                if part_up or part_rm:
-                    changes.append(TopicChanges(topic, join_leave, part_up, part_rm))
+            for start in range(0, max(len(upserts), len(removes)), CHUNK):
+                part = dict(upserts[start : start + CHUNK])
+                changes.append(TopicChanges(topic, join_leave, part, removes[start : start + CHUNK]))
             if topic not in self._local:
                 self._join_leave.pop(topic, None)
         return changes
@@ -401,7 +398,7 @@ class Presence:
             if not self._closed:
                 await asyncio.sleep(BATCH_WINDOW)
             changes = self._take()
-            if not changes:
+            if not changes:  # pending held only empty topics
                 continue
             done, self._gathering = self._gathering, None
             self._writing = ({c.topic for c in changes}, done or loop.create_future())
