@@ -379,6 +379,9 @@ async def test_reconnect_reloads_the_library(private_redis: PrivateRedis, channe
     try:
         assert [lib[b"library_name"] for lib in await _libraries(client)] == [library.encode()]
         first = await broker.publish("test:kept.a", "before", KEPT)
+        # delivered before the SIGKILL: Redis may write the FCALL's reply before the subscriber's
+        # message, and a kill between the two writes (or an RST) loses it; not what this tests
+        await wait_for(lambda: [m for _, m, _, _ in handler.publications] == ["before"], timeout=5)
         private_redis.stop()
         await wait_for(lambda: not broker.ready, timeout=5)
         private_redis.start()
