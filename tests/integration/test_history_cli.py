@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import orjson
@@ -13,7 +10,7 @@ import pytest
 from service.cli import main
 from tests import procs
 from tests.conftest import API_KEYS_JSON, OTHER_KEY, PUBLISHER_KEY, USER_KEY
-from tests.integration.test_onboarding import ROOT, readme_blocks
+from tests.integration.test_onboarding import run_http_api_block
 
 
 @pytest.fixture(autouse=True)
@@ -118,24 +115,7 @@ def test_readme_history_example_runs_pasted_as_is(tmp_path: Path) -> None:
     """The README's ``GET /history`` block, in bash, in a fresh directory beside the venv
     (only its port changed), with ``REDIS_URL`` set as a "Try it" shell leaves it; the
     server is killed on the way out, whatever fails."""
-    if shutil.which("curl") is None:
-        if os.environ.get("CI"):
-            pytest.fail("the README's history example needs curl (CI is set: this test must not skip)")
-        pytest.skip("the README's history example needs curl")
-    (block,) = [text for lang, text in readme_blocks("HTTP API") if lang == "sh" and "/history/" in text]
-    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
-    script = (
-        "set -e\ntrap 'kill $SERVER 2>/dev/null || true' EXIT\n"
-        + block.replace("4446", str(procs.free_port()))
-        + "wait\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in ("API_KEYS", "VIRTUAL_ENV", "PORT")}
-    env["PATH"] = ":".join(p for p in env.get("PATH", "").split(":") if not p.startswith(str(ROOT)))
-    env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # the block must not use it
-    proc = subprocess.run(
-        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_http_api_block(tmp_path, "/history/", "4446", "$SERVER")
     out = proc.stdout
     assert '"kind":"memory"' in out
     assert '"publications":[{"offset":1,"message":"next"},{"offset":2,"message":"pause"}]' in out, out

@@ -61,6 +61,40 @@ def readme_blocks(section: str) -> list[tuple[str, str]]:
     return re.findall(r"```(\w+)\n(.*?)```", text[start:end], re.S)
 
 
+def run_http_api_block(
+    tmp_path: Path, marker: str, readme_port: str, children: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the README "HTTP API" ``sh`` block containing ``marker`` in bash, in a fresh
+    directory beside the venv (only ``readme_port`` changed, to a free one), with a
+    ``REDIS_URL`` the block must not use (as a "Try it" shell leaves it); the shell
+    variables ``children`` (e.g. ``"$SERVER"``) are killed on the way out, whatever fails.
+
+    Returns:
+        The finished bash, text output captured (the test fails when it exits non-zero).
+    """
+    if shutil.which("curl") is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"the README's {marker} example needs curl (CI is set: this test must not skip)")
+        pytest.skip(f"the README's {marker} example needs curl")
+    (block,) = [text for lang, text in readme_blocks("HTTP API") if lang == "sh" and marker in text]
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    script = f"set -e\ntrap 'kill {children} 2>/dev/null || true' EXIT\n" + block.replace(readme_port, str(free_port()))
+    env = {k: v for k, v in os.environ.items() if k not in ("API_KEYS", "VIRTUAL_ENV", "PORT")}
+    env["PATH"] = ":".join(p for p in env.get("PATH", "").split(":") if not p.startswith(str(ROOT)))
+    env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # the block must not use it
+    proc = subprocess.run(
+        ["bash", "-c", script + "wait\n"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
 def test_readme_try_it_runs_pasted_as_is(redis_url: str, channel: str, tmp_path: Path) -> None:
     """Run the README's "Try it" blocks in one bash, in a fresh directory beside the venv.
 
