@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import aiohttp
 import orjson
 import pytest
 import redis
@@ -181,6 +182,21 @@ async def ws_token(client: Any, key: str = USER_KEY, scope: str | None = None) -
     assert resp.status == 200, await resp.text()
     token: str = (await resp.json())["token"]
     return token
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session, for tests that talk to spawned servers (closed at the end)."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def server_token(http: aiohttp.ClientSession, server: procs.Server, key: str = USER_KEY) -> str:
+    """A WS token from a spawned server's ``/auth/ws``."""
+    async with http.post(server.url + "/auth/ws", headers=auth(key)) as resp:
+        assert resp.status == 200, await resp.text()
+        value: str = (await resp.json())["token"]
+        return value
 
 
 async def send(ws: ClientWebSocketResponse, **frame: Any) -> None:

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import AsyncIterator
 
 import aiohttp
 import jwt
 import orjson
-import pytest
 from aiohttp import WSMsgType
 
-from tests.conftest import API_KEYS_JSON, OTHER_KEY, USER_KEY, auth, listen, recv
+from tests.conftest import API_KEYS_JSON, OTHER_KEY, auth, listen, recv, server_token
 from tests.procs import Server
 
 TOPIC = "remote-control:command.7"
@@ -26,19 +24,6 @@ KEYS_JSON = orjson.dumps(
         *({"userId": user, "apiKey": key, "scopes": []} for user, key in EXTRA_USERS),
     ]
 ).decode()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def token(http: aiohttp.ClientSession, server: Server, key: str = USER_KEY) -> str:
-    async with http.post(server.url + "/auth/ws", headers=auth(key)) as resp:
-        assert resp.status == 200, await resp.text()
-        value: str = (await resp.json())["token"]
-        return value
 
 
 def forged(real: str) -> str:
@@ -60,7 +45,7 @@ async def test_a_failed_token_is_not_checked_twice_and_checks_have_a_budget(
         "TOKEN_CHECK_RATE_PER_CONNECTION": "0.01",
     }
     server = spawn(env={**env, "MAX_BAD_TOKENS_PER_CONNECTION": "0"})
-    real = await token(http, server)
+    real = await server_token(http, server)
     bad = forged(real)
     async with http.ws_connect(server.url + "/ws") as ws:
         # the same forged token 12 times: one check, then refused from memory (no budget spent)
@@ -76,7 +61,7 @@ async def test_a_failed_token_is_not_checked_twice_and_checks_have_a_budget(
 
 async def test_checks_have_a_budget_per_address(spawn: type[Server], http: aiohttp.ClientSession) -> None:
     server = spawn(env={"API_KEYS": API_KEYS_JSON, "TOKEN_CHECK_BURST_PER_IP": "4", "TOKEN_CHECK_RATE_PER_IP": "0.01"})
-    real = await token(http, server)
+    real = await server_token(http, server)
     results = []
     for _ in range(3):
         async with http.ws_connect(server.url + "/ws") as ws:
@@ -88,7 +73,7 @@ async def test_a_connection_that_keeps_failing_is_closed_with_4003(
     spawn: type[Server], http: aiohttp.ClientSession
 ) -> None:
     server = spawn(env={"API_KEYS": API_KEYS_JSON, "MAX_BAD_TOKENS_PER_CONNECTION": "3"})
-    real = await token(http, server)
+    real = await server_token(http, server)
     async with http.ws_connect(server.url + "/ws") as ws:
         assert await errors(ws, [forged(real), real, forged(real), forged(real)]) == [
             "ERR_BADAUTH",
@@ -107,7 +92,7 @@ async def test_unlisten_of_the_last_user_topic_frees_the_user_slot(
     spawn: type[Server], http: aiohttp.ClientSession
 ) -> None:
     server = spawn(env={"API_KEYS": API_KEYS_JSON, "MAX_CONNECTIONS_PER_USER": "1"})
-    real = await token(http, server)
+    real = await server_token(http, server)
     async with http.ws_connect(server.url + "/ws") as first, http.ws_connect(server.url + "/ws") as second:
         assert (await listen(first, [TOPIC, "dream:update.a"], real))["error"] == ""
         assert (await listen(second, [TOPIC], real))["error"] == "ERR_RATELIMIT"
@@ -128,7 +113,7 @@ async def test_revocations_cannot_be_flushed_and_a_full_table_says_so(
     """An administrator's revocation outlives any number of users' revocations: users may hold
     MAX_REVOCATIONS_PER_USER each and fill the table up to its reserve, then are refused."""
     server = spawn(env={"API_KEYS": KEYS_JSON, "MAX_REVOCATIONS": "10", "MAX_REVOCATIONS_PER_USER": "3"})
-    victim = await token(http, server)
+    victim = await server_token(http, server)
     jti = jwt.decode(victim, options={"verify_signature": False})["jti"]
     assert await revoke(http, server, ADMIN_KEY, jti=jti) == 202
     assert [await revoke(http, server, OTHER_KEY, jti=f"x{i}") for i in range(4)] == [202, 202, 202, 429]

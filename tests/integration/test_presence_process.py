@@ -9,7 +9,6 @@ import asyncio
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from aiohttp import ClientWebSocketResponse
 
 from realtime.redis_cluster import key_slot
 from realtime.redis_functions import presence_key, topic_channel
-from tests.conftest import API_KEYS_JSON, CHAT_POLICY, OTHER_KEY, USER_KEY, auth, recv
+from tests.conftest import API_KEYS_JSON, CHAT_POLICY, OTHER_KEY, recv, server_token
 from tests.integration.test_presence import ROOM, listen_with, presence
 from tests.procs import REALTIME, Server
 from tests.redis_cluster import LocalCluster
@@ -43,19 +42,6 @@ def chat_env(tmp_path: Path) -> dict[str, str]:
         "SHUTDOWN_GRACE": "0",
         "REDIS_PROBE_INTERVAL": "0",
     }
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def token(http: aiohttp.ClientSession, server: Server, key: str = USER_KEY) -> str:
-    async with http.post(server.url + "/auth/ws", headers=auth(key)) as resp:
-        assert resp.status == 200, await resp.text()
-        value: str = (await resp.json())["token"]
-        return value
 
 
 async def collect(ws: ClientWebSocketResponse, kind: str, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
@@ -130,7 +116,10 @@ async def test_two_instances_agree_on_counts_lists_and_join_leave(
     env = chat_env | {"REDIS_URL": redis_url, "REDIS_CHANNEL": channel}
     a, b = spawn(env=env), spawn(env=env)
     (wa, wb), watcher_ids = await watched_room(http, [a, b])
-    seven, eight = await token(http, a), await token(http, b, OTHER_KEY)  # either instance's token works on both
+    seven, eight = (
+        await server_token(http, a),
+        await server_token(http, b, OTHER_KEY),
+    )  # either instance's token works on both
     clients = [
         (a, seven, "a7"),  # user 7 on both instances, user 8 on a, one anonymous on b
         (a, eight, "a8"),
