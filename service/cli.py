@@ -43,14 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("topic")
     pub.add_argument("message", help="the message; a string unless --json")
     pub.add_argument("--json", action="store_true", help="parse MESSAGE as a JSON value")
-    pub.add_argument(
-        "--url",
-        default=os.environ.get("REALTIME_URL", ""),
-        help="publish through this server's /publish instead of Redis (env REALTIME_URL)",
-    )
-    pub.add_argument(
-        "--api-key", default=os.environ.get("REALTIME_API_KEY", ""), help="API key for --url (env REALTIME_API_KEY)"
-    )
+    _add_server_arguments(pub, "publish through this server's /publish")
     _add_history_parser(sub)
     _add_presence_parser(sub)
     lis = sub.add_parser("listen", help="print messages on topics as they arrive (a debugging tool)")
@@ -92,6 +85,17 @@ def _since(text: str) -> tuple[str, Position]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _add_server_arguments(parser: argparse.ArgumentParser, through: str) -> None:
+    """``--url`` and ``--api-key`` (env ``REALTIME_URL``, ``REALTIME_API_KEY``): go ``through``
+    a server's HTTP API (e.g. "publish through this server's /publish") instead of Redis."""
+    parser.add_argument(
+        "--url", default=os.environ.get("REALTIME_URL", ""), help=f"{through} instead of Redis (env REALTIME_URL)"
+    )
+    parser.add_argument(
+        "--api-key", default=os.environ.get("REALTIME_API_KEY", ""), help="API key for --url (env REALTIME_API_KEY)"
+    )
+
+
 def _add_history_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hist = sub.add_parser(
         "history",
@@ -102,14 +106,7 @@ def _add_history_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     hist.add_argument("topic")
     hist.add_argument("--since", type=_count, default=0, help="publications after this offset (default 0: all)")
     hist.add_argument("--limit", type=_count, default=100, help="at most this many (default 100, at most 1000)")
-    hist.add_argument(
-        "--url",
-        default=os.environ.get("REALTIME_URL", ""),
-        help="read through this server's GET /history instead of Redis (env REALTIME_URL)",
-    )
-    hist.add_argument(
-        "--api-key", default=os.environ.get("REALTIME_API_KEY", ""), help="API key for --url (env REALTIME_API_KEY)"
-    )
+    _add_server_arguments(hist, "read through this server's GET /history")
 
 
 def _add_presence_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -121,14 +118,7 @@ def _add_presence_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     pres.add_argument("topic")
     pres.add_argument("--stats", action="store_true", help="the counts only")
-    pres.add_argument(
-        "--url",
-        default=os.environ.get("REALTIME_URL", ""),
-        help="read through this server's GET /presence instead of Redis (env REALTIME_URL)",
-    )
-    pres.add_argument(
-        "--api-key", default=os.environ.get("REALTIME_API_KEY", ""), help="API key for --url (env REALTIME_API_KEY)"
-    )
+    _add_server_arguments(pres, "read through this server's GET /presence")
 
 
 def _client_info(text: str) -> dict[str, Any]:
