@@ -20,8 +20,6 @@ Everything runs on loopback against a private ``redis-server`` this script start
 from __future__ import annotations
 
 import argparse
-import math
-import signal
 import statistics
 import sys
 import tempfile
@@ -34,7 +32,7 @@ import redis
 
 from bench import presence_stats, scale_run
 from bench.private_redis import PrivateRedis
-from bench.procstat import cpu, loadavg, raise_fd_limit, rss_bytes
+from bench.procstat import cpu, loadavg, raise_fd_limit, rss_bytes, run_bounded
 from bench.servers import ROOT, source_state
 from realtime.redis_functions import function_names, presence_key
 
@@ -296,21 +294,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _alarm(signum: int, frame: object) -> None:
-    raise TimeoutError("the run took longer than --timeout")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run, print the figures, write the JSON (``--out``); 1 if a scenario failed, a
     connection did not open or a publication did not reach every listener."""
     args = _parse(argv)
     raise_fd_limit()
-    signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(math.ceil(args.timeout))
-    try:
-        result = run(args)
-    finally:
-        signal.alarm(0)
+    result = run_bounded(lambda: run(args), args.timeout)
     print_report(result)
     if args.out:
         args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2, default=str))

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import resource
+import signal
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -22,6 +26,24 @@ def raise_fd_limit() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
+
+
+def run_bounded(run: Callable[[], T], timeout: float) -> T:
+    """``run()`` with a SIGALRM after ``timeout`` seconds (rounded up), main thread only.
+
+    Raises:
+        TimeoutError: ``run`` took longer ("the run took longer than --timeout").
+    """
+
+    def alarm(signum: int, frame: object) -> None:
+        raise TimeoutError("the run took longer than --timeout")
+
+    signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(math.ceil(timeout))
+    try:
+        return run()
+    finally:
+        signal.alarm(0)
 
 
 def loadavg() -> list[float]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ import orjson
 
 from bench import scale_run
 from bench.private_redis import PrivateRedis
-from bench.procstat import raise_fd_limit
+from bench.procstat import raise_fd_limit, run_bounded
 from bench.servers import BenchError, source_state, versions
 
 TOPIC = "channel:update.all"
@@ -188,21 +187,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _alarm(signum: int, frame: object) -> None:
-    raise TimeoutError("the run took longer than --timeout")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run, print, write the JSON; 1 if a broker's run failed, a connection did not open or
     a publication did not reach every connection."""
     args = _parse(argv)
     raise_fd_limit()
-    signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(math.ceil(args.timeout))
-    try:
-        result = run(args)
-    finally:
-        signal.alarm(0)
+    result = run_bounded(lambda: run(args), args.timeout)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2, default=str))
