@@ -1,5 +1,6 @@
 // Test helpers: a fake clock, an in-memory WebSocket, JWTs, and a scripted `ws` server.
 import { WebSocketServer } from "ws";
+import { RealtimeClient } from "../dist/index.js";
 
 /** Let pending promise callbacks and I/O callbacks run. */
 export const flush = () => new Promise((resolve) => setImmediate(resolve));
@@ -126,6 +127,37 @@ export async function scriptedServer(onFrame = defaultOnFrame) {
     });
   });
   return server;
+}
+
+/** A client on a fake clock and an in-memory WebSocket, tokens for sub 7 (100 s each,
+ * kept in `tokens`); `options` override the client's. */
+export function fakeClient(options = {}) {
+  const clock = new FakeClock();
+  const WS = fakeWebSocket();
+  const tokens = [];
+  const client = new RealtimeClient({
+    url: "http://rt.test",
+    WebSocket: WS,
+    clock,
+    random: () => 0.5,
+    tokenProvider: async () => {
+      const token = jwt({ sub: "7", iat: 1_000_000 + tokens.length, exp: 1_000_100 + tokens.length }); // 100 s
+      tokens.push(token);
+      return token;
+    },
+    ...options,
+  });
+  return { clock, WS, tokens, client };
+}
+
+/** Open fake socket `i` and accept its (re-)LISTEN, if it sends one. */
+export async function openAndAccept(WS, i) {
+  const ws = WS.instances[i];
+  ws.open();
+  await flush();
+  if (ws.last("LISTEN")) ws.answer("LISTEN");
+  await flush();
+  return ws;
 }
 
 /** Answers PING with PONG and every request with success. */

@@ -3,40 +3,15 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { PresenceError, RealtimeClient, checkClientInfo } from "../dist/index.js";
-import { FakeClock, fakeWebSocket, flush, jwt } from "./helpers.mjs";
+import { fakeClient, fakeWebSocket, flush, jwt, openAndAccept } from "./helpers.mjs";
 
 const ROOM = "chat:room:message.lobby";
 
 function setup(options = {}) {
-  const clock = new FakeClock();
-  const WS = fakeWebSocket();
-  const tokens = [];
-  const client = new RealtimeClient({
-    url: "http://rt.test",
-    WebSocket: WS,
-    clock,
-    random: () => 0.5,
-    backoffInitialMs: 100,
-    tokenProvider: async () => {
-      const token = jwt({ sub: "7", iat: 1_000_000 + tokens.length, exp: 1_000_100 + tokens.length }); // 100 s
-      tokens.push(token);
-      return token;
-    },
-    ...options,
-  });
+  const made = fakeClient({ backoffInitialMs: 100, ...options });
   const events = { join: [], leave: [] };
-  for (const name of Object.keys(events)) client.on(name, (e) => events[name].push(e));
-  return { clock, WS, tokens, client, events };
-}
-
-/** Open socket `i` and accept its LISTEN. */
-async function openAndAccept(WS, i) {
-  const ws = WS.instances[i];
-  ws.open();
-  await flush();
-  if (ws.last("LISTEN")) ws.answer("LISTEN");
-  await flush();
-  return ws;
+  for (const name of Object.keys(events)) made.client.on(name, (e) => events[name].push(e));
+  return { ...made, events };
 }
 
 test("clientInfo goes with every LISTEN: the first, listen(), a token refresh, after a reconnect", async () => {

@@ -3,35 +3,11 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { DisconnectedError, ListenError, RealtimeClient, TokenError } from "../dist/index.js";
-import { FakeClock, fakeWebSocket, flush, jwt, record } from "./helpers.mjs";
+import { FakeClock, fakeClient, fakeWebSocket, flush, jwt, openAndAccept, record } from "./helpers.mjs";
 
 function setup(options = {}) {
-  const clock = new FakeClock();
-  const WS = fakeWebSocket();
-  const tokens = [];
-  const client = new RealtimeClient({
-    url: "http://rt.test",
-    WebSocket: WS,
-    clock,
-    random: () => 0.5,
-    tokenProvider: async () => {
-      const token = jwt({ sub: "7", iat: 1_000_000 + tokens.length, exp: 1_000_100 + tokens.length }); // 100 s
-      tokens.push(token);
-      return token;
-    },
-    ...options,
-  });
-  return { clock, WS, tokens, client, events: record(client) };
-}
-
-/** Open socket `i` and accept its re-LISTEN, if it sends one. */
-async function openAndAccept(WS, i) {
-  const ws = WS.instances[i];
-  ws.open();
-  await flush();
-  if (ws.last("LISTEN")) ws.answer("LISTEN");
-  await flush();
-  return ws;
+  const made = fakeClient(options);
+  return { ...made, events: record(made.client) };
 }
 
 test("listen settles by its RESPONSE's nonce; refused: a typed ListenError", async () => {
